@@ -1,0 +1,20 @@
+//! flashattn-ort: FlashAttention as an ONNX Runtime custom-op library (`ai.flashattn::FlashAttention`).
+//!
+//! The cdylib exports `RegisterCustomOps`; the same crate builds the `flashattn-ort` CLI.
+
+pub mod cli;
+pub mod cpu;
+pub mod gpu;
+pub mod model;
+pub mod op;
+pub mod params;
+pub mod rewrite;
+pub mod runtime;
+pub mod schema;
+
+pub use op::register::RegisterCustomOps;
+
+/// The custom-op domain and op name, as they appear in ONNX graphs.
+pub const DOMAIN: &str = "ai.flashattn";
+pub const OP_NAME: &str = "FlashAttention";
+pub const OP_VERSION: i64 = 1;
