@@ -1,0 +1,154 @@
+"""ctypes access to libflashattn_ort's GPU entry points (src/gpu/ffi.rs) on PyTorch tensors, and the
+float64 / same-precision references. Used by numerics.py and bench.py; no Rust needed on the GPU machine."""
+import ctypes
+import math
+import os
+
+import torch
+
+_TYPES = {1: ctypes.c_uint8, 4: None, 8: None}
+
+
+def load(path):
+    lib = ctypes.CDLL(path)
+    lib.flashattn_ort_params_field.restype = ctypes.c_char_p
+    lib.flashattn_ort_params_field.argtypes = [ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
+    lib.flashattn_ort_params_size.restype = ctypes.c_size_t
+    lib.flashattn_ort_gpu_launch.restype = ctypes.c_int
+    lib.flashattn_ort_gpu_launch.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.flashattn_ort_gpu_last_error.restype = ctypes.c_char_p
+    lib.flashattn_ort_gpu_kernel_name.restype = ctypes.c_int
+    lib.flashattn_ort_gpu_kernel_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+    # Build the ctypes mirror of AttnParams from the library's own layout table.
+    fields, i = [], 0
+    while True:
+        off, size = ctypes.c_size_t(), ctypes.c_size_t()
+        name = lib.flashattn_ort_params_field(i, ctypes.byref(off), ctypes.byref(size))
+        if not name:
+            break
+        fields.append((name.decode(), off.value, size.value))
+        i += 1
+    float_fields = {"scale", "softcap"}
+    unsigned = {n for n, _, _ in fields if n.endswith("_ptr")}
+    cfields, pos = [], 0
+    for name, off, size in sorted(fields, key=lambda f: f[1]):
+        assert off == pos, f"gap before {name}"
+        if name in float_fields:
+            t = ctypes.c_float
+        elif size == 8:
+            t = ctypes.c_uint64 if name in unsigned else ctypes.c_int64
+        else:
+            t = ctypes.c_int32
+        cfields.append((name, t))
+        pos = off + size
+    Params = type("AttnParams", (ctypes.Structure,), {"_fields_": cfields})
+    assert ctypes.sizeof(Params) == lib.flashattn_ort_params_size(), "ctypes mirror size differs"
+    lib.Params = Params
+    return lib
+
+
+DTYPE_CODE = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 0}
+
+
+def make_params(lib, q, k, v, out, lse=None, mask=None, seqlens=None, layout="BSNH", causal=False, scale=None,
+                softcap=0.0, window_left=-1, window_right=-1):
+    """q/k/v/out 4D in `layout` (any strides, head_dim contiguous); mask broadcastable to [B, Hq, Sq, Skv]."""
+    P = lib.Params()
+    if layout == "BSNH":
+        B, Sq, Hq, D = q.shape
+        Skv, Hkv, Dv = k.shape[1], k.shape[2], v.shape[3]
+        ax = (0, 2, 1)  # batch, head, row axes
+    else:
+        B, Hq, Sq, D = q.shape
+        Hkv, Skv, Dv = k.shape[1], k.shape[2], v.shape[3]
+        ax = (0, 1, 2)
+    for t in (q, k, v, out):
+        assert t.stride(3) == 1
+    for name, t in (("q", q), ("k", k), ("v", v), ("out", out)):
+        setattr(P, f"{name}_ptr", t.data_ptr())
+        setattr(P, f"{name}_batch_stride", t.stride(ax[0]))
+        setattr(P, f"{name}_head_stride", t.stride(ax[1]))
+        setattr(P, f"{name}_row_stride", t.stride(ax[2]))
+    P.lse_ptr = lse.data_ptr() if lse is not None else 0
+    if mask is not None:
+        m4 = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+        target = (B, Hq, Sq, Skv)
+        st = [0 if (m4.shape[i] == 1 and target[i] != 1) else m4.stride(i) for i in range(4)]
+        P.mask_ptr = m4.data_ptr()
+        P.mask_batch_stride, P.mask_head_stride, P.mask_row_stride, P.mask_col_stride = st
+        P.mask_kind = 1 if mask.dtype == torch.bool else 2
+    if seqlens is not None:
+        P.seqlens_ptr = seqlens.data_ptr()
+        P.has_seqlens = 1
+    P.batch, P.heads_q, P.heads_kv, P.seq_q, P.seq_kv = B, Hq, Hkv, Sq, Skv
+    P.head_dim, P.head_dim_v = D, Dv
+    P.window_left = window_left
+    wr = window_right
+    if causal:
+        wr = 0 if wr < 0 else min(wr, 0)
+    P.window_right = wr
+    P.dtype = DTYPE_CODE[q.dtype]
+    P.scale = scale if scale is not None else 1.0 / math.sqrt(D)
+    P.softcap = softcap
+    return P
+
+
+def launch(lib, P, stream=None):
+    s = torch.cuda.current_stream().cuda_stream if stream is None else stream
+    rc = lib.flashattn_ort_gpu_launch(ctypes.byref(P), ctypes.c_void_p(s))
+    if rc != 0:
+        raise RuntimeError(lib.flashattn_ort_gpu_last_error().decode())
+
+
+def kernel_name(lib, P):
+    buf = ctypes.create_string_buffer(128)
+    if lib.flashattn_ort_gpu_kernel_name(ctypes.byref(P), buf, 128) != 0:
+        return "?"
+    return buf.value.decode()
+
+
+def reference(q, k, v, mask=None, seqlens=None, layout="BSNH", causal=False, scale=None, softcap=0.0,
+              window_left=-1, window_right=-1, dtype=torch.float64):
+    """The schema's semantics in `dtype` (float64: the reference; the input dtype: the 'naive same-precision
+    implementation' FA3-style tolerances compare against). Returns out (query layout) and lse [B, Hq, Sq]."""
+    if layout == "BSNH":
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    B, Hq, Sq, D = q.shape
+    Hkv, Skv = k.shape[1], k.shape[2]
+    g = Hq // Hkv
+    k = k.repeat_interleave(g, dim=1)
+    v = v.repeat_interleave(g, dim=1)
+    scale = scale if scale is not None else 1.0 / math.sqrt(D)
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if softcap > 0:
+        s = softcap * torch.tanh(s / softcap)
+    visible = torch.ones(B, Hq, Sq, Skv, dtype=torch.bool, device=q.device)
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            visible = visible & mask
+        else:
+            s = s + mask.to(dtype)
+    i = torch.arange(Sq, device=q.device).view(-1, 1)
+    j = torch.arange(Skv, device=q.device).view(1, -1)
+    diag = i + (Skv - Sq)
+    wr = window_right
+    if causal:
+        wr = 0 if wr < 0 else min(wr, 0)
+    if wr >= 0:
+        visible = visible & (j <= diag + wr)
+    if window_left >= 0:
+        visible = visible & (j >= diag - window_left)
+    if seqlens is not None:
+        visible = visible & (j.view(1, 1, 1, -1) < seqlens.view(-1, 1, 1, 1).clamp(0, Skv))
+    s = s.masked_fill(~visible, float("-inf"))
+    lse = torch.logsumexp(s.float() if dtype != torch.float64 else s, dim=-1)
+    m = s.amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    p = torch.exp(s - m)
+    l = p.sum(-1, keepdim=True)
+    p = torch.where(l > 0, p / torch.where(l > 0, l, torch.ones_like(l)), torch.zeros_like(p))
+    out = torch.matmul(p, v)
+    if layout == "BSNH":
+        out = out.transpose(1, 2)
+    return out, lse

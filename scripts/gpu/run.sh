@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU test and benchmark loop, run ON the GPU machine (see docs/GPU.md). No Rust there: the library is
+# built here and carried in .gpu/ (scripts/gpu/pack.sh), with staged wheel parts.
+#
+#   bash scripts/gpu/run.sh stage              # move this call's wheel parts (.gpu/stage/*) to /tmp/fa-stage
+#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort bench bench-quick (default: all)
+#
+# Logs and the benchmark table go to $OUT (or /tmp/fa-out). Exit status: nonzero if any step failed.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+lib=${FA_LIB:-$root/.gpu/libflashattn_ort.so}
+out=${OUT:-/tmp/fa-out}
+stage=/tmp/fa-stage
+mkdir -p "$out" "$stage"
+export PYTHONUNBUFFERED=1
+
+if [ "${1:-}" = stage ]; then
+  cp -r "$root"/.gpu/stage/. "$stage"/ && ls "$stage" | wc -l | xargs echo "staged files now:"
+  exit 0
+fi
+
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(numerics sanitize ort bench)
+
+# Reassemble and install whatever wheels have been staged (onnxruntime-gpu, flash-attn-4).
+if ls "$stage"/*.whl* >/dev/null 2>&1; then
+  (cd "$stage" && for f in *.part0; do [ -e "$f" ] || continue; b=${f%.part0}; cat "$b".part* > "$b" && rm "$b".part*; done)
+  if [ ! -f /tmp/site/.installed ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$stage"/*.whl && touch /tmp/site/.installed
+  fi
+  export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH}
+  cudnn=$(python3 -c "import nvidia.cudnn,os;print(os.path.dirname(nvidia.cudnn.__file__)+'/lib')" 2>/dev/null || true)
+  [ -n "$cudnn" ] && export LD_LIBRARY_PATH=$cudnn:${LD_LIBRARY_PATH:-}
+fi
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader | tee "$out/device.txt"
+cd "$root/scripts/gpu"
+status=0
+declare -A result
+for s in "${steps[@]}"; do
+  t0=$(date +%s)
+  case "$s" in
+    numerics) python3 numerics.py "$lib" --cases "${FA_CASES:-150}" 2>&1 | tee "$out/numerics.log" ;;
+    sanitize)
+      { compute-sanitizer --tool memcheck --error-exitcode 9 python3 numerics.py "$lib" --small --cases 6 &&
+        compute-sanitizer --tool racecheck --error-exitcode 9 python3 numerics.py "$lib" --small --cases 3; } 2>&1 |
+        grep -v "^========= COMPUTE-SANITIZER$" | tee "$out/sanitize.log" ;;
+    ort) python3 ort_cuda.py "$lib" 2>&1 | tee "$out/ort.log" ;;
+    bench) python3 bench.py "$lib" --out "$out/bench.md" 2>&1 | tee "$out/bench.log" ;;
+    bench-quick) python3 bench.py "$lib" --quick --out "$out/bench.md" 2>&1 | tee "$out/bench.log" ;;
+    *) echo "unknown step $s"; false ;;
+  esac
+  rc=${PIPESTATUS[0]}
+  result[$s]="rc=$rc $(( $(date +%s) - t0 ))s"
+  [ "$rc" -ne 0 ] && status=1
+done
+echo "== summary =="
+for s in "${steps[@]}"; do echo "$s: ${result[$s]}"; done
+exit $status

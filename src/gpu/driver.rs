@@ -1,0 +1,102 @@
+//! The CUDA driver, reached only through `cudarc`'s dynamic loading: every call site first checks
+//! [`available`], because cudarc panics when libcuda cannot be loaded.
+
+use std::ffi::CStr;
+use std::fmt;
+use std::sync::OnceLock;
+
+use cudarc::driver::sys;
+
+/// A failure on the GPU path, worded for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuError(pub String);
+
+impl fmt::Display for GpuError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ai.flashattn::FlashAttention (CUDA): {}", self.0)
+    }
+}
+
+impl std::error::Error for GpuError {}
+
+impl GpuError {
+    pub fn new(msg: impl Into<String>) -> Self {
+        GpuError(msg.into())
+    }
+}
+
+/// Name and description of a driver error code.
+pub fn describe(r: sys::CUresult) -> String {
+    let mut name = std::ptr::null();
+    let mut text = std::ptr::null();
+    unsafe {
+        let _ = sys::cuGetErrorName(r, &mut name);
+        let _ = sys::cuGetErrorString(r, &mut text);
+    }
+    let s = |p: *const std::ffi::c_char| if p.is_null() { String::from("?") } else { unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned() };
+    format!("{} ({})", s(name), s(text))
+}
+
+/// `Ok` on CUDA_SUCCESS, else an error naming the call.
+pub fn check(r: sys::CUresult, what: &str) -> Result<(), GpuError> {
+    if r == sys::CUresult::CUDA_SUCCESS {
+        Ok(())
+    } else {
+        Err(GpuError(format!("{what} failed: {}", describe(r))))
+    }
+}
+
+/// Whether libcuda can be loaded and initialised; checked once per process.
+pub fn available() -> Result<(), GpuError> {
+    static STATE: OnceLock<Result<(), GpuError>> = OnceLock::new();
+    STATE
+        .get_or_init(|| {
+            if !unsafe { sys::is_culib_present() } {
+                return Err(GpuError::new("the CUDA driver library (libcuda.so) could not be loaded"));
+            }
+            // cudarc panics when a symbol is missing (a driver older than CUDA 13.0): keep that inside.
+            match std::panic::catch_unwind(|| unsafe { sys::cuInit(0) }) {
+                Ok(r) => check(r, "cuInit"),
+                Err(_) => Err(GpuError::new("the CUDA driver lacks an entry point this library needs (driver too old for CUDA 13.0?)")),
+            }
+        })
+        .clone()
+}
+
+/// Makes a context current for the guard's lifetime (push/pop, so the caller's current context survives).
+pub struct CurrentContext(());
+
+impl CurrentContext {
+    pub fn push(ctx: sys::CUcontext) -> Result<Self, GpuError> {
+        check(unsafe { sys::cuCtxPushCurrent_v2(ctx) }, "cuCtxPushCurrent")?;
+        Ok(CurrentContext(()))
+    }
+}
+
+impl Drop for CurrentContext {
+    fn drop(&mut self) {
+        let mut old = std::ptr::null_mut();
+        unsafe {
+            let _ = sys::cuCtxPopCurrent_v2(&mut old);
+        }
+    }
+}
+
+/// The context a stream belongs to (for the legacy/null stream: the current context) and its device.
+pub fn stream_context(stream: sys::CUstream) -> Result<(sys::CUcontext, sys::CUdevice), GpuError> {
+    let mut ctx = std::ptr::null_mut();
+    check(unsafe { sys::cuStreamGetCtx(stream, &mut ctx) }, "cuStreamGetCtx")?;
+    if ctx.is_null() {
+        return Err(GpuError::new("the compute stream has no CUDA context"));
+    }
+    let _cur = CurrentContext::push(ctx)?;
+    let mut dev: sys::CUdevice = 0;
+    check(unsafe { sys::cuCtxGetDevice(&mut dev) }, "cuCtxGetDevice")?;
+    Ok((ctx, dev))
+}
+
+pub fn device_attribute(dev: sys::CUdevice, attr: sys::CUdevice_attribute) -> Result<i32, GpuError> {
+    let mut v = 0;
+    check(unsafe { sys::cuDeviceGetAttribute(&mut v, attr, dev) }, "cuDeviceGetAttribute")?;
+    Ok(v)
+}

@@ -1,0 +1,153 @@
+//! C entry points for the GPU test and benchmark script (scripts/gpu/), which has no Rust: Python calls
+//! these through ctypes on tensors PyTorch owns, on PyTorch's stream. The struct layout is exported too,
+//! so Python builds its ctypes mirror of `AttnParams` from the library rather than by hand.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_void, CString};
+use std::mem::{offset_of, size_of_val};
+
+use crate::params::AttnParams;
+
+macro_rules! fields {
+    ($($f:ident),* $(,)?) => {
+        /// (name, offset, size) of every field of `AttnParams`, as Rust lays it out.
+        pub fn rust_params_layout() -> Vec<(&'static str, usize, usize)> {
+            let p = AttnParams::default();
+            vec![$((stringify!($f), offset_of!(AttnParams, $f), size_of_val(&p.$f))),*]
+        }
+        const FIELD_NAMES: &[&str] = &[$(concat!(stringify!($f), "\0")),*];
+    };
+}
+
+fields!(
+    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, mask_ptr, seqlens_ptr, q_batch_stride, q_head_stride, q_row_stride,
+    k_batch_stride, k_head_stride, k_row_stride, v_batch_stride, v_head_stride, v_row_stride, out_batch_stride,
+    out_head_stride, out_row_stride, mask_batch_stride, mask_head_stride, mask_row_stride, mask_col_stride, batch,
+    heads_q, heads_kv, seq_q, seq_kv, head_dim, head_dim_v, window_left, window_right, mask_kind, dtype,
+    has_seqlens, scale, softcap,
+);
+
+extern "C" {
+    fn flashattn_cxx_params_size() -> usize;
+    fn flashattn_cxx_params_align() -> usize;
+    fn flashattn_cxx_params_field_count() -> usize;
+    fn flashattn_cxx_params_field(i: usize, offset: *mut usize, size: *mut usize) -> *const c_char;
+}
+
+/// (size, align, fields) of `AttnParams` as C++ sees it through the header cxx generates — the header the
+/// CUDA kernels include (compiled in cpp_shim/params_layout.cc).
+pub fn cxx_params_layout() -> (usize, usize, Vec<(String, usize, usize)>) {
+    unsafe {
+        let n = flashattn_cxx_params_field_count();
+        let mut fields = Vec::with_capacity(n);
+        for i in 0..n {
+            let (mut off, mut size) = (0usize, 0usize);
+            let name = flashattn_cxx_params_field(i, &mut off, &mut size);
+            fields.push((std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned(), off, size));
+        }
+        (flashattn_cxx_params_size(), flashattn_cxx_params_align(), fields)
+    }
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_error(msg: &str) {
+    LAST_ERROR.with(|e| *e.borrow_mut() = CString::new(msg.replace('\0', " ")).unwrap_or_default());
+}
+
+/// The message of this thread's last failed call (empty if none).
+#[no_mangle]
+pub extern "C" fn flashattn_ort_gpu_last_error() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// `sizeof(AttnParams)` as Rust lays it out.
+#[no_mangle]
+pub extern "C" fn flashattn_ort_params_size() -> usize {
+    std::mem::size_of::<AttnParams>()
+}
+
+/// Name of field `i` of `AttnParams` (NUL-terminated, static) with its offset and size; null past the end.
+///
+/// # Safety
+/// `offset` and `size` must be writable.
+#[no_mangle]
+pub unsafe extern "C" fn flashattn_ort_params_field(i: usize, offset: *mut usize, size: *mut usize) -> *const c_char {
+    let layout = rust_params_layout();
+    match layout.get(i) {
+        Some(&(_, off, sz)) => {
+            unsafe {
+                *offset = off;
+                *size = sz;
+            }
+            FIELD_NAMES[i].as_ptr().cast()
+        }
+        None => std::ptr::null(),
+    }
+}
+
+/// Queues FlashAttention forward for `*params` (device addresses inside) on `stream` (a cudaStream_t of the
+/// current device's primary context; null = legacy default stream). 0 on success; otherwise nonzero and
+/// `flashattn_ort_gpu_last_error()` says why.
+///
+/// # Safety
+/// `params` must point to a valid `AttnParams` whose addresses and strides describe live device memory.
+#[no_mangle]
+pub unsafe extern "C" fn flashattn_ort_gpu_launch(params: *const AttnParams, stream: *mut c_void) -> i32 {
+    if params.is_null() {
+        set_error("params is null");
+        return 1;
+    }
+    let p = unsafe { *params };
+    match std::panic::catch_unwind(|| super::launch(&p, stream)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            set_error(&e.to_string());
+            2
+        }
+        Err(_) => {
+            set_error("ai.flashattn::FlashAttention (CUDA): internal error (panic) while launching");
+            3
+        }
+    }
+}
+
+/// Name of the kernel that would serve `*params` on the current device (for benchmark tables), written
+/// NUL-terminated into `buf` of `len` bytes. 0 on success.
+///
+/// # Safety
+/// `params` must be valid; `buf` writable for `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn flashattn_ort_gpu_kernel_name(params: *const AttnParams, buf: *mut c_char, len: usize) -> i32 {
+    let p = unsafe { *params };
+    let r = std::panic::catch_unwind(|| -> Result<String, super::GpuError> {
+        super::driver::available()?;
+        let mut dev = 0;
+        super::driver::check(unsafe { cudarc::driver::sys::cuCtxGetDevice(&mut dev) }, "cuCtxGetDevice")?;
+        let k = super::module::device_kernels(dev)?;
+        Ok(super::dispatch::select(&p, k.cc, k.max_smem_optin)?.name())
+    });
+    match r {
+        Ok(Ok(name)) if name.len() < len => {
+            unsafe {
+                std::ptr::copy_nonoverlapping(name.as_ptr(), buf.cast::<u8>(), name.len());
+                *buf.add(name.len()) = 0;
+            }
+            0
+        }
+        Ok(Ok(_)) => {
+            set_error("buffer too small");
+            1
+        }
+        Ok(Err(e)) => {
+            set_error(&e.to_string());
+            2
+        }
+        Err(_) => {
+            set_error("panic");
+            3
+        }
+    }
+}

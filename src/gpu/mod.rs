@@ -1,0 +1,23 @@
+//! GPU path (issue #3): the CUDA kernels built by build.rs (kernels/), loaded through the CUDA driver API
+//! with `cudarc`'s dynamic loading — the library links neither libcuda nor libcudart, so it loads and serves
+//! the CPU op on machines without a GPU.
+//!
+//! - [`driver`]: is a usable libcuda there, error type, context guard;
+//! - [`module`]: the embedded fatbin, loaded lazily once per device;
+//! - [`dispatch`]: which kernel serves a problem on a device (compute capability, dtype, head_dim);
+//! - [`launch`]: grid/shared-memory set-up and the launch on a caller's stream;
+//! - [`ffi`]: `extern "C"` entry points the GPU test/benchmark script drives through ctypes.
+
+pub mod dispatch;
+pub mod driver;
+pub mod ffi;
+pub mod launch;
+pub mod module;
+
+pub use driver::GpuError;
+pub use launch::launch;
+
+/// True when this build embeds CUDA kernels (nvcc was found at build time).
+pub const fn kernels_built() -> bool {
+    cfg!(flashattn_kernels)
+}

@@ -1,0 +1,91 @@
+//! The kernels' fatbin, embedded in the library at build time, and its per-device loaded form: loaded
+//! lazily, once per device (thread-safe), into the device's primary context — the one ONNX Runtime's CUDA
+//! execution provider (and PyTorch) use.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use cudarc::driver::sys;
+
+use super::dispatch::{KernelSpec, KERNELS};
+use super::driver::{check, device_attribute, CurrentContext, GpuError};
+
+/// The fatbin (sm_80, sm_90a, sm_100a cubins + compute_80 PTX) built by build.rs.
+#[cfg(flashattn_kernels)]
+pub static FATBIN: Option<&[u8]> = Some(include_bytes!(concat!(env!("OUT_DIR"), "/flashattn_kernels.fatbin")));
+#[cfg(not(flashattn_kernels))]
+pub static FATBIN: Option<&[u8]> = None;
+
+/// The most devices one process is served on.
+pub const MAX_DEVICES: usize = 64;
+
+/// One device's loaded kernels.
+pub struct DeviceKernels {
+    pub ordinal: i32,
+    /// The primary context the module lives in.
+    pub ctx: sys::CUcontext,
+    /// major*10 + minor.
+    pub cc: i32,
+    pub max_smem_optin: i32,
+    pub num_sms: i32,
+    functions: HashMap<String, sys::CUfunction>,
+}
+
+// CUfunction/CUcontext handles are plain driver handles, usable from any thread.
+unsafe impl Send for DeviceKernels {}
+unsafe impl Sync for DeviceKernels {}
+
+impl DeviceKernels {
+    pub fn function(&self, k: &KernelSpec) -> Result<sys::CUfunction, GpuError> {
+        self.functions
+            .get(&k.name())
+            .copied()
+            .ok_or_else(|| GpuError::new(format!("kernel {} is not usable on device {} (compute capability {}.{})", k.name(), self.ordinal, self.cc / 10, self.cc % 10)))
+    }
+}
+
+static DEVICES: [OnceLock<Result<DeviceKernels, GpuError>>; MAX_DEVICES] = [const { OnceLock::new() }; MAX_DEVICES];
+
+/// The kernels of device `dev`, loading them on first use.
+pub fn device_kernels(dev: sys::CUdevice) -> Result<&'static DeviceKernels, GpuError> {
+    let slot = DEVICES.get(dev as usize).ok_or_else(|| GpuError::new(format!("device ordinal {dev} beyond the supported {MAX_DEVICES}")))?;
+    slot.get_or_init(|| load(dev)).as_ref().map_err(Clone::clone)
+}
+
+fn load(dev: sys::CUdevice) -> Result<DeviceKernels, GpuError> {
+    let Some(image) = FATBIN else {
+        return Err(GpuError::new("this build of libflashattn_ort has no CUDA kernels (nvcc was not found when it was built)"));
+    };
+    let major = device_attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+    let minor = device_attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+    let max_smem_optin = device_attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+    let num_sms = device_attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+    let cc = major * 10 + minor;
+    if cc < 80 {
+        return Err(GpuError::new(format!("device {dev} has compute capability {major}.{minor}; the CUDA kernels need 8.0 or newer")));
+    }
+    let mut ctx = std::ptr::null_mut();
+    check(unsafe { sys::cuDevicePrimaryCtxRetain(&mut ctx, dev) }, "cuDevicePrimaryCtxRetain")?;
+    // The primary context is retained for the life of the process (modules live in it).
+    let _cur = CurrentContext::push(ctx)?;
+    // The fatbin must be 8-byte aligned for the loader: copy it into an aligned buffer.
+    let mut aligned = vec![0u64; image.len().div_ceil(8)];
+    unsafe { std::ptr::copy_nonoverlapping(image.as_ptr(), aligned.as_mut_ptr().cast::<u8>(), image.len()) };
+    let mut module = std::ptr::null_mut();
+    check(unsafe { sys::cuModuleLoadData(&mut module, aligned.as_ptr().cast()) }, "loading the CUDA kernels (cuModuleLoadData)")?;
+    let mut functions = HashMap::new();
+    for k in KERNELS {
+        let name = std::ffi::CString::new(k.name()).expect("kernel names have no NUL");
+        let mut f = std::ptr::null_mut();
+        check(unsafe { sys::cuModuleGetFunction(&mut f, module, name.as_ptr()) }, &format!("finding kernel {}", k.name()))?;
+        if k.smem_bytes() as i64 > max_smem_optin as i64 {
+            continue; // dispatch never picks it on this device
+        }
+        check(
+            unsafe { sys::cuFuncSetAttribute(f, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, k.smem_bytes() as i32) },
+            &format!("raising the shared-memory limit of {}", k.name()),
+        )?;
+        functions.insert(k.name(), f);
+    }
+    Ok(DeviceKernels { ordinal: dev, ctx, cc, max_smem_optin, num_sms, functions })
+}

@@ -1,0 +1,162 @@
+//! The CUDA execution provider's kernel of `ai.flashattn::FlashAttention`: the same op name, domain and
+//! schema as the CPU kernel (src/op/cpu.rs), registered for `CUDAExecutionProvider` for float16 and
+//! bfloat16. Inputs and outputs are device memory; the kernel is queued on ORT's compute stream (whose
+//! context picks the device) with no allocation and no host synchronisation, so ORT's CUDA graph capture
+//! works. float32 has no CUDA kernel: ORT places float32 nodes on the CPU kernel (copying the tensors).
+//!
+//! On the GPU, `key_seqlens` values are clamped to [0, seq_kv] inside the kernel (the CPU kernel rejects
+//! out-of-range values; reading them here would need a device-to-host copy and a stream sync).
+
+use std::marker::PhantomData;
+
+use ort::operator::{ComputeContext, Kernel, KernelContext, Operator, OperatorInput, OperatorOutput, ShapeInferenceContext};
+use ort::value::{PrimitiveTensorElementType, Shape, TensorElementType, ValueType};
+use ort::AsPointer;
+
+use super::signature::{self, MaskType};
+use super::{guard, invalid};
+use crate::cpu::Element;
+use crate::params::MaskKind;
+use crate::schema::{self, InputShapes, OpAttributes, INPUT_NAMES};
+
+pub const CUDA_EP: &str = "CUDAExecutionProvider";
+
+/// One registered CUDA variant: storage type T (f16 or bf16) and what attn_mask holds.
+pub struct CudaOp<T> {
+    mask: MaskType,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> CudaOp<T> {
+    pub fn new(mask: MaskType) -> Self {
+        CudaOp { mask, _t: PhantomData }
+    }
+}
+
+pub struct CudaKernel<T> {
+    attrs: OpAttributes,
+    mask: MaskType,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Element + PrimitiveTensorElementType> Operator for CudaOp<T> {
+    type Kernel<'attr> = CudaKernel<T>;
+
+    fn name(&self) -> &str {
+        crate::OP_NAME
+    }
+
+    fn execution_provider_type(&self) -> Option<&str> {
+        Some(CUDA_EP)
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        signature::inputs(T::into_tensor_element_type(), self.mask)
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        signature::outputs(T::into_tensor_element_type())
+    }
+
+    fn create_kernel<'attr>(&self, kctx: &KernelContext<'attr>) -> ort::Result<CudaKernel<T>> {
+        guard("kernel creation (CUDA)", || {
+            let attrs = OpAttributes::read(kctx).map_err(invalid)?;
+            Ok(CudaKernel { attrs, mask: self.mask, _t: PhantomData })
+        })
+    }
+
+    fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
+        guard("shape inference", || signature::infer_shape(ctx))
+    }
+}
+
+impl<T: Element + PrimitiveTensorElementType> Kernel for CudaKernel<T> {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        guard("compute (CUDA)", || self.run(ctx))
+    }
+}
+
+/// A present input: its shape and device address, after checking its element type.
+struct DeviceTensor {
+    shape: Vec<i64>,
+    addr: u64,
+}
+
+fn device_tensor(v: &ort::value::ValueRef<'_>, i: usize, want: TensorElementType) -> ort::Result<DeviceTensor> {
+    let ValueType::Tensor { ty, shape, .. } = v.dtype() else {
+        return Err(invalid(format!("ai.flashattn::FlashAttention: input '{}' must be a tensor", INPUT_NAMES[i])));
+    };
+    if *ty != want {
+        return Err(invalid(format!("ai.flashattn::FlashAttention: input '{}' must be a tensor of {want:?}, got {ty:?}", INPUT_NAMES[i])));
+    }
+    Ok(DeviceTensor { shape: shape.to_vec(), addr: data_address(v.ptr())? })
+}
+
+fn data_address(value: *const ort::sys::OrtValue) -> ort::Result<u64> {
+    let mut p: *mut ort::sys::c_void = std::ptr::null_mut();
+    let st = unsafe { (ort::api().GetTensorMutableData)(value.cast_mut(), &mut p) };
+    if !st.0.is_null() {
+        unsafe { (ort::api().ReleaseStatus)(st.0) };
+        return Err(ort::Error::new("ai.flashattn::FlashAttention: could not read a tensor's device address"));
+    }
+    Ok(p as u64)
+}
+
+impl<T: Element + PrimitiveTensorElementType> CudaKernel<T> {
+    fn run(&self, ctx: &ComputeContext) -> ort::Result<()> {
+        let t = T::into_tensor_element_type();
+        let input = |i: usize| ctx.input(i);
+        let missing = |i: usize| invalid(format!("ai.flashattn::FlashAttention: required input '{}' is missing", INPUT_NAMES[i]));
+        let q = input(schema::QUERY)?.ok_or_else(|| missing(schema::QUERY))?;
+        let k = input(schema::KEY)?.ok_or_else(|| missing(schema::KEY))?;
+        let v = input(schema::VALUE)?.ok_or_else(|| missing(schema::VALUE))?;
+        let q = device_tensor(&q, schema::QUERY, t)?;
+        let k = device_tensor(&k, schema::KEY, t)?;
+        let v = device_tensor(&v, schema::VALUE, t)?;
+        let mask = match ctx.input(schema::ATTN_MASK)? {
+            None => None,
+            Some(m) => {
+                let want = match self.mask {
+                    MaskType::Bool => TensorElementType::Bool,
+                    MaskType::Additive => t,
+                };
+                Some(device_tensor(&m, schema::ATTN_MASK, want)?)
+            }
+        };
+        let seqlens = match ctx.input(schema::KEY_SEQLENS)? {
+            None => None,
+            Some(s) => Some(device_tensor(&s, schema::KEY_SEQLENS, TensorElementType::Int32)?),
+        };
+        let mask_kind = match (&mask, self.mask) {
+            (None, _) => MaskKind::None,
+            (Some(_), MaskType::Bool) => MaskKind::Bool,
+            (Some(_), MaskType::Additive) => MaskKind::Additive,
+        };
+        let shapes = InputShapes {
+            query: &q.shape,
+            key: &k.shape,
+            value: &v.shape,
+            attn_mask: mask.as_ref().map(|m| m.shape.as_slice()),
+            key_seqlens: seqlens.as_ref().map(|s| s.shape.as_slice()),
+        };
+        let (mut params, out_shapes) = schema::plan(&self.attrs, &shapes, T::DTYPE, mask_kind).map_err(invalid)?;
+        let out = ctx
+            .output(0, Shape::new(out_shapes.output.iter().copied()))?
+            .ok_or_else(|| invalid("ai.flashattn::FlashAttention: output 'output' could not be allocated"))?;
+        let lse = if ctx.num_outputs()? > 1 { ctx.output(1, Shape::new(out_shapes.softmax_lse.iter().copied()))? } else { None };
+        params.q_ptr = q.addr;
+        params.k_ptr = k.addr;
+        params.v_ptr = v.addr;
+        params.out_ptr = data_address(out.ptr())?;
+        params.lse_ptr = match &lse {
+            Some(l) => data_address(l.ptr())?,
+            None => 0,
+        };
+        params.mask_ptr = mask.as_ref().map_or(0, |m| m.addr);
+        params.seqlens_ptr = seqlens.as_ref().map_or(0, |s| s.addr);
+        let stream = ctx
+            .stream()?
+            .ok_or_else(|| ort::Error::new("ai.flashattn::FlashAttention: ONNX Runtime gave the CUDA kernel no compute stream"))?;
+        crate::gpu::launch(&params, stream.as_ptr().cast()).map_err(|e| ort::Error::new(e.to_string()))
+    }
+}
