@@ -90,6 +90,7 @@ fn main() {
         log.display()
     );
     println!("cargo:rustc-cfg=flashattn_kernels");
+    println!("cargo:rustc-env=FLASHATTN_NVCC_LOG={}", log.display());
 }
 
 fn find_nvcc(manifest: &Path) -> Option<PathBuf> {

@@ -79,6 +79,9 @@ template <typename T, class Cfg> __device__ __forceinline__ void flash_fwd_sm80(
     const int v_row = lane & 15, v_ch = lane >> 4;                                 // B from V (trans)
     const int kd_steps = (p.head_dim + 15) >> 4;  // skip the zero padding of Q/K beyond head_dim
     const int vd_tiles = (p.head_dim_v + 15) >> 4;
+    const bool has_mask = p.mask_kind != kMaskNone;
+    const bool has_softcap = p.softcap > 0.f;
+    const float scale_log2 = p.scale * kLog2e;
 
     for (int i = 0; i < n_blocks; ++i) {
       const int nb = w.n_begin + i, stage = i & 1;
@@ -118,15 +121,17 @@ template <typename T, class Cfg> __device__ __forceinline__ void flash_fwd_sm80(
         }
       }
 
-      // scale / softcap / masks
+      // softcap / masks (scores stay in raw units; scale is folded into the softmax exponent)
       const int c0 = nb * BN;
-      const bool elementwise = p.mask_kind != kMaskNone || c0 < w.lo_max || c0 + BN > w.hi_min;
-      if (elementwise)
-        apply_score_mods<T, MT, NTN, true>(s, p, w.batch, w.head, row0 + warp_row0, c0, w.kv_len, lane);
-      else
-        apply_score_mods<T, MT, NTN, false>(s, p, w.batch, w.head, row0 + warp_row0, c0, w.kv_len, lane);
+      const bool bounds = c0 < w.lo_max || c0 + BN > w.hi_min;
+      if (has_mask)
+        apply_score_mods<T, MT, NTN, true, true>(s, p, w.batch, w.head, row0 + warp_row0, c0, w.kv_len, lane);
+      else if (bounds)
+        apply_score_mods<T, MT, NTN, true, false>(s, p, w.batch, w.head, row0 + warp_row0, c0, w.kv_len, lane);
+      else if (has_softcap)
+        apply_score_mods<T, MT, NTN, false, false>(s, p, w.batch, w.head, row0 + warp_row0, c0, w.kv_len, lane);
 
-      sm.update(s, o);
+      sm.update(s, o, scale_log2);
 
       // O += P V
 #pragma unroll
@@ -156,7 +161,7 @@ template <typename T, class Cfg> __device__ __forceinline__ void flash_fwd_sm80(
   }
 
   float inv[MT][2], lse[MT][2];
-  sm.finalize(inv, lse);
+  sm.finalize(inv, lse, p.scale);
   store_output<T, MT, NTD>(p, o, inv, lse, w.batch, w.head, row0 + warp_row0, lane);
 }
 

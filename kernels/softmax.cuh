@@ -1,6 +1,7 @@
-// Online softmax over a warp's rows: running max m and (thread-partial) running sum l per row; each new
-// S tile is turned into probabilities in place and the O accumulator is rescaled. Rows with no visible key
-// keep m = -inf and l = 0 and end as zeros with lse = -inf.
+// Online softmax over a warp's rows: running max m (raw score units) and thread-partial running sum l per
+// row; each new S tile becomes probabilities in place, p = 2^(s*scale*log2e - m*scale*log2e), and the O
+// accumulator is rescaled — skipped when no row of the warp raised its max. Rows with no visible key keep
+// m = -inf and l = 0 and end as zeros with lse = -inf.
 #pragma once
 #include "common.cuh"
 
@@ -20,7 +21,10 @@ template <int MT, int NTN, int NTD> struct OnlineSoftmax {
       }
   }
 
-  __device__ __forceinline__ void update(float (&s)[MT][NTN][4], float (&o)[MT][NTD][4]) {
+  // scale_log2 = scale * log2(e)
+  __device__ __forceinline__ void update(float (&s)[MT][NTN][4], float (&o)[MT][NTD][4], float scale_log2) {
+    float corr[MT][2];
+    bool rescale = false;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -29,33 +33,38 @@ template <int MT, int NTN, int NTD> struct OnlineSoftmax {
 #pragma unroll
         for (int nt = 0; nt < NTN; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hf], s[mt][nt][2 * hf + 1]));
         mx = quad_max(mx);
-        const float m_use = mx == -INFINITY ? 0.f : mx;
-        const float corr = exp2f((m[mt][hf] - m_use) * kLog2e);
+        const float mb = mx == -INFINITY ? 0.f : mx * scale_log2;
+        corr[mt][hf] = fast_exp2(m[mt][hf] * scale_log2 - mb);  // m_old = -inf -> 0
+        rescale |= mx != m[mt][hf];
         m[mt][hf] = mx;
-        l[mt][hf] *= corr;
-#pragma unroll
-        for (int nd = 0; nd < NTD; ++nd) {
-          o[mt][nd][2 * hf] *= corr;
-          o[mt][nd][2 * hf + 1] *= corr;
-        }
-        const float mb = m_use * kLog2e;
         float sum = 0.f;
 #pragma unroll
         for (int nt = 0; nt < NTN; ++nt) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const float pr = exp2f(fmaf(s[mt][nt][2 * hf + e], kLog2e, -mb));
+            const float pr = fast_exp2(fmaf(s[mt][nt][2 * hf + e], scale_log2, -mb));
             s[mt][nt][2 * hf + e] = pr;
             sum += pr;
           }
         }
-        l[mt][hf] += sum;
+        l[mt][hf] = l[mt][hf] * corr[mt][hf] + sum;
       }
+    }
+    if (__any_sync(0xffffffffu, rescale)) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nd = 0; nd < NTD; ++nd) {
+          o[mt][nd][0] *= corr[mt][0];
+          o[mt][nd][1] *= corr[mt][0];
+          o[mt][nd][2] *= corr[mt][1];
+          o[mt][nd][3] *= corr[mt][1];
+        }
     }
   }
 
-  // Full row sums (across the 4 threads of a row) and natural-log lse.
-  __device__ __forceinline__ void finalize(float (&inv)[MT][2], float (&lse)[MT][2]) {
+  // Full row sums (across the 4 threads of a row), their inverses, and natural-log lse.
+  __device__ __forceinline__ void finalize(float (&inv)[MT][2], float (&lse)[MT][2], float scale) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -63,7 +72,7 @@ template <int MT, int NTN, int NTD> struct OnlineSoftmax {
         const float tot = quad_sum(l[mt][hf]);
         const bool any = tot > 0.f;
         inv[mt][hf] = any ? 1.f / tot : 0.f;
-        lse[mt][hf] = any ? m[mt][hf] + logf(tot) : -INFINITY;
+        lse[mt][hf] = any ? m[mt][hf] * scale + logf(tot) : -INFINITY;
       }
   }
 };

@@ -23,6 +23,9 @@ except Exception as e:  # noqa: BLE001
     print(f"FA4 unavailable: {e}", file=sys.stderr)
 
 
+VARIANTS = []
+
+
 def timeit(fn, iters=None, budget_s=0.25):
     """Median of CUDA-event-timed runs (ms), after warm-up."""
     for _ in range(3):
@@ -65,6 +68,12 @@ def run_row(lib, B, S, H, D, causal, Hkv=None, Sq=None, rows_out=None):
     flops = 4 * B * H * Sq * S * D * (0.5 if causal and Sq == S else 1.0)
     res = {}
     res["ours"] = timeit(lambda: fa_lib.launch(lib, P))
+    for name in VARIANTS:
+        if f"_d{D}_" in name:
+            lib.flashattn_ort_gpu_set_kernel(name.encode())
+            t = timeit(lambda: fa_lib.launch(lib, P))
+            lib.flashattn_ort_gpu_set_kernel(None)
+            print(f"    variant {name}: {flops / (t * 1e-3) / 1e12:.0f} TFLOP/s", flush=True)
     gqa = Hkv != H
     for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
         try:
@@ -106,7 +115,9 @@ def main():
     ap.add_argument("lib")
     ap.add_argument("--quick", action="store_true", help="d128 only")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--variants", default="", help="comma-separated kernel names to time too")
     a = ap.parse_args()
+    VARIANTS.extend(v for v in a.variants.split(",") if v)
     lib = fa_lib.load(a.lib)
     dev = torch.cuda.get_device_name()
     rows = []

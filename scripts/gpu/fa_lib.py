@@ -19,6 +19,8 @@ def load(path):
     lib.flashattn_ort_gpu_last_error.restype = ctypes.c_char_p
     lib.flashattn_ort_gpu_kernel_name.restype = ctypes.c_int
     lib.flashattn_ort_gpu_kernel_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+    lib.flashattn_ort_gpu_set_kernel.restype = None
+    lib.flashattn_ort_gpu_set_kernel.argtypes = [ctypes.c_char_p]
     # Build the ctypes mirror of AttnParams from the library's own layout table.
     fields, i = [], 0
     while True:

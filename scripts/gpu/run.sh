@@ -47,7 +47,7 @@ for s in "${steps[@]}"; do
         grep -v "^========= COMPUTE-SANITIZER$" | tee "$out/sanitize.log" ;;
     ort) python3 ort_cuda.py "$lib" 2>&1 | tee "$out/ort.log" ;;
     bench) python3 bench.py "$lib" --out "$out/bench.md" 2>&1 | tee "$out/bench.log" ;;
-    bench-quick) python3 bench.py "$lib" --quick --out "$out/bench.md" 2>&1 | tee "$out/bench.log" ;;
+    bench-quick) python3 bench.py "$lib" --quick --variants "${FA_VARIANTS:-}" --out "$out/bench.md" 2>&1 | tee "$out/bench.log" ;;
     *) echo "unknown step $s"; false ;;
   esac
   rc=${PIPESTATUS[0]}

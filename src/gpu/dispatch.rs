@@ -54,15 +54,26 @@ const fn sm80(dtype: DType, d: i32, bm: i32, bn: i32, warps: i32) -> KernelSpec 
     KernelSpec { family: Family::Sm80, dtype, d, bm, bn, warps }
 }
 
-/// Every kernel in the fatbin.
+/// Every kernel in the fatbin; for each (dtype, d) the first listed that fits the device is the default.
 pub const KERNELS: &[KernelSpec] = &[
     sm80(DType::F16, 64, 128, 64, 4),
     sm80(DType::BF16, 64, 128, 64, 4),
     sm80(DType::F16, 128, 128, 64, 4),
     sm80(DType::BF16, 128, 128, 64, 4),
+    sm80(DType::F16, 128, 128, 32, 4),
+    sm80(DType::BF16, 128, 128, 32, 4),
     sm80(DType::F16, 256, 64, 32, 4),
     sm80(DType::BF16, 256, 64, 32, 4),
+    sm80(DType::F16, 256, 128, 32, 8),
+    sm80(DType::BF16, 256, 128, 32, 8),
 ];
+
+static OVERRIDE: std::sync::RwLock<Option<String>> = std::sync::RwLock::new(None);
+
+/// Benchmarking aid: prefer the kernel of this name whenever it can serve a problem (None: the default).
+pub fn set_override(name: Option<String>) {
+    *OVERRIDE.write().unwrap_or_else(|e| e.into_inner()) = name;
+}
 
 /// The best kernel for `p` on a device of compute capability `cc` (major*10 + minor) whose blocks may use
 /// up to `max_smem` bytes of shared memory.
@@ -80,10 +91,18 @@ pub fn select(p: &AttnParams, cc: i32, max_smem: i32) -> Result<KernelSpec, GpuE
     if need < 1 || need > 256 {
         return Err(GpuError::new(format!("head_dim {} / value head_dim {} outside 1..=256", p.head_dim, p.head_dim_v)));
     }
+    let fits = |k: &&KernelSpec| k.family == Family::Sm80 && k.dtype == dtype && k.d >= need && k.smem_bytes() as i64 <= max_smem as i64;
+    if let Some(name) = OVERRIDE.read().unwrap_or_else(|e| e.into_inner()).as_deref() {
+        if let Some(k) = KERNELS.iter().filter(fits).find(|k| k.name() == name) {
+            return Ok(*k);
+        }
+    }
+    // The smallest padded head dim that covers the problem; among those, the first listed.
+    let d = KERNELS.iter().filter(fits).map(|k| k.d).min();
     KERNELS
         .iter()
-        .filter(|k| k.family == Family::Sm80 && k.dtype == dtype && k.d >= need && k.smem_bytes() as i64 <= max_smem as i64)
-        .min_by_key(|k| k.d)
+        .filter(fits)
+        .find(|k| Some(k.d) == d)
         .copied()
         .ok_or_else(|| GpuError::new(format!("no compiled kernel fits head_dim {need} in {max_smem} bytes of shared memory")))
 }

@@ -151,3 +151,13 @@ pub unsafe extern "C" fn flashattn_ort_gpu_kernel_name(params: *const AttnParams
         }
     }
 }
+
+/// Benchmarking aid: prefer kernel `name` (NUL-terminated) wherever it fits; null restores the default choice.
+///
+/// # Safety
+/// `name` must be null or a valid C string.
+#[no_mangle]
+pub unsafe extern "C" fn flashattn_ort_gpu_set_kernel(name: *const c_char) {
+    let name = if name.is_null() { None } else { Some(unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned()) };
+    super::dispatch::set_override(name);
+}

@@ -1,0 +1,49 @@
+//! CPU-side checks of the GPU build: the kernels were compiled and embedded (when nvcc was there), the
+//! fatbin holds every kernel the dispatch table names for every target, and the library's GPU entry point
+//! fails cleanly (no panic, no crash) on a machine without a usable GPU.
+
+use flashattn_ort::gpu::{self, dispatch::KERNELS};
+use flashattn_ort::params::AttnParams;
+
+#[test]
+fn kernels_are_embedded_when_nvcc_was_found() {
+    let log = option_env!("FLASHATTN_NVCC_LOG");
+    assert_eq!(gpu::kernels_built(), log.is_some());
+    if std::env::var_os("FLASHATTN_REQUIRE_KERNELS").is_some_and(|v| v != "0") {
+        assert!(gpu::kernels_built(), "FLASHATTN_REQUIRE_KERNELS set but the build has no CUDA kernels");
+    }
+    if gpu::kernels_built() {
+        let fatbin = gpu::module::FATBIN.unwrap();
+        assert!(fatbin.len() > 100_000, "fatbin suspiciously small: {} bytes", fatbin.len());
+    }
+}
+
+#[test]
+fn every_dispatched_kernel_was_compiled_for_every_target() {
+    let Some(log) = option_env!("FLASHATTN_NVCC_LOG") else { return };
+    let text = std::fs::read_to_string(log).expect("nvcc log");
+    let mut compiled = 0;
+    for line in text.lines().filter(|l| l.contains("Compiling entry function")) {
+        compiled += 1;
+        assert!(KERNELS.iter().any(|k| line.contains(&format!("'{}'", k.name()))), "kernel not in the dispatch table: {line}");
+    }
+    for k in KERNELS {
+        for arch in ["sm_80", "sm_90a", "sm_100a"] {
+            let needle = format!("'{}' for '{arch}'", k.name());
+            assert!(text.contains(&needle), "{} was not compiled for {arch}", k.name());
+        }
+    }
+    assert_eq!(compiled, KERNELS.len() * 3);
+}
+
+#[test]
+fn launch_without_gpu_is_a_clean_error() {
+    if gpu::driver::available().is_ok() {
+        return; // a real GPU: covered by scripts/gpu/run.sh
+    }
+    let p = AttnParams { batch: 1, heads_q: 1, heads_kv: 1, seq_q: 1, seq_kv: 1, head_dim: 64, head_dim_v: 64, dtype: 2, q_ptr: 16, k_ptr: 16, v_ptr: 16, out_ptr: 16, ..Default::default() };
+    let err = gpu::launch(&p, std::ptr::null_mut()).unwrap_err();
+    assert!(err.to_string().contains("CUDA"), "{err}");
+    let rc = unsafe { gpu::ffi::flashattn_ort_gpu_launch(&p, std::ptr::null_mut()) };
+    assert_ne!(rc, 0);
+}
