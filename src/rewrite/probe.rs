@@ -1,0 +1,120 @@
+//! Probe sizes and input values, and the evaluators built on them. A fact the rewriter relies on
+//! (a scale, a repeat factor, what a mask computes) must hold under every probe; probes differ in batch
+//! and sequence sizes and in the 0/1 patterns of integer inputs, so size- or data-dependent pieces show.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use onnx_protobuf::TensorProto;
+
+use super::eval::{Evaluator, Probe};
+use super::graph::{Dim, GraphIndex};
+use super::tensor::{dt, Tensor};
+
+/// (batch, sequence) for the standard probes.
+const PROBES: [(i64, i64); 2] = [(2, 5), (3, 8)];
+/// Largest sequence a mask probe may use (its masks hold S² elements).
+pub const MAX_PROBE_SEQ: i64 = 2048;
+
+pub struct Ctx<'g, 'a> {
+    pub gi: &'g GraphIndex<'a>,
+    pub evs: Vec<Evaluator<'g, 'a>>,
+    ext: &'g dyn Fn(&TensorProto) -> Option<Vec<u8>>,
+    big: RefCell<HashMap<i64, Rc<Evaluator<'g, 'a>>>>,
+}
+
+impl<'g, 'a> Ctx<'g, 'a> {
+    pub fn new(gi: &'g GraphIndex<'a>, ext: &'g dyn Fn(&TensorProto) -> Option<Vec<u8>>) -> Self {
+        let evs = PROBES.iter().enumerate().map(|(k, &(b, s))| Evaluator::new(gi, make_probe(gi, b, s, k as u64 + 1), ext)).collect();
+        Ctx { gi, evs, ext, big: RefCell::default() }
+    }
+
+    /// An evaluator with batch 1 and the given sequence size (for masks holding larger constants).
+    pub fn big(&self, seq: i64) -> Rc<Evaluator<'g, 'a>> {
+        self.big
+            .borrow_mut()
+            .entry(seq)
+            .or_insert_with(|| Rc::new(Evaluator::new(self.gi, make_probe(self.gi, 1, seq, 99), self.ext)))
+            .clone()
+    }
+
+    /// A scalar that has the same value under every probe.
+    pub fn const_scalar(&self, t: &str) -> Option<f64> {
+        let mut v = None;
+        for e in &self.evs {
+            let x = e.value(t)?;
+            if x.numel() != 1 {
+                return None;
+            }
+            let x = x.data[0];
+            match v {
+                None => v = Some(x),
+                Some(p) if p == x || (p.is_nan() && x.is_nan()) => {}
+                _ => return None,
+            }
+        }
+        v
+    }
+
+    /// Shapes of `t` under every probe.
+    pub fn shapes(&self, t: &str) -> Option<Vec<Vec<i64>>> {
+        self.evs.iter().map(|e| e.shape(t)).collect()
+    }
+
+    /// The rank of `t`, if every probe agrees.
+    pub fn rank(&self, t: &str) -> Option<usize> {
+        let s = self.shapes(t)?;
+        let r = s[0].len();
+        s.iter().all(|x| x.len() == r).then_some(r)
+    }
+}
+
+/// A small deterministic generator (the probes must be reproducible).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+fn make_probe(gi: &GraphIndex, batch: i64, seq: i64, seed: u64) -> Probe {
+    let axis_dims = vec![batch, seq, seq, seq, seq, seq];
+    let mut values = HashMap::new();
+    let mut rng = Lcg(seed.wrapping_mul(0x9E3779B97F4A7C15));
+    for v in &gi.g.input {
+        if gi.inits.contains_key(v.name.as_str()) {
+            continue;
+        }
+        let Some(et) = gi.elem_type(&v.name) else { continue };
+        if dt::is_float(et) {
+            continue;
+        }
+        let Some(decl) = gi.declared_shape(&v.name) else { continue };
+        let shape: Vec<usize> = decl
+            .iter()
+            .enumerate()
+            .map(|(k, d)| match d {
+                Dim::Known(x) => *x as usize,
+                _ => axis_dims.get(k).copied().unwrap_or(3) as usize,
+            })
+            .collect();
+        let n: usize = shape.iter().product();
+        if n > 1 << 22 {
+            continue;
+        }
+        let data: Vec<f64> = match shape.len() {
+            // [B, S]: a 0/1 pattern; the first row attends everywhere, others are random (holes, left and
+            // right padding, fully masked rows all occur).
+            2 => (0..n)
+                .map(|i| if i < shape[1] { 1.0 } else { (rng.next() % 3 != 0) as i32 as f64 })
+                .collect(),
+            // [B]: lengths in [1, S].
+            1 => (0..n).map(|_| 1.0 + (rng.next() % seq as u64) as f64).collect(),
+            _ => (0..n).map(|_| (rng.next() % 2) as f64).collect(),
+        };
+        values.insert(v.name.clone(), Tensor::new(et, shape, data).normalize());
+    }
+    Probe { axis_dims, values }
+}
