@@ -1,0 +1,81 @@
+//! `flashattn-ort rewrite INPUT.onnx -o OUTPUT.onnx [--verify] [--dry-run] [--json]`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+
+use crate::rewrite::{self, io, Options};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RewriteArgs {
+    /// The exported model to rewrite (never modified).
+    pub input: PathBuf,
+    /// Where to write the rewritten model (must differ from the input).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Also run the original and the rewritten model in ONNX Runtime (CPU) on generated inputs and
+    /// compare; exit non-zero when the error is beyond tolerance.
+    #[arg(long)]
+    pub verify: bool,
+    /// Report what would be fused; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub tol: super::verify::Tolerance,
+}
+
+pub fn run(args: RewriteArgs) -> Result<ExitCode> {
+    let t0 = Instant::now();
+    let output = match (&args.output, args.dry_run) {
+        (Some(o), _) => Some(o.clone()),
+        (None, true) => None,
+        (None, false) => bail!("missing -o OUTPUT.onnx (or use --dry-run)"),
+    };
+    if args.verify && args.dry_run {
+        bail!("--verify needs a written output; drop --dry-run");
+    }
+    let mut model = io::load(&args.input)?;
+    if let Some(o) = &output {
+        io::check_paths(&args.input, o, &model)?;
+    }
+    let t_load = t0.elapsed().as_secs_f64();
+    let in_dir = args.input.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")).to_path_buf();
+    let report = rewrite::rewrite_model(&mut model, Some(&in_dir), &Options { dry_run: args.dry_run })?;
+    let t1 = Instant::now();
+    if let (Some(o), false) = (&output, args.dry_run) {
+        io::save(&model, &in_dir, o)?;
+    }
+    let t_save = t1.elapsed().as_secs_f64();
+
+    let verification = match (&output, args.verify) {
+        (Some(o), true) => Some(super::verify::compare_models(&args.input, o, &args.tol)?),
+        _ => None,
+    };
+    let ok = verification.as_ref().is_none_or(|v| v.passed);
+    if args.json {
+        let j = serde_json::json!({
+            "input": args.input,
+            "output": output,
+            "dry_run": args.dry_run,
+            "report": report,
+            "timing_s": {"load": t_load, "rewrite": report.seconds, "save": t_save, "total": t0.elapsed().as_secs_f64()},
+            "verify": verification,
+        });
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        println!("{}: {} attention layer(s) fused{}", args.input.display(), report.fused.len(), if args.dry_run { " (dry run: nothing written)" } else { "" });
+        print!("{}", report.human());
+        if let (Some(o), false) = (&output, args.dry_run) {
+            println!("  wrote {} (load {:.3} s, rewrite {:.3} s, save {:.3} s)", o.display(), t_load, report.seconds, t_save);
+        }
+        if let Some(v) = &verification {
+            print!("{}", v.human());
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
