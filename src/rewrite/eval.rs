@@ -472,12 +472,59 @@ impl<'g, 'a> Evaluator<'g, 'a> {
 
     /// Shape of output `k` of node `n` from its inputs' shapes (and the values of shape-like inputs).
     fn node_shape(&self, n: &onnx_protobuf::NodeProto, k: usize) -> Option<Vec<i64>> {
-        if !is_onnx_domain(&n.domain) {
-            return None;
-        }
         let sh = |i: usize| -> Option<Vec<i64>> { self.shape(n.input.get(i).filter(|s| !s.is_empty())?) };
         let norm = |a: i64, r: usize| -> usize { (if a < 0 { a + r as i64 } else { a }) as usize };
         let op = n.op_type.as_str();
+        // Attention-like ops: the query's shape with the value's head size.
+        let attention_out = |heads: i64| -> Option<Vec<i64>> {
+            let (q, v) = (sh(0)?, sh(2)?);
+            match (q.len(), v.len()) {
+                (4, 4) => Some(vec![q[0], q[1], q[2], v[3]]),
+                (3, 3) if heads > 0 => {
+                    let kvh = attr_i(n, "kv_num_heads").unwrap_or(heads);
+                    Some(vec![q[0], q[1], heads * (v[2] / kvh.max(1))])
+                }
+                _ => None,
+            }
+        };
+        match (n.domain.as_str(), op) {
+            ("com.microsoft", "SkipLayerNormalization" | "SkipSimplifiedLayerNormalization" | "SimplifiedLayerNormalization"
+            | "FastGelu" | "BiasGelu" | "Gelu" | "QuickGelu" | "RotaryEmbedding" | "BiasAdd")
+                if k == 0 =>
+            {
+                return sh(0)
+            }
+            ("com.microsoft", "MultiHeadAttention" | "GroupQueryAttention") if k == 0 => {
+                let q = sh(0)?;
+                if op == "GroupQueryAttention" || opt_input(n, 2).is_none() {
+                    return Some(q);
+                }
+                let v = sh(2)?;
+                let h = attr_i(n, "num_heads")?;
+                return match v.len() {
+                    3 => Some(vec![q[0], q[1], v[2]]),
+                    4 => Some(vec![q[0], q[1], h * v[3]]),
+                    _ => None,
+                };
+            }
+            (d, "FlashAttention") if d == crate::DOMAIN && k == 0 => {
+                let q = sh(0)?;
+                let v = sh(2)?;
+                return match (q.len(), v.len()) {
+                    (4, 4) => Some(vec![q[0], q[1], q[2], v[3]]),
+                    (3, 3) => {
+                        let h = attr_i(n, "num_heads")?;
+                        let kvh = (sh(1)?[2] / (q[2] / h).max(1)).max(1);
+                        Some(vec![q[0], q[1], h * (v[2] / kvh)])
+                    }
+                    _ => None,
+                };
+            }
+            (d, "Attention") if is_onnx_domain(d) && k == 0 => return attention_out(attr_i(n, "q_num_heads").unwrap_or(0)),
+            (d, "RotaryEmbedding") if is_onnx_domain(d) => return sh(0),
+            (d, _) if !is_onnx_domain(d) => return None,
+            _ => {}
+        }
         Some(match op {
             "Identity" | "Cast" | "CastLike" | "Neg" | "Abs" | "Sqrt" | "Reciprocal" | "Floor" | "Ceil" | "Exp" | "Log"
             | "Not" | "IsInf" | "IsNaN" | "Relu" | "Gelu" | "Erf" | "Tanh" | "Sigmoid" | "Softmax" | "LogSoftmax" | "Sin"
@@ -715,6 +762,9 @@ impl<'g, 'a> Evaluator<'g, 'a> {
             return Some(s);
         }
         // Declared shapes help only where they are fully static.
+        if std::env::var_os("FA_DEBUG").is_some() {
+            eprintln!("shape: no rule for {} ({})", n.op_type, t);
+        }
         let decl = self.gi.declared_shape(t)?;
         decl.iter().map(|d| if let Dim::Known(v) = d { Some(*v) } else { None }).collect()
     }
@@ -816,4 +866,8 @@ fn binary(op: &str, a: &Tensor, b: &Tensor) -> Option<Tensor> {
         .collect();
     let dtype = if cmp || matches!(op, "And" | "Or" | "Xor") { dt::BOOL } else { a.dtype };
     Some(Tensor::new(dtype, shape, data).normalize())
+}
+
+fn opt_input(n: &onnx_protobuf::NodeProto, i: usize) -> Option<&String> {
+    n.input.get(i).filter(|s| !s.is_empty())
 }

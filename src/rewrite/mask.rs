@@ -55,8 +55,11 @@ enum Pad<'s> {
     Lengths(&'s str),
 }
 
-/// Plans the op's mask inputs for `terms` applied to `scores` ([B, N, Sq, Skv]).
-pub fn plan(ctx: &Ctx, terms: &[Term], scores: &str) -> Result<Plan, String> {
+/// The scores' [B, N, Sq, Skv] under one probe.
+pub type ScoresShape<'f> = &'f dyn Fn(&Evaluator) -> Option<Vec<i64>>;
+
+/// Plans the op's mask inputs for `terms` applied to scores of shape `scores` ([B, N, Sq, Skv]).
+pub fn plan(ctx: &Ctx, terms: &[Term], scores: ScoresShape) -> Result<Plan, String> {
     if terms.is_empty() {
         return Ok(Plan { window_left: -1, note: "no mask".into(), ..Default::default() });
     }
@@ -85,7 +88,7 @@ pub fn plan(ctx: &Ctx, terms: &[Term], scores: &str) -> Result<Plan, String> {
     })
 }
 
-fn passthrough(ctx: &Ctx, terms: &[Term], scores: &str) -> Result<Plan, String> {
+fn passthrough(ctx: &Ctx, terms: &[Term], scores: ScoresShape) -> Result<Plan, String> {
     if terms.len() > 1 {
         // Several additive terms are summed into one additive mask.
         let mut names = vec![];
@@ -106,7 +109,7 @@ fn passthrough(ctx: &Ctx, terms: &[Term], scores: &str) -> Result<Plan, String> 
     }
     let t = &terms[0];
     let r = ctx.rank(t.name()).ok_or_else(|| format!("rank of mask '{}' unknown", t.name()))?;
-    let sr = ctx.rank(scores).ok_or("rank of scores unknown")?;
+    let sr = scores(&ctx.evs[0]).ok_or("scores shape unknown")?.len();
     if r > 4 || sr != 4 {
         return Err(format!("mask rank {r} / scores rank {sr}"));
     }
@@ -143,8 +146,8 @@ struct Grid {
     allowed: Vec<bool>,
 }
 
-fn grid(ev: &Evaluator, terms: &[Term], scores: &str) -> Result<Grid, String> {
-    let s = ev.shape(scores).ok_or("scores shape not inferable")?;
+fn grid(ev: &Evaluator, terms: &[Term], scores: ScoresShape) -> Result<Grid, String> {
+    let s = scores(ev).ok_or("scores shape not inferable")?;
     if s.len() != 4 {
         return Err("scores are not 4-D".into());
     }
@@ -275,7 +278,7 @@ fn largest_int_constant(ctx: &Ctx, terms: &[Term]) -> i64 {
     best
 }
 
-fn structured(ctx: &Ctx, terms: &[Term], scores: &str) -> Result<Plan, String> {
+fn structured(ctx: &Ctx, terms: &[Term], scores: ScoresShape) -> Result<Plan, String> {
     let mut grids = Vec::new();
     for ev in &ctx.evs {
         grids.push(grid(ev, terms, scores)?);

@@ -123,7 +123,7 @@ fn match_at(ctx: &Ctx, si: usize) -> Result<Fusion, String> {
     }
     covered.extend(q.nodes.iter().chain(k.nodes.iter()).chain(v.nodes.iter()).copied());
 
-    let plan = mask::plan(ctx, &sc.terms, &scores)?;
+    let plan = mask::plan(ctx, &sc.terms, &|e: &super::eval::Evaluator| e.shape(&scores))?;
 
     // Layout: BSNH when all three come from BSNH tensors and the output is transposed back to BSNH.
     let out_t = &pvn.output[0];
