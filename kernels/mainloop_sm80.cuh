@@ -77,8 +77,6 @@ template <typename T, class Cfg> __device__ __forceinline__ void flash_fwd_sm80(
     const int q_row = warp_row0 + (lane & 15), q_ch = lane >> 4;                   // A from Q
     const int k_row = (lane & 7) + ((lane >> 4) << 3), k_ch = (lane >> 3) & 1;    // B from K
     const int v_row = lane & 15, v_ch = lane >> 4;                                 // B from V (trans)
-    const int kd_steps = (p.head_dim + 15) >> 4;  // skip the zero padding of Q/K beyond head_dim
-    const int vd_tiles = (p.head_dim_v + 15) >> 4;
     const bool has_mask = p.mask_kind != kMaskNone;
     const bool has_softcap = p.softcap > 0.f;
     const float scale_log2 = p.scale * kLog2e;
@@ -105,7 +103,6 @@ template <typename T, class Cfg> __device__ __forceinline__ void flash_fwd_sm80(
           for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
-        if (kk >= kd_steps) break;
         uint32_t qa[MT][4];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(qa[mt], smem_u32(sQ + swz<D>(q_row + mt * 16, kk * 2 + q_ch)));
@@ -146,7 +143,6 @@ template <typename T, class Cfg> __device__ __forceinline__ void flash_fwd_sm80(
         }
 #pragma unroll
         for (int d2 = 0; d2 < D / 16; ++d2) {
-          if (d2 >= vd_tiles) break;
           uint32_t vb[4];
           ldmatrix_x4_trans(vb, smem_u32(sVs + swz<D>(kk * 16 + v_row, d2 * 2 + v_ch)));
 #pragma unroll

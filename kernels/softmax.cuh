@@ -29,24 +29,36 @@ template <int MT, int NTN, int NTD> struct OnlineSoftmax {
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
-        float mx = m[mt][hf];
+        // Reductions over the row's NTN*2 values in NP independent chains (latency, not throughput, bound).
+        constexpr int NP = NTN >= 4 ? 4 : NTN;
+        float pm[NP];
 #pragma unroll
-        for (int nt = 0; nt < NTN; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hf], s[mt][nt][2 * hf + 1]));
+        for (int i = 0; i < NP; ++i) pm[i] = m[mt][hf];
+#pragma unroll
+        for (int nt = 0; nt < NTN; ++nt) pm[nt % NP] = fmaxf(pm[nt % NP], fmaxf(s[mt][nt][2 * hf], s[mt][nt][2 * hf + 1]));
+        float mx = pm[0];
+#pragma unroll
+        for (int i = 1; i < NP; ++i) mx = fmaxf(mx, pm[i]);
         mx = quad_max(mx);
         const float mb = mx == -INFINITY ? 0.f : mx * scale_log2;
         corr[mt][hf] = fast_exp2(m[mt][hf] * scale_log2 - mb);  // m_old = -inf -> 0
         rescale |= mx != m[mt][hf];
         m[mt][hf] = mx;
-        float sum = 0.f;
+        float ps[NP];
+#pragma unroll
+        for (int i = 0; i < NP; ++i) ps[i] = 0.f;
 #pragma unroll
         for (int nt = 0; nt < NTN; ++nt) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const float pr = fast_exp2(fmaf(s[mt][nt][2 * hf + e], scale_log2, -mb));
             s[mt][nt][2 * hf + e] = pr;
-            sum += pr;
+            ps[nt % NP] += pr;
           }
         }
+        float sum = ps[0];
+#pragma unroll
+        for (int i = 1; i < NP; ++i) sum += ps[i];
         l[mt][hf] = l[mt][hf] * corr[mt][hf] + sum;
       }
     }
