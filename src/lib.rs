@@ -2,6 +2,7 @@
 //!
 //! The cdylib exports `RegisterCustomOps`; the same crate builds the `flashattn-ort` CLI.
 
+pub mod check;
 pub mod cli;
 pub mod cpu;
 pub mod gpu;

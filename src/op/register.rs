@@ -1,0 +1,72 @@
+//! `RegisterCustomOps`: the entry point ORT calls when a session loads the library.
+
+use std::ffi::CString;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+
+use half::{bf16, f16};
+use ort::operator::OperatorDomain;
+use ort::sys::{OrtApi, OrtApiBase, OrtErrorCode, OrtSessionOptions, OrtStatus};
+use ort::AsPointer;
+
+use super::cpu::CpuOp;
+use super::cuda::CudaOp;
+use super::signature::MaskType;
+
+/// The ORT C API version the library asks for: ORT 1.17 is the oldest runtime it loads into.
+pub const API_VERSION: u32 = ort::sys::ORT_API_VERSION;
+
+/// The op's domain with every kernel variant this build has.
+pub fn domain() -> ort::Result<OperatorDomain> {
+    let mut d = OperatorDomain::new(crate::DOMAIN)?;
+    for mask in [MaskType::Bool, MaskType::Additive] {
+        d = d.add(CpuOp::<f32>::new(mask))?.add(CpuOp::<f16>::new(mask))?.add(CpuOp::<bf16>::new(mask))?;
+        // CUDA EP kernels (#3): float16 and bfloat16 only; float32 nodes stay on the CPU kernel.
+        d = d.add(CudaOp::<f16>::new(mask))?.add(CudaOp::<bf16>::new(mask))?;
+    }
+    Ok(d)
+}
+
+fn status(api: &OrtApi, msg: &str) -> *mut OrtStatus {
+    let msg = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+    unsafe { (api.CreateStatus)(OrtErrorCode::ORT_FAIL, msg.as_ptr()).0 }
+}
+
+/// Called by ORT (`SessionOptions.register_custom_ops_library` / `RegisterCustomOpsLibrary_V2`).
+///
+/// # Safety
+/// `options` and `api_base` must be the pointers ORT passes.
+#[no_mangle]
+pub unsafe extern "C" fn RegisterCustomOps(options: *mut OrtSessionOptions, api_base: *const OrtApiBase) -> *mut OrtStatus {
+    if api_base.is_null() || options.is_null() {
+        return ptr::null_mut();
+    }
+    let api = unsafe { ((*api_base).GetApi)(API_VERSION) };
+    if api.is_null() {
+        // Too old a runtime for us: say so with the oldest API table every ORT has.
+        let v1 = unsafe { ((*api_base).GetApi)(1) };
+        if v1.is_null() {
+            return ptr::null_mut();
+        }
+        return status(unsafe { &*v1 }, &format!("libflashattn_ort needs ONNX Runtime 1.{API_VERSION} or newer"));
+    }
+    let api: &OrtApi = unsafe { &*api };
+    ort::set_api(unsafe { ptr::read(api) });
+    let result = catch_unwind(AssertUnwindSafe(|| -> ort::Result<()> {
+        let domain = domain()?;
+        let st = unsafe { (api.AddCustomOpDomain)(options, domain.ptr().cast_mut()) };
+        if !st.0.is_null() {
+            let msg = unsafe { std::ffi::CStr::from_ptr((api.GetErrorMessage)(st.0)) }.to_string_lossy().into_owned();
+            unsafe { (api.ReleaseStatus)(st.0) };
+            return Err(ort::Error::new(msg));
+        }
+        // ORT keeps pointers into the domain for the sessions' lifetime and never frees it.
+        std::mem::forget(domain);
+        Ok(())
+    }));
+    match result {
+        Ok(Ok(())) => ptr::null_mut(),
+        Ok(Err(e)) => status(api, &format!("ai.flashattn: registering custom ops failed: {e}")),
+        Err(_) => status(api, "ai.flashattn: registering custom ops panicked"),
+    }
+}

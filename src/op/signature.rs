@@ -1,0 +1,133 @@
+//! The op's declared inputs/outputs and its ORT shape inference, shared by every execution provider.
+
+use std::ffi::{c_char, CStr};
+use std::ptr;
+
+use ort::operator::{OperatorInput, OperatorOutput, ShapeInferenceContext};
+use ort::value::{Shape, SymbolicDimensions, TensorElementType, ValueType};
+use ort::AsPointer;
+
+use super::invalid;
+use crate::schema::{self, InputShapes, OpAttributes};
+
+/// What `attn_mask` holds for one registered variant of the op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskType {
+    /// bool: true = attend.
+    Bool,
+    /// Additive, the same float type as query.
+    Additive,
+}
+
+pub fn inputs(t: TensorElementType, mask: MaskType) -> Vec<OperatorInput> {
+    let mask_t = match mask {
+        MaskType::Bool => TensorElementType::Bool,
+        MaskType::Additive => t,
+    };
+    vec![
+        OperatorInput::required(t),
+        OperatorInput::required(t),
+        OperatorInput::required(t),
+        OperatorInput::optional(mask_t),
+        OperatorInput::optional(TensorElementType::Int32),
+    ]
+}
+
+pub fn outputs(t: TensorElementType) -> Vec<OperatorOutput> {
+    vec![OperatorOutput::required(t), OperatorOutput::optional(TensorElementType::Float32)]
+}
+
+/// One input's type and shape as ORT knows it at graph-build time.
+struct InputInfo {
+    ty: TensorElementType,
+    dims: Vec<i64>,
+    symbols: Vec<String>,
+}
+
+/// Reads input `i`; None when the input is absent (an empty name in the node).
+fn input_info(ctx: &ShapeInferenceContext, i: usize) -> Option<InputInfo> {
+    let api = ort::api();
+    let mut info = ptr::null_mut();
+    let status = unsafe { (api.ShapeInferContext_GetInputTypeShape)(ctx.ptr(), i, &mut info) };
+    if !status.0.is_null() {
+        unsafe { (api.ReleaseStatus)(status.0) };
+        return None;
+    }
+    if info.is_null() {
+        return None;
+    }
+    let read = || -> Option<InputInfo> {
+        let mut ty = ort::sys::ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+        let mut rank = 0usize;
+        unsafe {
+            if !(api.GetTensorElementType)(info, &mut ty).0.is_null() || !(api.GetDimensionsCount)(info, &mut rank).0.is_null() {
+                return None;
+            }
+        }
+        let mut dims = vec![0i64; rank];
+        let mut syms: Vec<*const c_char> = vec![ptr::null(); rank];
+        unsafe {
+            if !(api.GetDimensions)(info, dims.as_mut_ptr(), rank).0.is_null() || !(api.GetSymbolicDimensions)(info, syms.as_mut_ptr(), rank).0.is_null() {
+                return None;
+            }
+        }
+        let symbols = syms
+            .iter()
+            .map(|p| if p.is_null() { String::new() } else { unsafe { CStr::from_ptr(*p) }.to_string_lossy().into_owned() })
+            .collect();
+        Some(InputInfo { ty: ty.into(), dims, symbols })
+    };
+    // The info belongs to the context (ORT frees it): read it, never release it.
+    read()
+}
+
+/// Validates static shapes and sets the outputs' types and shapes (symbolic dimensions carried over
+/// from query, so downstream shapes stay named).
+pub fn infer_shape(ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
+    let attrs = OpAttributes::read(&*ctx).map_err(invalid)?;
+    let mut count = 0usize;
+    let st = unsafe { (ort::api().ShapeInferContext_GetInputCount)(ctx.ptr(), &mut count) };
+    if !st.0.is_null() {
+        unsafe { (ort::api().ReleaseStatus)(st.0) };
+        return Ok(());
+    }
+    let info: Vec<Option<InputInfo>> = (0..5).map(|i| if i < count { input_info(ctx, i) } else { None }).collect();
+    let [Some(q), Some(k), Some(v), ..] = &info[..] else {
+        // ORT could not tell us the types yet; the kernel validates at run time.
+        return Ok(());
+    };
+    for (name, x) in [("key", k), ("value", v)] {
+        if x.ty != q.ty {
+            return Err(invalid(format!("ai.flashattn::FlashAttention: input '{name}' has element type {:?} but 'query' has {:?}; they must match", x.ty, q.ty)));
+        }
+    }
+    let shapes = InputShapes {
+        query: &q.dims,
+        key: &k.dims,
+        value: &v.dims,
+        attn_mask: info[schema::ATTN_MASK].as_ref().map(|m| m.dims.as_slice()),
+        key_seqlens: info[schema::KEY_SEQLENS].as_ref().map(|s| s.dims.as_slice()),
+    };
+    let g = schema::geometry(&attrs, &shapes).map_err(invalid)?;
+    let out = schema::output_shapes(&shapes, &g, &attrs);
+    let sym = |i: usize| q.symbols.get(i).cloned().unwrap_or_default();
+    let mut out_syms: Vec<String> = (0..out.output.len()).map(sym).collect();
+    // The last output dimension is value's head_dim (or heads·head_dim), not query's.
+    if let Some(last) = out_syms.last_mut() {
+        last.clear();
+    }
+    ctx.set_output(0, &ValueType::Tensor { ty: q.ty, shape: Shape::new(out.output.iter().copied()), dimension_symbols: SymbolicDimensions::new(out_syms) })?;
+    let (heads, seq) = match (q.dims.len(), attrs.layout) {
+        (4, schema::Layout::Bnsh) => (sym(1), sym(2)),
+        (4, schema::Layout::Bsnh) => (sym(2), sym(1)),
+        _ => (String::new(), sym(1)),
+    };
+    let lse = ValueType::Tensor {
+        ty: TensorElementType::Float32,
+        shape: Shape::new(out.softmax_lse.iter().copied()),
+        dimension_symbols: SymbolicDimensions::new([sym(0), heads, seq]),
+    };
+    // A node that does not ask for softmax_lse has one output and rejects index 1: nothing to set.
+    let _ = ctx.set_output(1, &lse);
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! Loading ONNX Runtime into a process that is not ORT's host (the CLI, tests, benchmarks).
+//!
+//! The crate speaks ORT's C ABI through `ort` in `alternative-backend` mode: inside the custom-op library
+//! the host hands us its `OrtApi`; here we dlopen `libonnxruntime.so` ourselves and do the same.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// The ORT C API version the crate is compiled against (ort's `api-17` feature): ORT 1.17 is the
+/// oldest runtime we support.
+pub const ORT_API_VERSION: u32 = ort::sys::ORT_API_VERSION;
+
+static LOADED: OnceLock<PathBuf> = OnceLock::new();
+
+/// Where libonnxruntime.so is looked for: `ORT_DYLIB_PATH`, then the project's pinned `.venv`, then
+/// the `onnxruntime` Python package of `python3` on PATH.
+pub fn find_onnxruntime() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("ORT_DYLIB_PATH") {
+        if !p.is_empty() {
+            return Ok(PathBuf::from(p));
+        }
+    }
+    let venv_capi = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/lib");
+    if let Some(p) = glob_capi(&venv_capi) {
+        return Ok(p);
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import onnxruntime,os;print(os.path.dirname(onnxruntime.__file__))"])
+        .output();
+    if let Ok(out) = out {
+        if out.status.success() {
+            let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("capi");
+            if let Some(p) = newest_lib_in(&dir) {
+                return Ok(p);
+            }
+        }
+    }
+    bail!("libonnxruntime.so not found: set ORT_DYLIB_PATH, or run scripts/setup.sh to create .venv")
+}
+
+fn glob_capi(venv_lib: &Path) -> Option<PathBuf> {
+    for py in std::fs::read_dir(venv_lib).ok()?.flatten() {
+        let capi = py.path().join("site-packages/onnxruntime/capi");
+        if let Some(p) = newest_lib_in(&capi) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+fn newest_lib_in(dir: &Path) -> Option<PathBuf> {
+    let mut libs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
+        .collect();
+    libs.sort();
+    libs.pop()
+}
+
+/// Loads ONNX Runtime once per process and hands its API to `ort`. Returns the library's path.
+pub fn init() -> Result<&'static Path> {
+    if let Some(p) = LOADED.get() {
+        return Ok(p);
+    }
+    let path = find_onnxruntime()?;
+    init_from(&path)
+}
+
+/// Like [`init`] with an explicit path. A second call with another path keeps the first runtime.
+pub fn init_from(path: &Path) -> Result<&'static Path> {
+    if let Some(p) = LOADED.get() {
+        return Ok(p);
+    }
+    // SAFETY: loading ORT runs its static initialisers, which are sound; the library is leaked on
+    // purpose so the API table stays valid for the life of the process.
+    let lib = unsafe { libloading::Library::new(path) }
+        .with_context(|| format!("loading ONNX Runtime from {}", path.display()))?;
+    let lib: &'static libloading::Library = Box::leak(Box::new(lib));
+    let api = unsafe {
+        let get_base: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
+            lib.get(b"OrtGetApiBase").context("OrtGetApiBase missing: not an ONNX Runtime library")?;
+        let base = get_base();
+        if base.is_null() {
+            bail!("OrtGetApiBase returned null");
+        }
+        ((*base).GetApi)(ORT_API_VERSION)
+    };
+    if api.is_null() {
+        bail!("{} does not provide ORT C API version {ORT_API_VERSION} (ORT ≥ 1.{ORT_API_VERSION} needed)", path.display());
+    }
+    // SAFETY: ORT returned a valid, immutable API table; `ort` keeps its own copy.
+    ort::set_api(unsafe { std::ptr::read(api) });
+    Ok(LOADED.get_or_init(|| path.to_path_buf()))
+}
+
+/// The ORT version string of the loaded runtime.
+pub fn version() -> Result<String> {
+    init()?;
+    Ok(ort::info().to_string())
+}
+
+/// Path of the custom-op library built next to the running executable (target/{profile}/ or its deps/).
+pub fn default_library_path() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("FLASHATTN_ORT_LIB") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().map(Path::to_path_buf);
+    while let Some(d) = dir {
+        let cand = d.join("libflashattn_ort.so");
+        if cand.exists() {
+            return Ok(cand);
+        }
+        if d.file_name().is_some_and(|n| n == "target") {
+            break;
+        }
+        dir = d.parent().map(Path::to_path_buf);
+    }
+    Err(anyhow!("libflashattn_ort.so not found next to {} (build it with `cargo build --release`, or set FLASHATTN_ORT_LIB)", exe.display()))
+}
+
+static ENVIRONMENT: OnceLock<ort::environment::Environment> = OnceLock::new();
+
+/// The process's ORT environment (created on first use).
+pub fn environment() -> Result<&'static ort::environment::Environment> {
+    init()?;
+    if let Some(env) = ENVIRONMENT.get() {
+        return Ok(env);
+    }
+    let env = ort::init().with_name("flashattn-ort").build().map_err(|e| anyhow!("creating the ORT environment: {e}"))?;
+    Ok(ENVIRONMENT.get_or_init(|| env))
+}
+
+/// A session builder with our custom-op library registered (CPU execution provider).
+pub fn session_builder(library: &Path) -> Result<ort::session::builder::SessionBuilder> {
+    let builder = ort::session::Session::builder(environment()?).map_err(|e| anyhow!("{e}"))?;
+    builder
+        .with_operator_library(library)
+        .map_err(|e| anyhow!("registering {}: {e}", library.display()))
+}
