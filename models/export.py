@@ -25,7 +25,7 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 BATCH, SEQ = 2, 8
-VOCAB = 256
+VOCAB = 128
 # Larger than HF's 0.02 so that random attention is peaked (softmax far from uniform), which makes the
 # rewriter's tests sensitive to a wrong mask, scale or head mapping.
 INIT_RANGE = 0.2
@@ -36,36 +36,36 @@ def make_config(arch, impl):
 
     common = dict(vocab_size=VOCAB, initializer_range=INIT_RANGE)
     if arch == "bert":
-        cfg = tf.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        cfg = tf.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                             max_position_embeddings=64, hidden_dropout_prob=0.0,
                             attention_probs_dropout_prob=0.0, **common)
         cls = tf.BertModel
     elif arch == "gpt2":
-        cfg = tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
+        cfg = tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
                             attn_pdrop=0.0, **common)
         cls = tf.GPT2Model
     elif arch == "llama":
-        cfg = tf.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        cfg = tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                              num_key_value_heads=2, max_position_embeddings=64, **common)
         cls = tf.LlamaModel
     elif arch == "mistral":
-        cfg = tf.MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                               num_key_value_heads=1, max_position_embeddings=64, sliding_window=4, head_dim=16,
+        cfg = tf.MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               num_key_value_heads=1, max_position_embeddings=64, sliding_window=4, head_dim=8,
                                **common)
         cls = tf.MistralModel
     elif arch == "gemma2":
-        cfg = tf.Gemma2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                              num_key_value_heads=2, head_dim=16, max_position_embeddings=64, sliding_window=4,
+        cfg = tf.Gemma2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, head_dim=8, max_position_embeddings=64, sliding_window=4,
                               attn_logit_softcapping=50.0, final_logit_softcapping=None,
-                              query_pre_attn_scalar=16, **common)
+                              query_pre_attn_scalar=8, **common)
         cls = tf.Gemma2Model
     elif arch == "t5enc":
-        cfg = tf.T5Config(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+        cfg = tf.T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
                           dropout_rate=0.0, **common)
         cls = tf.T5EncoderModel
     elif arch == "vit":
-        cfg = tf.ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, intermediate_size=128, hidden_dropout_prob=0.0,
+        cfg = tf.ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=64, hidden_dropout_prob=0.0,
                            attention_probs_dropout_prob=0.0, initializer_range=INIT_RANGE)
         cls = tf.ViTModel
     else:

@@ -1,7 +1,172 @@
-//! `com.microsoft` MultiHeadAttention / GroupQueryAttention / Attention.
+//! ONNX Runtime's `com.microsoft` attention ops, where the mapping is exact:
+//!
+//! - `MultiHeadAttention` with separate 3-D query/key/value, no bias, no KV cache: `num_heads`, `scale`
+//!   copied; `unidirectional` → `causal` (only where every probe has Sq = Skv); `key_padding_mask` [B]
+//!   (key lengths) → `key_seqlens`, [B, Skv] (1 = keep) → bool `attn_mask`; `attention_bias` → additive
+//!   `attn_mask` (not together with a [B, Skv] key_padding_mask).
+//! - `GroupQueryAttention` without KV cache, rotary, smooth softmax, head sink or bias, and with
+//!   `local_window_size` = -1: causal, `key_seqlens` = seqlens_k + 1, `scale`/`softcap` copied.
+//!
+//! MultiHeadAttention masks by adding `mask_filter_value` (-10000) while FlashAttention excludes keys
+//! exactly; both agree on every row that has at least one visible key.
 
+use super::graph::{attr_f, attr_i};
 use super::probe::Ctx;
 use super::report::Report;
-use super::Fusion;
+use super::tensor::dt;
+use super::{Fusion, Layout, MaskSrc, SeqlensSrc, Src};
 
-pub fn find(_ctx: &Ctx, _out: &mut Vec<Fusion>, _report: &mut Report) {}
+pub fn find(ctx: &Ctx, out: &mut Vec<Fusion>, report: &mut Report) {
+    for (i, n) in ctx.gi.g.node.iter().enumerate() {
+        if n.domain != "com.microsoft" {
+            continue;
+        }
+        let r = match n.op_type.as_str() {
+            "MultiHeadAttention" => mha(ctx, i),
+            "GroupQueryAttention" => gqa(ctx, i),
+            "Attention" => Err("com.microsoft Attention (packed QKV projection) is not mapped yet".to_string()),
+            _ => continue,
+        };
+        let pat = match n.op_type.as_str() {
+            "MultiHeadAttention" => "ms-MultiHeadAttention",
+            "GroupQueryAttention" => "ms-GroupQueryAttention",
+            _ => "ms-Attention",
+        };
+        match r {
+            Ok(f) => out.push(f),
+            Err(why) => report.skip(pat, n.output.first().map(|s| s.as_str()).unwrap_or(""), &why),
+        }
+    }
+}
+
+fn opt<'n>(n: &'n onnx_protobuf::NodeProto, i: usize) -> Option<&'n String> {
+    n.input.get(i).filter(|s| !s.is_empty())
+}
+
+fn extra_outputs_unused(ctx: &Ctx, n: &onnx_protobuf::NodeProto) -> Result<(), String> {
+    for k in 1..n.output.len() {
+        if !n.output[k].is_empty() && ctx.gi.use_count(&n.output[k]) > 0 {
+            return Err(format!("output {k} (present key/value or qk output) is used"));
+        }
+    }
+    Ok(())
+}
+
+fn same_len(ctx: &Ctx, q: &str, k: &str) -> bool {
+    ctx.evs.iter().all(|e| match (e.shape(q), e.shape(k)) {
+        (Some(a), Some(b)) => a.len() == 3 && b.len() == 3 && a[1] == b[1],
+        _ => false,
+    })
+}
+
+fn base(pattern: &'static str, ctx: &Ctx, i: usize, heads: i64) -> Fusion {
+    let n = ctx.gi.node(i);
+    Fusion {
+        pattern,
+        q: Src::Tensor(n.input[0].clone()),
+        k: Src::Tensor(n.input[1].clone()),
+        v: Src::Tensor(n.input[2].clone()),
+        layout: Layout::ThreeD(heads),
+        scale: attr_f(n, "scale").map(|s| s as f64).filter(|&s| s != 0.0),
+        softcap: 0.0,
+        causal: false,
+        window_left: -1,
+        window_right: -1,
+        attn_mask: None,
+        key_seqlens: None,
+        replaces: i,
+        output: n.output[0].clone(),
+        mask_note: String::new(),
+        covered: vec![],
+    }
+}
+
+fn mha(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
+    let n = ctx.gi.node(i);
+    let heads = attr_i(n, "num_heads").ok_or("no num_heads")?;
+    if opt(n, 1).is_none() || opt(n, 2).is_none() {
+        return Err("packed QKV / KV input".into());
+    }
+    if opt(n, 3).is_some() {
+        return Err("has a projection bias input".into());
+    }
+    if opt(n, 6).is_some() || opt(n, 7).is_some() || opt(n, 8).is_some() || opt(n, 9).is_some() {
+        return Err("has KV cache inputs".into());
+    }
+    extra_outputs_unused(ctx, n)?;
+    for t in 0..3 {
+        if ctx.rank(&n.input[t]) != Some(3) {
+            return Err("query/key/value are not all 3-D".into());
+        }
+    }
+    let mut f = base("ms-MultiHeadAttention", ctx, i, heads);
+    let mut notes = vec![];
+    if attr_i(n, "unidirectional").unwrap_or(0) != 0 {
+        if !same_len(ctx, &n.input[0], &n.input[1]) {
+            return Err("unidirectional with query and key lengths that may differ".into());
+        }
+        f.causal = true;
+        f.window_right = 0;
+        notes.push("unidirectional → causal".to_string());
+    }
+    if let Some(m) = opt(n, 4) {
+        let r = ctx.rank(m).ok_or("key_padding_mask shape unknown")?;
+        let et = ctx.gi.elem_type_guess(m);
+        match (r, et) {
+            (1, Some(dt::INT32)) => {
+                f.key_seqlens = Some(SeqlensSrc::Lengths(m.clone()));
+                notes.push("key_padding_mask [B] → key_seqlens".into());
+            }
+            (2, Some(dt::INT32)) => {
+                f.attn_mask = Some(MaskSrc::KeyPadding(m.clone()));
+                notes.push("key_padding_mask [B, Skv] → bool attn_mask".into());
+            }
+            _ => return Err("key_padding_mask of a form other than int32 [B] or [B, Skv]".into()),
+        }
+    }
+    if let Some(b) = opt(n, 5) {
+        if f.attn_mask.is_some() {
+            return Err("attention_bias together with a [B, Skv] key_padding_mask".into());
+        }
+        let r = ctx.rank(b).ok_or("attention_bias shape unknown")?;
+        f.attn_mask = Some(if r == 4 { MaskSrc::Tensor(b.clone()) } else { MaskSrc::ToRank4(b.clone(), 4 - r) });
+        notes.push("attention_bias → additive attn_mask".into());
+    }
+    f.mask_note = if notes.is_empty() { "no mask".into() } else { notes.join(", ") };
+    Ok(f)
+}
+
+fn gqa(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
+    let n = ctx.gi.node(i);
+    let heads = attr_i(n, "num_heads").ok_or("no num_heads")?;
+    if opt(n, 1).is_none() || opt(n, 2).is_none() {
+        return Err("packed QKV input".into());
+    }
+    if opt(n, 3).is_some() || opt(n, 4).is_some() {
+        return Err("has past_key/past_value (KV cache)".into());
+    }
+    if attr_i(n, "do_rotary").unwrap_or(0) != 0 || opt(n, 7).is_some() || opt(n, 9).is_some() {
+        return Err("rotary embedding inside the op".into());
+    }
+    if attr_i(n, "smooth_softmax").unwrap_or(0) != 0 || opt(n, 11).is_some() {
+        return Err("smooth softmax / head sink".into());
+    }
+    if opt(n, 10).is_some() {
+        return Err("attention_bias".into());
+    }
+    if attr_i(n, "local_window_size").unwrap_or(-1) != -1 {
+        return Err("local_window_size (sliding window) is not mapped".into());
+    }
+    extra_outputs_unused(ctx, n)?;
+    if !same_len(ctx, &n.input[0], &n.input[1]) {
+        return Err("query and key lengths may differ".into());
+    }
+    let seqlens = opt(n, 5).ok_or("no seqlens_k")?;
+    let mut f = base("ms-GroupQueryAttention", ctx, i, heads);
+    f.causal = true;
+    f.window_right = 0;
+    f.softcap = attr_f(n, "softcap").unwrap_or(0.0) as f64;
+    f.key_seqlens = Some(SeqlensSrc::LengthsMinusOne(seqlens.clone()));
+    f.mask_note = "causal, seqlens_k + 1 → key_seqlens".into();
+    Ok(f)
+}
