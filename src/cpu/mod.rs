@@ -93,7 +93,8 @@ pub fn attention<T: Element>(p: &AttnParams, inp: &Inputs<T>, out: &mut [T], lse
     };
     let tiles = TileInputs { q: inp.q, k: inp.k, v: inp.v, masker: RowMasker { mask: inp.mask, seqlens: inp.seqlens, p } };
     let out_ptr = SharedOut(out.as_mut_ptr());
-    let items = tile::work_items(p);
+    let shape = tile::tile_shape(p);
+    let items = tile::work_items(p, shape);
     // Workers pull items from a shared counter: causal tiles differ in cost, so static splits idle.
     let next = AtomicUsize::new(0);
     let workers = items.min(256);
@@ -102,7 +103,7 @@ pub fn attention<T: Element>(p: &AttnParams, inp: &Inputs<T>, out: &mut [T], lse
         if item >= items {
             break;
         }
-        tile::run_item(p, &tiles, out_ptr, lse_ptr, item);
+        tile::run_item(p, shape, &tiles, out_ptr, lse_ptr, item);
     });
     Ok(())
 }

@@ -27,8 +27,8 @@ pub fn tile_shape(p: &AttnParams) -> (usize, usize) {
     (br, bc)
 }
 
-pub fn work_items(p: &AttnParams) -> usize {
-    let (br, _) = tile_shape(p);
+/// Tiles of `br` packed query rows: the work items.
+pub fn work_items(p: &AttnParams, (br, _): (usize, usize)) -> usize {
     let packed_rows = (p.seq_q as usize) * (p.group_size() as usize);
     p.batch as usize * p.heads_kv as usize * packed_rows.div_ceil(br)
 }
@@ -57,8 +57,9 @@ struct Row {
     pos: usize,
 }
 
-pub fn run_item<T: Element>(p: &AttnParams, inp: &TileInputs<T>, out: SharedOut<T>, lse: Option<SharedOut<f32>>, item: usize) {
-    let (br, bc) = tile_shape(p);
+/// `shape` is [`tile_shape`]'s answer, computed once per call: worker threads may see fewer cores
+/// (ORT pins them), so recomputing it here could disagree with the item count.
+pub fn run_item<T: Element>(p: &AttnParams, (br, bc): (usize, usize), inp: &TileInputs<T>, out: SharedOut<T>, lse: Option<SharedOut<f32>>, item: usize) {
     let group = p.group_size() as usize;
     let (d, dv) = (p.head_dim as usize, p.head_dim_v as usize);
     let packed_rows = p.seq_q as usize * group;

@@ -48,7 +48,8 @@ impl<T: Element + PrimitiveTensorElementType> Operator for CpuOp<T> {
 
     fn create_kernel<'attr>(&self, kctx: &KernelContext<'attr>) -> ort::Result<CpuKernel<T>> {
         guard("kernel creation", || {
-            let attrs = OpAttributes::read(kctx).map_err(|e| invalid(schema::SchemaError::to_string(&e)))?;
+            let attrs = OpAttributes::read(kctx).map_err(invalid)?;
+            signature::check_static_shapes(kctx, &attrs)?;
             Ok(CpuKernel { attrs, mask: self.mask, _t: PhantomData })
         })
     }

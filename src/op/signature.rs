@@ -131,3 +131,25 @@ pub fn infer_shape(ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
     let _ = ctx.set_output(1, &lse);
     Ok(())
 }
+
+/// At kernel creation (session initialisation): checks whatever input shapes are already static, so
+/// a model that can never run is refused when it loads (ORT only logs shape-inference failures).
+pub fn check_static_shapes(kctx: &ort::operator::KernelContext, attrs: &OpAttributes) -> ort::Result<()> {
+    // Absent optional inputs make ORT's input listing fail: then there is nothing static to check.
+    let Ok(inputs) = kctx.inputs() else { return Ok(()) };
+    let dims: Vec<Option<Vec<i64>>> = (0..5)
+        .map(|i| match inputs.get(i).map(|o| o.dtype()) {
+            Some(ValueType::Tensor { shape, .. }) => Some(shape.to_vec()),
+            _ => None,
+        })
+        .collect();
+    let [Some(q), Some(k), Some(v), ..] = &dims[..] else { return Ok(()) };
+    let shapes = InputShapes {
+        query: q,
+        key: k,
+        value: v,
+        attn_mask: dims[schema::ATTN_MASK].as_deref(),
+        key_seqlens: dims[schema::KEY_SEQLENS].as_deref(),
+    };
+    schema::geometry(attrs, &shapes).map(|_| ()).map_err(invalid)
+}
