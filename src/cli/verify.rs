@@ -199,7 +199,16 @@ pub fn generate_inputs(m: &ModelProto, tol: &Tolerance) -> Result<Vec<(String, H
                 }
             })
             .min();
-        let data: Vec<f64> = if dt::is_float(et) {
+        // Inputs feeding com.microsoft GroupQueryAttention's seqlens_k / total_sequence_length: a full prompt.
+        let gqa_slot = gi
+            .users(&v.name)
+            .iter()
+            .map(|&u| gi.node(u))
+            .filter(|u| u.domain == "com.microsoft" && u.op_type == "GroupQueryAttention")
+            .find_map(|u| u.input.iter().position(|i| *i == v.name));
+        let data: Vec<f64> = if let Some(slot @ (5 | 6)) = gqa_slot {
+            vec![if slot == 5 { tol.seq - 1 } else { tol.seq } as f64; n]
+        } else if dt::is_float(et) {
             (0..n).map(|_| rng.next() * 2.0 - 1.0).collect()
         } else if lname.contains("mask") || et == dt::BOOL {
             // Right padding: row b keeps its first len_b positions (row 0 all of them).

@@ -1,0 +1,191 @@
+//! Rewrites every bundled model (models/exported: torch.onnx exports; models/synthetic: fused ONNX /
+//! com.microsoft attention ops) and checks that every attention layer is fused, that the rewrite keeps
+//! the model's interface, is idempotent, and that the rewritten model, run in ONNX Runtime with our
+//! custom-op library, reproduces the reference outputs (PyTorch's, or ONNX Runtime's for its own ops).
+
+use std::path::{Path, PathBuf};
+
+use flashattn_ort::rewrite::{self, io, Options};
+use half::f16;
+use onnx_protobuf::{Message, ModelProto};
+use ort::value::{DynValue, Tensor};
+
+fn models() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let mut v = vec![];
+    for dir in ["exported", "synthetic"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "onnx") {
+                v.push(p);
+            }
+        }
+    }
+    v.sort();
+    assert!(v.len() >= 20, "bundled models missing: {v:?}");
+    v
+}
+
+/// Attention sites in an original model: Softmax nodes (decomposed attention) and fused attention ops.
+fn attention_sites(m: &ModelProto) -> usize {
+    m.graph
+        .node
+        .iter()
+        .filter(|n| {
+            (n.domain.is_empty() && (n.op_type == "Softmax" || n.op_type == "Attention"))
+                || (n.domain == "com.microsoft" && (n.op_type == "MultiHeadAttention" || n.op_type == "GroupQueryAttention"))
+        })
+        .count()
+}
+
+fn rewritten(path: &Path) -> (ModelProto, ModelProto, rewrite::Report) {
+    let orig = io::load(path).unwrap();
+    let mut m = orig.clone();
+    let rep = rewrite::rewrite_model(&mut m, path.parent(), &Options::default()).unwrap();
+    (orig, m, rep)
+}
+
+#[test]
+fn every_attention_layer_is_fused() {
+    for p in models() {
+        let (orig, m, rep) = rewritten(&p);
+        let name = p.file_name().unwrap().to_string_lossy();
+        let sites = attention_sites(&orig);
+        assert!(sites >= 1, "{name}: no attention found in the original");
+        assert_eq!(rep.fused.len(), sites, "{name}: fused {} of {sites}; skipped: {:?}", rep.fused.len(), rep.skipped);
+        assert_eq!(attention_sites(&m), 0, "{name}: attention left after the rewrite");
+        let fa = m.graph.node.iter().filter(|n| n.domain == "ai.flashattn" && n.op_type == "FlashAttention").count();
+        assert_eq!(fa, sites, "{name}");
+        // Interface, initializers used by the graph, metadata and the opset import.
+        let names = |m: &ModelProto| -> (Vec<String>, Vec<String>) {
+            (m.graph.input.iter().map(|v| v.name.clone()).collect(), m.graph.output.iter().map(|v| v.name.clone()).collect())
+        };
+        assert_eq!(names(&orig), names(&m), "{name}: graph inputs/outputs changed");
+        assert_eq!(orig.metadata_props, m.metadata_props);
+        assert_eq!(orig.ir_version, m.ir_version);
+        assert!(m.opset_import.iter().any(|o| o.domain == "ai.flashattn" && o.version == 1), "{name}: no ai.flashattn opset import");
+        let produced: std::collections::HashSet<&str> = m
+            .graph
+            .node
+            .iter()
+            .flat_map(|n| n.output.iter().map(|s| s.as_str()))
+            .chain(m.graph.initializer.iter().map(|t| t.name.as_str()))
+            .chain(m.graph.input.iter().map(|t| t.name.as_str()))
+            .collect();
+        for n in &m.graph.node {
+            for i in n.input.iter().filter(|s| !s.is_empty()) {
+                assert!(produced.contains(i.as_str()), "{name}: node {} reads undefined '{i}'", n.name);
+            }
+        }
+        assert!(m.graph.node.len() < orig.graph.node.len() || name.starts_with("ms_") || name.starts_with("onnx_"), "{name}: dead nodes not removed");
+    }
+}
+
+#[test]
+fn rewrite_is_idempotent() {
+    for p in models() {
+        let (_, m, _) = rewritten(&p);
+        let once = m.write_to_bytes().unwrap();
+        let mut again = m.clone();
+        let rep = rewrite::rewrite_model(&mut again, p.parent(), &Options::default()).unwrap();
+        assert!(rep.fused.is_empty(), "{}: second run fused {:?}", p.display(), rep.fused);
+        assert_eq!(once, again.write_to_bytes().unwrap(), "{}: second run changed the model", p.display());
+    }
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let p = &models()[0];
+    let orig = io::load(p).unwrap();
+    let mut m = orig.clone();
+    let rep = rewrite::rewrite_model(&mut m, p.parent(), &Options { dry_run: true }).unwrap();
+    assert!(!rep.fused.is_empty());
+    assert_eq!(orig.write_to_bytes().unwrap(), m.write_to_bytes().unwrap());
+}
+
+/// The mapping the rewriter chose, per model family (the fast paths must be used where provable).
+#[test]
+fn masks_map_to_fast_paths() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/exported");
+    let check = |file: &str, causal: bool, window: i64, mask: &str| {
+        let (_, _, rep) = rewritten(&dir.join(file));
+        for f in &rep.fused {
+            assert_eq!(f.causal, causal, "{file}: {f:?}");
+            assert!(f.mask.contains(mask), "{file}: {f:?}");
+            if window >= 0 {
+                assert_eq!(f.window_left, window, "{file}: {f:?}");
+            }
+        }
+    };
+    for ex in ["dynamo", "ts"] {
+        for imp in ["eager", "sdpa"] {
+            check(&format!("bert_{imp}_{ex}.onnx"), false, -1, "key padding");
+            check(&format!("gpt2_{imp}_{ex}.onnx"), true, -1, "key padding");
+            check(&format!("llama_{imp}_{ex}.onnx"), true, -1, "key padding");
+            check(&format!("vit_{imp}_{ex}.onnx"), false, -1, "");
+        }
+        check(&format!("mistral_sdpa_{ex}.onnx"), true, 3, "window_left=3");
+    }
+    // Gemma2 alternates sliding-window and global layers; both must be told apart.
+    let (_, _, rep) = rewritten(&dir.join("gemma2_eager_dynamo.onnx"));
+    let windows: Vec<i64> = rep.fused.iter().map(|f| f.window_left).collect();
+    assert_eq!(windows, vec![3, -1], "{:?}", rep.fused);
+    assert!(rep.fused.iter().all(|f| f.softcap == 50.0));
+}
+
+// ---- numerics through ONNX Runtime ----
+
+fn load_io(p: &Path) -> (Vec<(String, DynValue)>, Vec<f64>, Vec<usize>) {
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(p.with_extension("io.json")).unwrap()).unwrap();
+    let mut inputs = vec![];
+    for (name, t) in j["inputs"].as_object().unwrap() {
+        let shape: Vec<i64> = t["shape"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+        let data = t["data"].as_array().unwrap();
+        let v: DynValue = match t["dtype"].as_str().unwrap() {
+            "float32" => Tensor::from_array((shape, data.iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<_>>())).unwrap().into_dyn(),
+            "float16" => Tensor::from_array((shape, data.iter().map(|x| f16::from_f64(x.as_f64().unwrap())).collect::<Vec<_>>())).unwrap().into_dyn(),
+            "int64" => Tensor::from_array((shape, data.iter().map(|x| x.as_i64().unwrap()).collect::<Vec<_>>())).unwrap().into_dyn(),
+            "int32" => Tensor::from_array((shape, data.iter().map(|x| x.as_i64().unwrap() as i32).collect::<Vec<_>>())).unwrap().into_dyn(),
+            "bool" => Tensor::from_array((shape, data.iter().map(|x| x.as_bool().unwrap()).collect::<Vec<_>>())).unwrap().into_dyn(),
+            d => panic!("dtype {d}"),
+        };
+        inputs.push((name.clone(), v));
+    }
+    let out = &j["output"];
+    let want = out["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let shape = out["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+    (inputs, want, shape)
+}
+
+#[test]
+fn rewritten_models_match_reference_outputs() {
+    flashattn_ort::runtime::init().expect("ONNX Runtime");
+    let lib = flashattn_ort::runtime::default_library_path().expect("custom-op library");
+    let mut failures = vec![];
+    for p in models() {
+        let (_, m, _) = rewritten(&p);
+        let (inputs, want, shape) = load_io(&p);
+        let mut s = match flashattn_ort::runtime::session_builder(&lib).unwrap().commit_from_memory(&m.write_to_bytes().unwrap()) {
+            Ok(s) => s,
+            Err(e) => {
+                failures.push(format!("{}: ORT cannot load the rewritten model: {e}", p.display()));
+                continue;
+            }
+        };
+        let outs = match s.run(inputs) {
+            Ok(o) => o,
+            Err(e) => {
+                failures.push(format!("{}: run failed: {e}", p.display()));
+                continue;
+            }
+        };
+        let (got_shape, got) = outs["output"].try_extract_tensor::<f32>().unwrap();
+        assert_eq!(got_shape.iter().map(|&d| d as usize).collect::<Vec<_>>(), shape, "{}", p.display());
+        let err = got.iter().zip(want.iter()).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+        // fp32 end to end; the reference went through the same float32 math in another order.
+        if err > 1e-4 {
+            failures.push(format!("{}: max abs error {err:.3e}", p.display()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
