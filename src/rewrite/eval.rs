@@ -762,9 +762,6 @@ impl<'g, 'a> Evaluator<'g, 'a> {
             return Some(s);
         }
         // Declared shapes help only where they are fully static.
-        if std::env::var_os("FA_DEBUG").is_some() {
-            eprintln!("shape: no rule for {} ({})", n.op_type, t);
-        }
         let decl = self.gi.declared_shape(t)?;
         decl.iter().map(|d| if let Dim::Known(v) = d { Some(*v) } else { None }).collect()
     }

@@ -3,7 +3,6 @@
 
 use anyhow::{bail, Result};
 use onnx_protobuf::{tensor_proto::DataLocation, TensorProto};
-use protobuf::Enum;
 
 /// ONNX `TensorProto.DataType` codes the rewriter deals with.
 pub mod dt {
@@ -181,9 +180,4 @@ pub fn make_i64(name: &str, dims: &[i64], vals: &[i64]) -> TensorProto {
 
 pub fn is_external(t: &TensorProto) -> bool {
     t.data_location.enum_value() == Ok(DataLocation::EXTERNAL)
-}
-
-#[allow(dead_code)]
-fn _use(_: DataLocation) -> i32 {
-    DataLocation::DEFAULT.value()
 }
