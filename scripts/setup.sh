@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Provision the project-local toolchain in .venv (gitignored), pinned, from PyPI only.
-# Idempotent: a stamp file records the pinned set; a second run with the same pins returns at once.
+# Provisions the project-local toolchain in .venv (gitignored), pinned, from PyPI only:
+#   - ONNX Runtime 1.31.1 (its libonnxruntime.so serves the Rust side through `ort`, the Python
+#     package serves the Python tests), onnx and numpy for building test models, pytest;
+#   - ONNX Runtime 1.17.3 + numpy 1.26.4 in .venv/ort-1.17, the oldest runtime we support (tests);
+#   - nvcc 13.0.88 and the CUTLASS/CuTe headers, with which build.rs compiles the CUDA kernels.
+# Idempotent: a stamp records the pinned set; a second run with the same pins returns at once.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venv"
@@ -8,6 +12,8 @@ pins=(
   onnxruntime==1.31.1
   numpy==2.3.5
   onnx==1.19.1
+  ml_dtypes==0.6.0
+  pytest==8.4.2
   nvidia-cuda-nvcc==13.0.88
   nvidia-nvvm==13.0.88
   nvidia-cuda-crt==13.0.88
@@ -15,9 +21,13 @@ pins=(
   "nvidia-cuda-cccl==13.0.*"
   nvidia-cutlass==4.2.0.0
 )
+oldest=(onnxruntime==1.17.3 numpy==1.26.4)
 stamp="$venv/.flashattn-pins"
-want=$(printf '%s\n' "${pins[@]}")
+want=$(printf '%s\n' "${pins[@]}" "${oldest[@]}")
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
+echo "setup: installing the pinned toolchain into $venv" >&2
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "${pins[@]}"
+rm -rf "$venv/ort-1.17"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --target "$venv/ort-1.17" "${oldest[@]}"
 printf '%s\n' "$want" > "$stamp"

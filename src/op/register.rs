@@ -3,6 +3,7 @@
 use std::ffi::CString;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
+use std::sync::OnceLock;
 
 use half::{bf16, f16};
 use ort::operator::OperatorDomain;
@@ -15,6 +16,19 @@ use super::signature::MaskType;
 
 /// The ORT C API version the library asks for: ORT 1.17 is the oldest runtime it loads into.
 pub const API_VERSION: u32 = ort::sys::ORT_API_VERSION;
+
+/// (major, minor) of the ONNX Runtime that loaded the library, read in `RegisterCustomOps`.
+static RUNTIME_VERSION: OnceLock<(u32, u32)> = OnceLock::new();
+
+/// Whether the hosting ORT is at least `major.minor` (false before registration).
+pub fn runtime_at_least(major: u32, minor: u32) -> bool {
+    RUNTIME_VERSION.get().is_some_and(|v| *v >= (major, minor))
+}
+
+fn parse_version(s: &str) -> Option<(u32, u32)> {
+    let mut it = s.split('.').map(|p| p.parse::<u32>().ok());
+    Some((it.next()??, it.next()??))
+}
 
 /// The op's domain with every kernel variant this build has.
 pub fn domain() -> ort::Result<OperatorDomain> {
@@ -51,6 +65,10 @@ pub unsafe extern "C" fn RegisterCustomOps(options: *mut OrtSessionOptions, api_
         return status(unsafe { &*v1 }, &format!("libflashattn_ort needs ONNX Runtime 1.{API_VERSION} or newer"));
     }
     let api: &OrtApi = unsafe { &*api };
+    let version = unsafe { std::ffi::CStr::from_ptr(((*api_base).GetVersionString)()) };
+    if let Some(v) = parse_version(&version.to_string_lossy()) {
+        let _ = RUNTIME_VERSION.set(v);
+    }
     ort::set_api(unsafe { ptr::read(api) });
     let result = catch_unwind(AssertUnwindSafe(|| -> ort::Result<()> {
         let domain = domain()?;

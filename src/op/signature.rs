@@ -127,8 +127,12 @@ pub fn infer_shape(ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
         shape: Shape::new(out.softmax_lse.iter().copied()),
         dimension_symbols: SymbolicDimensions::new([sym(0), heads, seq]),
     };
-    // A node that does not ask for softmax_lse has one output and rejects index 1: nothing to set.
-    let _ = ctx.set_output(1, &lse);
+    // The context cannot tell whether the node asks for softmax_lse. ORT 1.31 refuses index 1 on a
+    // one-output node with an error; older runtimes (1.17 seen) index past the end and crash, so
+    // there the lse shape is left for run time.
+    if super::register::runtime_at_least(1, 31) {
+        let _ = ctx.set_output(1, &lse);
+    }
     Ok(())
 }
 
