@@ -25,13 +25,13 @@ __device__ __forceinline__ void visible_cols(const AttnParams &p, int row, int k
 // Applies softcap, the additive/bool mask tensor (MASK) and the per-row visible range (BOUNDS) to a warp's
 // S fragment (raw units) in place.
 // s[mt][nt][e]: row = row_base + mt*16 + lane/4 + 8*(e/2), col = col_base + nt*8 + 2*(lane%4) + (e%2).
-template <typename T, int MT, int NTN, bool BOUNDS, bool MASK>
+template <typename T, int MT, int NTN, bool BOUNDS, bool MASK, bool SOFTCAP = true>
 __device__ __forceinline__ void apply_score_mods(float (&s)[MT][NTN][4], const AttnParams &p, int b, int h,
                                                  int row_base, int col_base, int kv_len, int lane) {
   static_assert(BOUNDS || !MASK, "mask reads need the bounds check");
   const float scale = p.scale, inv_scale = 1.f / p.scale;
   const float softcap = p.softcap;
-  const bool has_softcap = softcap > 0.f;
+  const bool has_softcap = SOFTCAP && softcap > 0.f;
   const float inv_softcap = has_softcap ? 1.f / softcap : 0.f;
   const bool additive = MASK && p.mask_kind == kMaskAdditive;
 #pragma unroll

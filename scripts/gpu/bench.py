@@ -115,13 +115,15 @@ def main():
     ap.add_argument("lib")
     ap.add_argument("--quick", action="store_true", help="d128 only")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--dims", default="64,128,256")
+    ap.add_argument("--no-decode", action="store_true")
     ap.add_argument("--variants", default="", help="comma-separated kernel names to time too")
     a = ap.parse_args()
     VARIANTS.extend(v for v in a.variants.split(",") if v)
     lib = fa_lib.load(a.lib)
     dev = torch.cuda.get_device_name()
     rows = []
-    dims = [128] if a.quick else [64, 128, 256]
+    dims = [128] if a.quick else [int(d) for d in a.dims.split(",")]
     seqs = [512, 1024, 2048, 4096, 8192, 16384]
     for D in dims:
         H = 2048 // D
@@ -131,7 +133,7 @@ def main():
                 print(f"d{D} s{S} causal={int(causal)} ours {fmt(r['tf']['ours'])} fa2 {fmt(r['tf']['fa2'])} "
                       f"cudnn {fmt(r['tf']['cudnn'])} fa4 {fmt(r['tf']['fa4'])} TFLOP/s", flush=True)
     drows = []
-    for S in [2048, 4096, 8192, 16384, 32768]:
+    for S in ([] if a.no_decode else [2048, 4096, 8192, 16384, 32768]):
         r = run_row(lib, 1, S, 32, 128, False, Hkv=8, Sq=1, rows_out=drows)
         print(f"decode kv{S} ours {r['ms']['ours']*1e3:.1f} us", flush=True)
     lines = [f"Device: {dev}; torch {torch.__version__}; bf16 forward; TFLOP/s (median of CUDA-event timings).", "",

@@ -11,10 +11,16 @@ import tempfile
 import threading
 
 import numpy as np
+import torch  # first: its CUDA 13 / cuDNN libraries are then already loaded for ORT's CUDA EP
 import onnx
 import onnxruntime as ort
-import torch
 from onnx import TensorProto, helper
+
+if hasattr(ort, "preload_dlls"):
+    try:
+        ort.preload_dlls()
+    except Exception as e:  # noqa: BLE001
+        print("preload_dlls:", e)
 
 import fa_lib
 

@@ -2,7 +2,7 @@
 # The GPU test and benchmark loop, run ON the GPU machine (see docs/GPU.md). No Rust there: the library is
 # built here and carried in .gpu/ (scripts/gpu/pack.sh), with staged wheel parts.
 #
-#   bash scripts/gpu/run.sh stage              # move this call's wheel parts (.gpu/stage/*) to /tmp/fa-stage
+#   bash scripts/gpu/run.sh stage [DIR...]     # copy this call's wheel parts (.gpu/stage/*, or DIRs) to /tmp/fa-stage
 #   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort bench bench-quick (default: all)
 #
 # Logs and the benchmark table go to $OUT (or /tmp/fa-out). Exit status: nonzero if any step failed.
@@ -15,7 +15,10 @@ mkdir -p "$out" "$stage"
 export PYTHONUNBUFFERED=1
 
 if [ "${1:-}" = stage ]; then
-  cp -r "$root"/.gpu/stage/. "$stage"/ && ls "$stage" | wc -l | xargs echo "staged files now:"
+  shift
+  dirs=("$@"); [ ${#dirs[@]} -eq 0 ] && dirs=("$root/.gpu/stage")
+  for d in "${dirs[@]}"; do cp -r "$d"/. "$stage"/; done
+  ls "$stage" | wc -l | xargs echo "staged files now:"
   exit 0
 fi
 
@@ -25,8 +28,11 @@ steps=("$@")
 # Reassemble and install whatever wheels have been staged (onnxruntime-gpu, flash-attn-4).
 if ls "$stage"/*.whl* >/dev/null 2>&1; then
   (cd "$stage" && for f in *.part0; do [ -e "$f" ] || continue; b=${f%.part0}; cat "$b".part* > "$b" && rm "$b".part*; done)
-  if [ ! -f /tmp/site/.installed ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$stage"/*.whl && touch /tmp/site/.installed
+  mkdir -p /tmp/site; touch /tmp/site/.installed
+  new=(); for w in "$stage"/*.whl; do grep -qxF "$(basename "$w")" /tmp/site/.installed || new+=("$w"); done
+  if [ ${#new[@]} -gt 0 ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "${new[@]}" &&
+      for w in "${new[@]}"; do basename "$w" >> /tmp/site/.installed; done
   fi
   export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH}
   cudnn=$(python3 -c "import nvidia.cudnn,os;print(os.path.dirname(nvidia.cudnn.__file__)+'/lib')" 2>/dev/null || true)

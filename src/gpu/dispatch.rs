@@ -20,6 +20,8 @@ pub struct KernelSpec {
     pub bm: i32,
     pub bn: i32,
     pub warps: i32,
+    /// The lean instance for problems with no softcap and no mask tensor (name suffix `_plain`).
+    pub plain: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +40,8 @@ impl KernelSpec {
         let fam = match self.family {
             Family::Sm80 => "sm80",
         };
-        format!("flash_fwd_{fam}_{t}_d{}_m{}n{}w{}", self.d, self.bm, self.bn, self.warps)
+        let suffix = if self.plain { "_plain" } else { "" };
+        format!("flash_fwd_{fam}_{t}_d{}_m{}n{}w{}{suffix}", self.d, self.bm, self.bn, self.warps)
     }
     pub fn threads(&self) -> u32 {
         self.warps as u32 * 32
@@ -51,24 +54,31 @@ impl KernelSpec {
 }
 
 const fn sm80(dtype: DType, d: i32, bm: i32, bn: i32, warps: i32) -> KernelSpec {
-    KernelSpec { family: Family::Sm80, dtype, d, bm, bn, warps }
+    KernelSpec { family: Family::Sm80, dtype, d, bm, bn, warps, plain: false }
 }
 
-/// Every kernel in the fatbin; for each (dtype, d) the first listed that fits the device is the default.
+/// Every tile shape in the fatbin (each compiled twice: full, and `_plain`); for each (dtype, d) the first
+/// listed that fits the device is the default. Tried on H100 and dropped (docs/PERF.md): 128x32x4 warps and
+/// 128x64x8 warps at d 64/128 (8-15% and 15-20% slower than 128x64x4 warps).
 pub const KERNELS: &[KernelSpec] = &[
     sm80(DType::F16, 64, 128, 64, 4),
     sm80(DType::BF16, 64, 128, 64, 4),
     sm80(DType::F16, 128, 128, 64, 4),
     sm80(DType::BF16, 128, 128, 64, 4),
-    sm80(DType::F16, 128, 128, 32, 4),
-    sm80(DType::BF16, 128, 128, 32, 4),
-    sm80(DType::F16, 256, 64, 32, 4),
-    sm80(DType::BF16, 256, 64, 32, 4),
+    // H100: 128x32 with 8 warps beat 64x32 with 4 warps by ~3% (docs/PERF.md); the 64-row one needs
+    // less shared memory (96 KB vs 128 KB), so it serves GPUs with a smaller per-block limit (sm_86/89).
     sm80(DType::F16, 256, 128, 32, 8),
     sm80(DType::BF16, 256, 128, 32, 8),
+    sm80(DType::F16, 256, 64, 32, 4),
+    sm80(DType::BF16, 256, 64, 32, 4),
 ];
 
 static OVERRIDE: std::sync::RwLock<Option<String>> = std::sync::RwLock::new(None);
+
+/// Every entry point of the fatbin: each shape of [`KERNELS`], full and plain.
+pub fn all_kernels() -> impl Iterator<Item = KernelSpec> {
+    KERNELS.iter().flat_map(|k| [*k, KernelSpec { plain: true, ..*k }])
+}
 
 /// Benchmarking aid: prefer the kernel of this name whenever it can serve a problem (None: the default).
 pub fn set_override(name: Option<String>) {
@@ -91,19 +101,22 @@ pub fn select(p: &AttnParams, cc: i32, max_smem: i32) -> Result<KernelSpec, GpuE
     if need < 1 || need > 256 {
         return Err(GpuError::new(format!("head_dim {} / value head_dim {} outside 1..=256", p.head_dim, p.head_dim_v)));
     }
-    let fits = |k: &&KernelSpec| k.family == Family::Sm80 && k.dtype == dtype && k.d >= need && k.smem_bytes() as i64 <= max_smem as i64;
+    let plain_ok = p.softcap <= 0.0 && p.mask_kind == 0;
+    let fits = |k: &KernelSpec| {
+        k.family == Family::Sm80 && k.dtype == dtype && k.d >= need && k.smem_bytes() as i64 <= max_smem as i64 && (!k.plain || plain_ok)
+    };
     if let Some(name) = OVERRIDE.read().unwrap_or_else(|e| e.into_inner()).as_deref() {
-        if let Some(k) = KERNELS.iter().filter(fits).find(|k| k.name() == name) {
-            return Ok(*k);
+        if let Some(k) = all_kernels().filter(fits).find(|k| k.name() == name) {
+            return Ok(k);
         }
     }
-    // The smallest padded head dim that covers the problem; among those, the first listed.
-    let d = KERNELS.iter().filter(fits).map(|k| k.d).min();
+    // The smallest padded head dim that covers the problem; among those, the first listed; plain if allowed.
+    let d = KERNELS.iter().filter(|k| fits(k)).map(|k| k.d).min();
     KERNELS
         .iter()
-        .filter(fits)
+        .filter(|k| fits(k))
         .find(|k| Some(k.d) == d)
-        .copied()
+        .map(|k| KernelSpec { plain: plain_ok, ..*k })
         .ok_or_else(|| GpuError::new(format!("no compiled kernel fits head_dim {need} in {max_smem} bytes of shared memory")))
 }
 
@@ -122,7 +135,12 @@ mod tests {
         assert_eq!(select(&params(DType::BF16, 17, 17), 90, h100).unwrap().d, 64);
         assert_eq!(select(&params(DType::F16, 80, 128), 80, h100).unwrap().d, 128);
         assert_eq!(select(&params(DType::F16, 129, 64), 86, 99 * 1024).unwrap().d, 256);
-        assert_eq!(select(&params(DType::F16, 256, 256), 86, 99 * 1024).unwrap().name(), "flash_fwd_sm80_f16_d256_m64n32w4");
+        assert_eq!(select(&params(DType::F16, 256, 256), 86, 99 * 1024).unwrap().name(), "flash_fwd_sm80_f16_d256_m64n32w4_plain");
+        assert_eq!(select(&params(DType::BF16, 256, 256), 90, h100).unwrap().name(), "flash_fwd_sm80_bf16_d256_m128n32w8_plain");
+        let masked = AttnParams { mask_kind: 1, ..params(DType::BF16, 128, 128) };
+        assert_eq!(select(&masked, 90, h100).unwrap().name(), "flash_fwd_sm80_bf16_d128_m128n64w4");
+        let capped = AttnParams { softcap: 30.0, ..params(DType::BF16, 128, 128) };
+        assert!(!select(&capped, 90, h100).unwrap().plain);
     }
 
     #[test]
@@ -135,9 +153,9 @@ mod tests {
 
     #[test]
     fn every_kernel_is_listed_once() {
-        let mut names: Vec<String> = KERNELS.iter().map(|k| k.name()).collect();
+        let mut names: Vec<String> = all_kernels().map(|k| k.name()).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), KERNELS.len());
+        assert_eq!(names.len(), 2 * KERNELS.len());
     }
 }

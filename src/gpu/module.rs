@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use cudarc::driver::sys;
 
-use super::dispatch::{KernelSpec, KERNELS};
+use super::dispatch::{all_kernels, KernelSpec};
 use super::driver::{check, device_attribute, CurrentContext, GpuError};
 
 /// The fatbin (sm_80, sm_90a, sm_100a cubins + compute_80 PTX) built by build.rs.
@@ -74,7 +74,7 @@ fn load(dev: sys::CUdevice) -> Result<DeviceKernels, GpuError> {
     let mut module = std::ptr::null_mut();
     check(unsafe { sys::cuModuleLoadData(&mut module, aligned.as_ptr().cast()) }, "loading the CUDA kernels (cuModuleLoadData)")?;
     let mut functions = HashMap::new();
-    for k in KERNELS {
+    for k in all_kernels() {
         let name = std::ffi::CString::new(k.name()).expect("kernel names have no NUL");
         let mut f = std::ptr::null_mut();
         check(unsafe { sys::cuModuleGetFunction(&mut f, module, name.as_ptr()) }, &format!("finding kernel {}", k.name()))?;
