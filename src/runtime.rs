@@ -13,6 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 pub const ORT_API_VERSION: u32 = ort::sys::ORT_API_VERSION;
 
 static LOADED: OnceLock<PathBuf> = OnceLock::new();
+static VERSION: OnceLock<String> = OnceLock::new();
 
 /// Where libonnxruntime.so is looked for: `ORT_DYLIB_PATH`, then the project's pinned `.venv`, then
 /// the `onnxruntime` Python package of `python3` on PATH.
@@ -87,6 +88,7 @@ pub fn init_from(path: &Path) -> Result<&'static Path> {
         if base.is_null() {
             bail!("OrtGetApiBase returned null");
         }
+        let _ = VERSION.set(std::ffi::CStr::from_ptr(((*base).GetVersionString)()).to_string_lossy().into_owned());
         ((*base).GetApi)(ORT_API_VERSION)
     };
     if api.is_null() {
@@ -97,10 +99,10 @@ pub fn init_from(path: &Path) -> Result<&'static Path> {
     Ok(LOADED.get_or_init(|| path.to_path_buf()))
 }
 
-/// The ORT version string of the loaded runtime.
+/// The version of the loaded runtime, e.g. "1.31.1".
 pub fn version() -> Result<String> {
     init()?;
-    Ok(ort::info().to_string())
+    Ok(VERSION.get().cloned().unwrap_or_default())
 }
 
 /// Path of the custom-op library built next to the running executable (target/{profile}/ or its deps/).

@@ -4,8 +4,10 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
+use std::path::PathBuf;
+
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, Parser};
 
 use crate::check::{self, Case, CaseData, CaseMask};
 use crate::params::DType;
@@ -16,6 +18,33 @@ pub struct DemoArgs {
     /// The custom-op library (default: libflashattn_ort.so next to this executable).
     #[arg(long)]
     pub library: Option<std::path::PathBuf>,
+    /// The exported model the demo rewrites, verifies and runs.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models/exported/llama_sdpa_dynamo.onnx"))]
+    pub model: PathBuf,
+}
+
+/// `rewrite MODEL -o OUT --verify`, exactly as a user types it.
+#[derive(clap::Parser)]
+struct RewriteCommand {
+    #[command(flatten)]
+    args: super::rewrite::RewriteArgs,
+}
+
+fn rewrite_and_verify(model: &std::path::Path, lib: &std::path::Path) -> Result<bool> {
+    let out = std::env::temp_dir().join(format!("flashattn-demo-{}.onnx", std::process::id()));
+    println!("$ flashattn-ort rewrite {} -o {} --verify", model.display(), out.display());
+    let cmd = RewriteCommand::try_parse_from([
+        "rewrite".as_ref(),
+        model.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--verify".as_ref(),
+        "--library".as_ref(),
+        lib.as_os_str(),
+    ])?;
+    let code = super::rewrite::run(cmd.args)?;
+    let _ = std::fs::remove_file(&out);
+    Ok(code == ExitCode::SUCCESS)
 }
 
 /// The bundled examples: a GQA causal decoder layer, a padded encoder, a softcapped 3D layer.
@@ -38,9 +67,10 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         None => crate::runtime::default_library_path()?,
     };
     crate::runtime::init()?;
-    println!("ONNX Runtime {} from {}", crate::runtime::version()?.lines().next().unwrap_or(""), crate::runtime::init()?.display());
+    println!("ONNX Runtime {} from {}", crate::runtime::version()?, crate::runtime::init()?.display());
     println!("custom-op library {}\n", lib.display());
-    let mut ok = true;
+    let mut ok = rewrite_and_verify(&args.model, &lib)?;
+    println!("\nThe op on example problems, against a float64 reference:");
     for (i, (name, case)) in examples().into_iter().enumerate() {
         let data = CaseData::generate(&case, 1000 + i as u64);
         let mut session = check::session(&case, &lib, None)?;

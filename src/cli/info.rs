@@ -9,7 +9,7 @@ pub fn run() -> Result<ExitCode> {
     println!("op: {}::{} (since version {})", crate::DOMAIN, crate::OP_NAME, crate::OP_VERSION);
     println!("ORT C API version requested: {} (ONNX Runtime >= 1.{})", crate::runtime::ORT_API_VERSION, crate::runtime::ORT_API_VERSION);
     match crate::runtime::init() {
-        Ok(p) => println!("ONNX Runtime: {} ({})", p.display(), crate::runtime::version()?.lines().next().unwrap_or("")),
+        Ok(p) => println!("ONNX Runtime: {} ({})", p.display(), crate::runtime::version()?),
         Err(e) => println!("ONNX Runtime: not found ({e})"),
     }
     match crate::runtime::default_library_path() {
