@@ -189,3 +189,64 @@ fn rewritten_models_match_reference_outputs() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Models over 2 GB keep their weights in external data files: the rewrite must keep them working,
+/// copying the data file beside an output written to another folder, and leave the input alone.
+#[test]
+fn external_data_is_kept() {
+    use onnx_protobuf::tensor_proto::DataLocation;
+    use onnx_protobuf::StringStringEntryProto;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/exported/llama_eager_ts.onnx");
+    let base = std::env::temp_dir().join(format!("flashattn-extdata-{}", std::process::id()));
+    let (a, b) = (base.join("in"), base.join("out"));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let mut m = io::load(&src).unwrap();
+    let mut blob = Vec::new();
+    let mut moved = 0;
+    for t in m.graph.as_mut().unwrap().initializer.iter_mut() {
+        if t.raw_data.len() >= 256 {
+            let entry = |k: &str, v: String| {
+                let mut e = StringStringEntryProto::new();
+                e.key = k.into();
+                e.value = v;
+                e
+            };
+            t.external_data = vec![
+                entry("location", "weights.bin".into()),
+                entry("offset", blob.len().to_string()),
+                entry("length", t.raw_data.len().to_string()),
+            ];
+            blob.extend_from_slice(&t.raw_data);
+            t.raw_data.clear();
+            t.data_location = DataLocation::EXTERNAL.into();
+            moved += 1;
+        }
+    }
+    assert!(moved > 5);
+    std::fs::write(a.join("weights.bin"), &blob).unwrap();
+    let input = a.join("model.onnx");
+    std::fs::write(&input, m.write_to_bytes().unwrap()).unwrap();
+    let before = std::fs::read(&input).unwrap();
+
+    let mut model = io::load(&input).unwrap();
+    let rep = rewrite::rewrite_model(&mut model, Some(&a), &Options::default()).unwrap();
+    assert_eq!(rep.fused.len(), 2, "{:?}", rep.skipped);
+    let out = b.join("model.onnx");
+    io::check_paths(&input, &out, &model).unwrap();
+    io::save(&model, &a, &out).unwrap();
+    assert_eq!(std::fs::read(b.join("weights.bin")).unwrap(), blob, "external data not copied");
+    assert_eq!(std::fs::read(&input).unwrap(), before, "input modified");
+    assert!(io::check_paths(&input, &a.join("weights.bin"), &model).is_err(), "overwriting external data must be refused");
+
+    flashattn_ort::runtime::init().expect("ONNX Runtime");
+    let lib = flashattn_ort::runtime::default_library_path().unwrap();
+    let (inputs, want, _) = load_io(&src);
+    let mut s = flashattn_ort::runtime::session_builder(&lib).unwrap().commit_from_file(&out).unwrap();
+    let outs = s.run(inputs).unwrap();
+    let (_, got) = outs["output"].try_extract_tensor::<f32>().unwrap();
+    let err = got.iter().zip(want.iter()).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+    assert!(err < 1e-4, "max abs error {err}");
+    let _ = std::fs::remove_dir_all(&base);
+}

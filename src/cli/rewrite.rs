@@ -29,8 +29,31 @@ pub struct RewriteArgs {
     pub tol: super::verify::Tolerance,
 }
 
+/// Models at least this large get a progress spinner on a terminal (loading/writing dominate there).
+const PROGRESS_BYTES: u64 = 64 << 20;
+
+fn progress(input: &std::path::Path) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    let big = std::fs::metadata(input).map(|m| m.len() >= PROGRESS_BYTES).unwrap_or(false);
+    if !big || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new(4);
+    pb.set_style(indicatif::ProgressStyle::with_template("{spinner} [{bar:20}] {pos}/{len} {msg} ({elapsed})").unwrap());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    Some(pb)
+}
+
 pub fn run(args: RewriteArgs) -> Result<ExitCode> {
     let t0 = Instant::now();
+    let pb = progress(&args.input);
+    let step = |msg: &str| {
+        if let Some(p) = &pb {
+            p.set_message(msg.to_string());
+            p.inc(1);
+        }
+    };
+    step("loading");
     let output = match (&args.output, args.dry_run) {
         (Some(o), _) => Some(o.clone()),
         (None, true) => None,
@@ -44,18 +67,24 @@ pub fn run(args: RewriteArgs) -> Result<ExitCode> {
         io::check_paths(&args.input, o, &model)?;
     }
     let t_load = t0.elapsed().as_secs_f64();
+    step("matching attention");
     let in_dir = args.input.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")).to_path_buf();
     let report = rewrite::rewrite_model(&mut model, Some(&in_dir), &Options { dry_run: args.dry_run })?;
     let t1 = Instant::now();
+    step("writing");
     if let (Some(o), false) = (&output, args.dry_run) {
         io::save(&model, &in_dir, o)?;
     }
     let t_save = t1.elapsed().as_secs_f64();
+    step("verifying");
 
     let verification = match (&output, args.verify) {
         (Some(o), true) => Some(super::verify::compare_models(&args.input, o, &args.tol)?),
         _ => None,
     };
+    if let Some(p) = &pb {
+        p.finish_and_clear();
+    }
     let ok = verification.as_ref().is_none_or(|v| v.passed);
     if args.json {
         let j = serde_json::json!({
