@@ -223,6 +223,22 @@ def main():
         compare("session survives a bad input", good, out, None, dtype)
     except Exception as e:  # noqa: BLE001
         check("bad input", False, f"exception {e}")
+    # 6. TensorRT listed first, CUDA second: the custom op still runs on the CUDA EP.
+    try:
+        dtype = torch.float16
+        so = ort.SessionOptions()
+        so.register_custom_ops_library(LIB)
+        so.log_severity_level = 3
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "prof")
+        sess = ort.InferenceSession(model(dtype, causal=1), so, providers=["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+        feeds = inputs(dtype)
+        out, lse = run_bound(sess, feeds, (2, 77, 4, 64), dtype)
+        compare("TensorRT-first session", feeds, out, lse, dtype, causal=True)
+        prov = node_providers(sess)
+        check("TensorRT-first session: op on CUDA EP", prov == {"CUDAExecutionProvider"}, f"{prov}; session providers {sess.get_providers()}")
+    except Exception as e:  # noqa: BLE001
+        check("TensorRT-first session", False, f"exception {str(e)[:300]}")
     print(f"ort: {len(FAILS)} failed" + (f": {FAILS}" if FAILS else ""), flush=True)
     sys.exit(1 if FAILS else 0)
 

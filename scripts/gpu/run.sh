@@ -26,7 +26,8 @@ steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(numerics sanitize ort bench)
 
 # Reassemble and install whatever wheels have been staged (onnxruntime-gpu, flash-attn-4).
-if ls "$stage"/*.whl* >/dev/null 2>&1; then
+# Only once every part is there: FA_INSTALL=1 on the call after the last part arrived.
+if [ "${FA_INSTALL:-0}" = 1 ] && ls "$stage"/*.whl* >/dev/null 2>&1; then
   (cd "$stage" && for f in *.part0; do [ -e "$f" ] || continue; b=${f%.part0}; cat "$b".part* > "$b" && rm "$b".part*; done)
   mkdir -p /tmp/site; touch /tmp/site/.installed
   new=(); for w in "$stage"/*.whl; do grep -qxF "$(basename "$w")" /tmp/site/.installed || new+=("$w"); done
