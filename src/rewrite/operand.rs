@@ -27,6 +27,26 @@ pub struct Traced {
     pub nodes: Vec<usize>,
 }
 
+impl Traced {
+    /// The op's input in BNSH order: an existing tensor, or the base transposed.
+    pub fn bnsh_src(&self) -> super::Src {
+        match &self.bnsh {
+            Some(b) => super::Src::Tensor(b.clone()),
+            None => super::Src::Transposed(self.base.clone(), to_bnsh(&self.labels)),
+        }
+    }
+}
+
+/// The Transpose perm taking a tensor whose axes mean `l` to BNSH order.
+pub fn to_bnsh(l: &Labels) -> Vec<i64> {
+    BNSH.iter().map(|c| l.iter().position(|x| x == c).unwrap() as i64).collect()
+}
+
+/// Whether `l` is an order of B, N, S, H.
+pub fn is_perm(l: &Labels) -> bool {
+    BNSH.iter().all(|c| l.contains(c))
+}
+
 /// Walks up from `t`, whose axes mean `labels`.
 pub fn trace(ctx: &Ctx, t: &str, labels: Labels, absorb_repeat: bool) -> Traced {
     let gi = ctx.gi;

@@ -80,10 +80,12 @@ fn match_at(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
                     return Err("value is scaled".into());
                 }
             }
-            let src = |t: &operand::Traced| match &t.bnsh {
-                Some(b) => Src::Tensor(b.clone()),
-                None => Src::Transposed(t.base.clone(), vec![0, 2, 1, 3]),
-            };
+            for t in [&tq, &tk, &tv] {
+                if !operand::is_perm(&t.labels) {
+                    return Err("an input reaches the op through an unsupported axis order".into());
+                }
+            }
+            let src = |t: &operand::Traced| t.bnsh_src();
             let cov: Vec<usize> = tq.nodes.iter().chain(tk.nodes.iter()).chain(tv.nodes.iter()).copied().collect();
             (Layout::Bnsh, src(&tq), src(&tk), src(&tv), cov)
         }

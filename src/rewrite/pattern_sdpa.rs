@@ -106,7 +106,7 @@ fn match_at(ctx: &Ctx, si: usize) -> Result<Fusion, String> {
         v = operand::trace(ctx, &pvn.input[1], BNSH, false);
     }
     for (what, t) in [("query", &q), ("key", &k), ("value", &v)] {
-        if t.labels != BNSH && t.labels != BSNH {
+        if !operand::is_perm(&t.labels) {
             return Err(format!("{what} reaches the MatMul through an unsupported axis order"));
         }
     }
@@ -141,10 +141,7 @@ fn match_at(ctx: &Ctx, si: usize) -> Result<Fusion, String> {
     let src = |t: &Traced| -> Src {
         match layout {
             Layout::Bsnh => Src::Tensor(t.base.clone()),
-            _ => match &t.bnsh {
-                Some(b) => Src::Tensor(b.clone()),
-                None => Src::Transposed(t.base.clone(), vec![0, 2, 1, 3]),
-            },
+            _ => t.bnsh_src(),
         }
     };
     if replaces != pv {
