@@ -130,6 +130,9 @@ static ENVIRONMENT: OnceLock<ort::environment::Environment> = OnceLock::new();
 /// The process's ORT environment (created on first use).
 pub fn environment() -> Result<&'static ort::environment::Environment> {
     init()?;
+    // Serialised: two environments built by racing threads would be two ORT environments.
+    static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = CREATING.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(env) = ENVIRONMENT.get() {
         return Ok(env);
     }

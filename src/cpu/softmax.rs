@@ -3,7 +3,8 @@
 
 use multiversion::multiversion;
 
-const LANES: usize = 8;
+// 16 lanes: one zmm register under AVX-512, two ymm under AVX2.
+const LANES: usize = 16;
 
 /// exp(x) for f32, ~1 ulp on [-87, 88]; exactly 0 below -87 (so -inf → 0), NaN stays NaN.
 /// Range reduction x = n·ln2 + r with a degree-6 polynomial for e^r; 2^n is built from the exponent bits.
@@ -40,7 +41,7 @@ fn tanh_f32(x: f32) -> f32 {
 }
 
 /// s ← cap·tanh(s/cap).
-#[multiversion(targets("x86_64+avx2+fma", "aarch64+neon"))]
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
 pub fn softcap(row: &mut [f32], cap: f32) {
     let inv = 1.0 / cap;
     for s in row.iter_mut() {
@@ -49,7 +50,7 @@ pub fn softcap(row: &mut [f32], cap: f32) {
 }
 
 /// Maximum of the row (NaN-ignoring; NaN still poisons the exp that follows).
-#[multiversion(targets("x86_64+avx2+fma", "aarch64+neon"))]
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
 pub fn row_max(row: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let chunks = row.chunks_exact(LANES);
@@ -67,7 +68,7 @@ pub fn row_max(row: &[f32]) -> f32 {
 }
 
 /// row ← exp(row − max), returns the sum of the new row.
-#[multiversion(targets("x86_64+avx2+fma", "aarch64+neon"))]
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
 pub fn exp_sub_sum(row: &mut [f32], max: f32) -> f32 {
     let mut lanes = [0.0f32; LANES];
     let mut chunks = row.chunks_exact_mut(LANES);
@@ -87,7 +88,7 @@ pub fn exp_sub_sum(row: &mut [f32], max: f32) -> f32 {
 }
 
 /// row ← row·alpha
-#[multiversion(targets("x86_64+avx2+fma", "aarch64+neon"))]
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
 pub fn scale_row(row: &mut [f32], alpha: f32) {
     for x in row.iter_mut() {
         *x *= alpha;
