@@ -227,7 +227,14 @@ pub fn apply(g: &mut GraphProto, fusions: &[Fusion], opset: i64) -> Result<()> {
             attrs.push(a_int("window_right", f.window_right));
         }
         let name = b.namer.fresh(&format!("{}/FlashAttention", if n.name.is_empty() { &f.output } else { &n.name }));
-        nodes.push(node("FlashAttention", crate::DOMAIN, name, inputs, vec![f.output.clone()], attrs));
+        match f.out_cast {
+            None => nodes.push(node("FlashAttention", crate::DOMAIN, name, inputs, vec![f.output.clone()], attrs)),
+            Some(t) => {
+                let tmp = b.namer.fresh(&format!("{}/flashattn", f.output));
+                nodes.push(node("FlashAttention", crate::DOMAIN, name.clone(), inputs, vec![tmp.clone()], attrs));
+                nodes.push(node("Cast", "", b.namer.fresh(&format!("{name}/Cast")), vec![tmp], vec![f.output.clone()], vec![a_int("to", t as i64)]));
+            }
+        }
     }
     g.node = nodes;
     g.initializer.extend(inits);

@@ -98,8 +98,12 @@ impl<'a> GraphIndex<'a> {
 
     /// Element type of `t`: declared, or followed through type-preserving ops (and Cast).
     pub fn elem_type_guess(&self, t: &str) -> Option<i32> {
+        self.elem_type_guess_n(t, 64)
+    }
+
+    fn elem_type_guess_n(&self, t: &str, budget: usize) -> Option<i32> {
         let mut cur = t;
-        for _ in 0..64 {
+        for _ in 0..budget {
             if let Some(e) = self.elem_type(cur) {
                 return Some(e);
             }
@@ -109,11 +113,18 @@ impl<'a> GraphIndex<'a> {
             }
             cur = match n.op_type.as_str() {
                 "Cast" => return attr_i(n, "to").map(|v| v as i32),
-                "Where" => n.input.get(1)?,
-                "Add" | "Sub" | "Mul" | "Div" | "MatMul" | "Softmax" | "Transpose" | "Reshape" | "Identity" | "Neg"
-                | "Tanh" | "Expand" | "Unsqueeze" | "Squeeze" | "Slice" | "Concat" | "Gather" | "Relu" | "Sigmoid"
-                | "Erf" | "Sqrt" | "Pow" | "LayerNormalization" | "Dropout" | "Gemm" | "Split" | "Flatten" => n.input.first()?,
-                _ => return None,
+                "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual" | "And" | "Or" | "Xor" | "Not" | "IsNaN"
+                | "IsInf" => return Some(super::tensor::dt::BOOL),
+                "Shape" | "Size" | "ArgMax" | "ArgMin" | "NonZero" => return Some(super::tensor::dt::INT64),
+                "CastLike" => n.input.get(1)?,
+                "Where" => match self.elem_type_guess_n(n.input.get(1)?, budget / 2) {
+                    Some(t) => return Some(t),
+                    None => n.input.get(2)?,
+                },
+                "Constant" | "ConstantOfShape" | "RandomNormal" | "RandomUniform" | "EyeLike" | "QuantizeLinear"
+                | "DequantizeLinear" | "DynamicQuantizeLinear" | "TopK" | "Multinomial" => return None,
+                // Every other op's first output has its first input's type.
+                _ => n.input.first().filter(|s| !s.is_empty())?,
             };
         }
         None

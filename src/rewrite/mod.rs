@@ -87,6 +87,8 @@ pub struct Fusion {
     /// The node whose (first) output the fused node produces from now on; it is removed.
     pub replaces: usize,
     pub output: String,
+    /// Cast the op's output to this element type (when the original attention upcast to compute).
+    pub out_cast: Option<i32>,
     /// Human-readable mask mapping, for the report.
     pub mask_note: String,
     /// Nodes the match covered (for overlap checks and the report).

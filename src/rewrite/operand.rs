@@ -5,6 +5,7 @@
 
 use super::graph::{attr_i, attr_ints, is_onnx_domain};
 use super::probe::Ctx;
+use super::tensor::dt;
 
 /// The meaning of each axis of a 4-D tensor: B(atch), N (heads), S (sequence), H (head dim).
 pub type Labels = [u8; 4];
@@ -99,6 +100,14 @@ pub fn trace(ctx: &Ctx, t: &str, labels: Labels, absorb_repeat: bool) -> Traced 
                 None => break,
             },
             "Identity" => cur = n.input[0].clone(),
+            // Casts between float types (an fp16 tensor upcast for the attention math): absorbed; the
+            // caller checks that q, k and v end up in one type.
+            "Cast" if gi.elem_type_guess(&n.output[0]).is_some_and(dt::is_float)
+                && gi.elem_type_guess(&n.input[0]).is_some_and(dt::is_float) =>
+            {
+                cur = n.input[0].clone();
+                bnsh = None;
+            }
             _ => break,
         }
         nodes.push(idx);

@@ -76,6 +76,7 @@ fn base(pattern: &'static str, ctx: &Ctx, i: usize, heads: i64) -> Fusion {
         key_seqlens: None,
         replaces: i,
         output: n.output[0].clone(),
+        out_cast: None,
         mask_note: String::new(),
         covered: vec![],
     }

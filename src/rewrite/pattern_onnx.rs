@@ -156,6 +156,7 @@ fn match_at(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
         key_seqlens,
         replaces: i,
         output: n.output[0].clone(),
+        out_cast: None,
         mask_note: note,
         covered,
     })

@@ -9,7 +9,8 @@ use super::mask::{self, Term};
 use super::operand::{self, scalar_operand, Traced, BNHS, BNSH, BSNH};
 use super::probe::Ctx;
 use super::report::Report;
-use super::{Fusion, Layout, Src};
+use super::tensor::dt;
+use super::{Fusion, Layout, MaskSrc, Src};
 
 const NAME: &str = "decomposed";
 
@@ -34,6 +35,7 @@ struct Scores {
     softcap: f64,
     terms: Vec<Term>,
     nodes: Vec<usize>,
+    casts: usize,
 }
 
 fn match_at(ctx: &Ctx, si: usize) -> Result<Fusion, String> {
@@ -48,6 +50,7 @@ fn match_at(ctx: &Ctx, si: usize) -> Result<Fusion, String> {
     // Downward: the probabilities feed MatMul(probs, V).
     let mut probs = s.output[0].clone();
     let mut covered = vec![si];
+    let mut casts = 0;
     let pv = loop {
         let users = gi.users(&probs);
         if gi.outputs.contains(probs.as_str()) {
@@ -64,7 +67,8 @@ fn match_at(ctx: &Ctx, si: usize) -> Result<Fusion, String> {
         }
         match u.op_type.as_str() {
             "MatMul" if u.input[0] == probs => break ui,
-            "Cast" if gi.elem_type_guess(&u.output[0]).is_some() && gi.elem_type_guess(&u.output[0]) == gi.elem_type_guess(&s.input[0]) => {}
+            // Casts between float types (mixed-precision softmax); the types are checked below.
+            "Cast" if gi.elem_type_guess(&u.output[0]).is_some_and(dt::is_float) => casts += 1,
             "Identity" => {}
             "Dropout" if u.output.len() < 2 || u.output[1].is_empty() || gi.use_count(&u.output[1]) == 0 => {
                 let training = u.input.get(2).filter(|t| !t.is_empty()).map(|t| ctx.const_scalar(t));
@@ -110,6 +114,16 @@ fn match_at(ctx: &Ctx, si: usize) -> Result<Fusion, String> {
             return Err(format!("{what} reaches the MatMul through an unsupported axis order"));
         }
     }
+    // One element type for q, k, v (the op accumulates in f32 whatever casts the export did around the
+    // softmax); the output is cast back when the original attention produced another type.
+    let types: Vec<Option<i32>> = [&q.base, &k.base, &v.base].iter().map(|t| gi.elem_type_guess(t)).collect();
+    let out_type = gi.elem_type_guess(&pvn.output[0]);
+    if types.iter().any(|t| t.is_none() || *t != types[0]) || out_type.is_none() {
+        if casts + sc.casts > 0 || types.iter().any(|t| *t != types[0]) {
+            return Err(format!("query/key/value element types differ or are unknown: {types:?} (q {} k {} v {})", q.base, k.base, v.base));
+        }
+    }
+    let out_cast = out_type.filter(|&o| Some(o) != types[0] && types[0].is_some());
     // Shapes must agree with the op's view: same batch, kv heads dividing q heads, same head_dim for q/k.
     check_shapes(ctx, &q, &k, &v)?;
     let scale = sc.scale * q.scale * k.scale;
@@ -124,6 +138,16 @@ fn match_at(ctx: &Ctx, si: usize) -> Result<Fusion, String> {
     covered.extend(q.nodes.iter().chain(k.nodes.iter()).chain(v.nodes.iter()).copied());
 
     let plan = mask::plan(ctx, &sc.terms, &|e: &super::eval::Evaluator| e.shape(&scores))?;
+    // A mask passed through keeps its element type, which must be the scores' (bool masks aside).
+    let passed: Vec<&String> = match &plan.attn_mask {
+        Some(MaskSrc::Tensor(m) | MaskSrc::ToRank4(m, _)) => vec![m],
+        Some(MaskSrc::Sum(ms, _)) => ms.iter().collect(),
+        _ => vec![],
+    };
+    let t0 = types[0];
+    if passed.iter().any(|m| gi.elem_type_guess(m).is_some_and(|e| e != dt::BOOL && Some(e) != t0)) {
+        return Err("the mask passed through has another element type than the scores".into());
+    }
 
     // Layout: BSNH when all three come from BSNH tensors and the output is transposed back to BSNH.
     let out_t = &pvn.output[0];
@@ -162,6 +186,7 @@ fn match_at(ctx: &Ctx, si: usize) -> Result<Fusion, String> {
         key_seqlens: plan.key_seqlens,
         replaces,
         output,
+        out_cast,
         mask_note: plan.note,
         covered,
     })
@@ -222,7 +247,7 @@ fn parse_scores(ctx: &Ctx, t: &str, depth: usize) -> Option<Scores> {
     }
     let mut r = match n.op_type.as_str() {
         "MatMul" => {
-            return Some(Scores { qk: idx, scale: 1.0, softcap: 0.0, terms: vec![], nodes: vec![idx] });
+            return Some(Scores { qk: idx, scale: 1.0, softcap: 0.0, terms: vec![], nodes: vec![idx], casts: 0 });
         }
         "Add" => {
             let mut found = None;
@@ -280,13 +305,18 @@ fn parse_scores(ctx: &Ctx, t: &str, depth: usize) -> Option<Scores> {
             sc
         }
         "Cast" | "Identity" => {
-            if n.op_type == "Cast" && gi.elem_type_guess(&n.output[0]).is_none_or(|o| Some(o) != gi.elem_type_guess(&n.input[0])) {
+            if n.op_type == "Cast"
+                && !(gi.elem_type_guess(&n.output[0]).is_some_and(dt::is_float) && gi.elem_type_guess(&n.input[0]).is_some_and(dt::is_float))
+            {
                 return None;
             }
-            parse_scores(ctx, &n.input[0], depth + 1)?
+            let mut sc = parse_scores(ctx, &n.input[0], depth + 1)?;
+            sc.casts += (n.op_type == "Cast") as usize;
+            sc
         }
         _ => return None,
     };
     r.nodes.push(idx);
     Some(r)
 }
+
