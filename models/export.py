@@ -63,6 +63,14 @@ def make_config(arch, impl):
         cfg = tf.T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
                           dropout_rate=0.0, **common)
         cls = tf.T5EncoderModel
+    elif arch == "bart":
+        cfg = tf.BartConfig(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+                            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                            max_position_embeddings=64, init_std=INIT_RANGE, dropout=0.0, attention_dropout=0.0,
+                            vocab_size=VOCAB)
+        cls = tf.BartModel
+    elif arch == "llamafp16":
+        cfg, cls = make_config("llama", impl)
     elif arch == "vit":
         cfg = tf.ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
                            num_attention_heads=4, intermediate_size=64, hidden_dropout_prob=0.0,
@@ -83,6 +91,8 @@ def build_model(arch, impl):
     except Exception:
         cfg._attn_implementation = impl
         model = cls(cfg) if arch != "vit" else cls(cfg, add_pooling_layer=False)
+    if arch.endswith("fp16"):
+        model = model.half()
     model.eval()
     got = getattr(model.config, "_attn_implementation", None)
     if got != impl:
@@ -99,6 +109,9 @@ def example_inputs(arch):
     ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=g)
     mask = torch.ones(BATCH, SEQ, dtype=torch.int64)
     mask[1, SEQ - 3:] = 0  # right padding in the second sequence
+    if arch == "bart":  # a decoder shorter than the encoder: cross-attention has Sq != Skv
+        dec = torch.randint(0, VOCAB, (BATCH, SEQ - 3), generator=g)
+        return {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec}
     return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -114,6 +127,11 @@ def make_wrapper(model, arch):
         class W(Wrap):
             def forward(self, pixel_values):
                 return self.m(pixel_values=pixel_values, return_dict=False)[0]
+    elif arch == "bart":
+        class W(Wrap):
+            def forward(self, input_ids, attention_mask, decoder_input_ids):
+                return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                              decoder_input_ids=decoder_input_ids, use_cache=False, return_dict=False)[0]
     elif arch in ("bert", "t5enc"):
         class W(Wrap):
             def forward(self, input_ids, attention_mask):
@@ -162,7 +180,8 @@ def export_one(job):
                 with torch.no_grad():
                     torch.onnx.export(wrap, args, path, **kw)
         else:
-            dyn = {n: ({0: "batch"} if n == "pixel_values" else {0: "batch", 1: "sequence"}) for n in names}
+            seq = lambda n: "decoder_sequence" if n.startswith("decoder") else "sequence"
+            dyn = {n: ({0: "batch"} if n == "pixel_values" else {0: "batch", 1: seq(n)}) for n in names}
             try:
                 with torch.no_grad():
                     torch.onnx.export(wrap, args, path, dynamo=False, opset_version=17, input_names=names,
@@ -222,6 +241,9 @@ JOBS = [
     ("mistral", ["sdpa"], ["dynamo", "ts"]),
     ("t5enc", ["eager"], ["ts"]),
     ("gemma2", ["eager"], ["dynamo"]),
+    # Encoder-decoder with cross-attention (query and key lengths differ); a float16 export.
+    ("bart", ["sdpa"], ["dynamo", "ts"]),
+    ("llamafp16", ["sdpa"], ["dynamo", "ts"]),
 ]
 
 

@@ -179,11 +179,19 @@ fn rewritten_models_match_reference_outputs() {
                 continue;
             }
         };
-        let (got_shape, got) = outs["output"].try_extract_tensor::<f32>().unwrap();
-        assert_eq!(got_shape.iter().map(|&d| d as usize).collect::<Vec<_>>(), shape, "{}", p.display());
-        let err = got.iter().zip(want.iter()).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
-        // fp32 end to end; the reference went through the same float32 math in another order.
-        if err > 1e-4 {
+        let (got_shape, got): (Vec<usize>, Vec<f64>) = match outs["output"].try_extract_tensor::<f32>() {
+            Ok((s, d)) => (s.iter().map(|&x| x as usize).collect(), d.iter().map(|&x| x as f64).collect()),
+            Err(_) => {
+                let (s, d) = outs["output"].try_extract_tensor::<f16>().unwrap();
+                (s.iter().map(|&x| x as usize).collect(), d.iter().map(|x| x.to_f64()).collect())
+            }
+        };
+        assert_eq!(got_shape, shape, "{}", p.display());
+        let err = got.iter().zip(want.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        // fp32 end to end, the reference went through the same float32 math in another order; fp16 models
+        // differ from PyTorch's fp16 CPU run by fp16 rounding (ONNX Runtime on the original model does too).
+        let fp16 = m.graph.output[0].type_.tensor_type().elem_type == 10;
+        if err > if fp16 { 2e-2 } else { 1e-4 } {
             failures.push(format!("{}: max abs error {err:.3e}", p.display()));
         }
     }
