@@ -14,7 +14,7 @@ use std::rc::Rc;
 
 use onnx_protobuf::TensorProto;
 
-use super::graph::{attr, attr_i, attr_ints, is_onnx_domain, Dim, GraphIndex};
+use super::graph::{attr, attr_i, attr_ints, is_onnx_domain, opt_input, Dim, GraphIndex};
 use super::tensor::{decode, dt, Tensor};
 
 /// Largest tensor the evaluator materializes.
@@ -863,8 +863,4 @@ fn binary(op: &str, a: &Tensor, b: &Tensor) -> Option<Tensor> {
         .collect();
     let dtype = if cmp || matches!(op, "And" | "Or" | "Xor") { dt::BOOL } else { a.dtype };
     Some(Tensor::new(dtype, shape, data).normalize())
-}
-
-fn opt_input(n: &onnx_protobuf::NodeProto, i: usize) -> Option<&String> {
-    n.input.get(i).filter(|s| !s.is_empty())
 }

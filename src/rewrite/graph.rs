@@ -168,6 +168,11 @@ pub fn is_onnx_domain(d: &str) -> bool {
     d.is_empty() || d == "ai.onnx"
 }
 
+/// Input `i` of `n` when present and not the empty "absent" name.
+pub fn opt_input(n: &NodeProto, i: usize) -> Option<&String> {
+    n.input.get(i).filter(|s| !s.is_empty())
+}
+
 pub fn attr<'n>(n: &'n NodeProto, name: &str) -> Option<&'n AttributeProto> {
     n.attribute.iter().find(|a| a.name == name)
 }

@@ -167,7 +167,7 @@ fn grid(ev: &Evaluator, terms: &[Term], scores: ScoresShape) -> Result<Grid, Str
             return Err("mask differs per head".into());
         }
         for (k, (&d, &o)) in vs.iter().zip(out.iter()).enumerate() {
-            if d != o && d != 1 && !(k == 1) {
+            if d != o && d != 1 && k != 1 {
                 return Err("mask does not broadcast to the scores".into());
             }
         }

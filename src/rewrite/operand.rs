@@ -24,6 +24,8 @@ pub struct Traced {
     pub scale: f64,
     /// Heads repeat factor absorbed (1 = none).
     pub group: i64,
+    /// Float Casts absorbed.
+    pub casts: usize,
     /// Nodes the trace walked through.
     pub nodes: Vec<usize>,
 }
@@ -55,6 +57,7 @@ pub fn trace(ctx: &Ctx, t: &str, labels: Labels, absorb_repeat: bool) -> Traced 
     let mut lab = labels;
     let mut scale = 1.0;
     let mut group = 1;
+    let mut casts = 0;
     let mut nodes = vec![];
     let mut bnsh = (lab == BNSH).then(|| cur.clone());
     for _ in 0..16 {
@@ -107,6 +110,7 @@ pub fn trace(ctx: &Ctx, t: &str, labels: Labels, absorb_repeat: bool) -> Traced 
             {
                 cur = n.input[0].clone();
                 bnsh = None;
+                casts += 1;
             }
             _ => break,
         }
@@ -115,7 +119,7 @@ pub fn trace(ctx: &Ctx, t: &str, labels: Labels, absorb_repeat: bool) -> Traced 
             bnsh = Some(cur.clone());
         }
     }
-    Traced { base: cur, labels: lab, bnsh, scale, group, nodes }
+    Traced { base: cur, labels: lab, bnsh, scale, group, casts, nodes }
 }
 
 /// Recognizes `t` = Reshape(Transpose(Reshape(x, [a·b, c, d]), [0, 2, 1]), [a, b, d, c]), i.e. x with its

@@ -10,7 +10,7 @@
 //! MultiHeadAttention masks by adding `mask_filter_value` (-10000) while FlashAttention excludes keys
 //! exactly; both agree on every row that has at least one visible key.
 
-use super::graph::{attr_f, attr_i};
+use super::graph::{attr_f, attr_i, opt_input};
 use super::probe::Ctx;
 use super::report::Report;
 use super::tensor::dt;
@@ -37,10 +37,6 @@ pub fn find(ctx: &Ctx, out: &mut Vec<Fusion>, report: &mut Report) {
             Err(why) => report.skip(pat, n.output.first().map(|s| s.as_str()).unwrap_or(""), &why),
         }
     }
-}
-
-fn opt<'n>(n: &'n onnx_protobuf::NodeProto, i: usize) -> Option<&'n String> {
-    n.input.get(i).filter(|s| !s.is_empty())
 }
 
 fn extra_outputs_unused(ctx: &Ctx, n: &onnx_protobuf::NodeProto) -> Result<(), String> {
@@ -85,13 +81,13 @@ fn base(pattern: &'static str, ctx: &Ctx, i: usize, heads: i64) -> Fusion {
 fn mha(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
     let n = ctx.gi.node(i);
     let heads = attr_i(n, "num_heads").ok_or("no num_heads")?;
-    if opt(n, 1).is_none() || opt(n, 2).is_none() {
+    if opt_input(n, 1).is_none() || opt_input(n, 2).is_none() {
         return Err("packed QKV / KV input".into());
     }
-    if opt(n, 3).is_some() {
+    if opt_input(n, 3).is_some() {
         return Err("has a projection bias input".into());
     }
-    if opt(n, 6).is_some() || opt(n, 7).is_some() || opt(n, 8).is_some() || opt(n, 9).is_some() {
+    if opt_input(n, 6).is_some() || opt_input(n, 7).is_some() || opt_input(n, 8).is_some() || opt_input(n, 9).is_some() {
         return Err("has KV cache inputs".into());
     }
     extra_outputs_unused(ctx, n)?;
@@ -110,7 +106,7 @@ fn mha(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
         f.window_right = 0;
         notes.push("unidirectional → causal".to_string());
     }
-    if let Some(m) = opt(n, 4) {
+    if let Some(m) = opt_input(n, 4) {
         let r = ctx.rank(m).ok_or("key_padding_mask shape unknown")?;
         let et = ctx.gi.elem_type_guess(m);
         match (r, et) {
@@ -125,7 +121,7 @@ fn mha(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
             _ => return Err("key_padding_mask of a form other than int32 [B] or [B, Skv]".into()),
         }
     }
-    if let Some(b) = opt(n, 5) {
+    if let Some(b) = opt_input(n, 5) {
         if f.attn_mask.is_some() {
             return Err("attention_bias together with a [B, Skv] key_padding_mask".into());
         }
@@ -140,19 +136,19 @@ fn mha(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
 fn gqa(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
     let n = ctx.gi.node(i);
     let heads = attr_i(n, "num_heads").ok_or("no num_heads")?;
-    if opt(n, 1).is_none() || opt(n, 2).is_none() {
+    if opt_input(n, 1).is_none() || opt_input(n, 2).is_none() {
         return Err("packed QKV input".into());
     }
-    if opt(n, 3).is_some() || opt(n, 4).is_some() {
+    if opt_input(n, 3).is_some() || opt_input(n, 4).is_some() {
         return Err("has past_key/past_value (KV cache)".into());
     }
-    if attr_i(n, "do_rotary").unwrap_or(0) != 0 || opt(n, 7).is_some() || opt(n, 9).is_some() {
+    if attr_i(n, "do_rotary").unwrap_or(0) != 0 || opt_input(n, 7).is_some() || opt_input(n, 9).is_some() {
         return Err("rotary embedding inside the op".into());
     }
-    if attr_i(n, "smooth_softmax").unwrap_or(0) != 0 || opt(n, 11).is_some() {
+    if attr_i(n, "smooth_softmax").unwrap_or(0) != 0 || opt_input(n, 11).is_some() {
         return Err("smooth softmax / head sink".into());
     }
-    if opt(n, 10).is_some() {
+    if opt_input(n, 10).is_some() {
         return Err("attention_bias".into());
     }
     if attr_i(n, "local_window_size").unwrap_or(-1) != -1 {
@@ -162,7 +158,7 @@ fn gqa(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
     if !same_len(ctx, &n.input[0], &n.input[1]) {
         return Err("query and key lengths may differ".into());
     }
-    let seqlens = opt(n, 5).ok_or("no seqlens_k")?;
+    let seqlens = opt_input(n, 5).ok_or("no seqlens_k")?;
     let mut f = base("ms-GroupQueryAttention", ctx, i, heads);
     f.causal = true;
     f.window_right = 0;

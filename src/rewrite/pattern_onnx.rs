@@ -11,7 +11,7 @@
 //! - past_key/past_value, or used present_key/present_value/qk_matmul_output → not fused.
 
 use super::eval::Evaluator;
-use super::graph::{attr_f, attr_i, is_onnx_domain};
+use super::graph::{attr_f, attr_i, is_onnx_domain, opt_input};
 use super::mask::{self, Term};
 use super::operand::{self, BNSH};
 use super::probe::Ctx;
@@ -32,14 +32,10 @@ pub fn find(ctx: &Ctx, out: &mut Vec<Fusion>, report: &mut Report) {
     }
 }
 
-fn opt<'n>(n: &'n onnx_protobuf::NodeProto, i: usize) -> Option<&'n String> {
-    n.input.get(i).filter(|s| !s.is_empty())
-}
-
 fn match_at(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
     let gi = ctx.gi;
     let n = gi.node(i);
-    if opt(n, 4).is_some() || opt(n, 5).is_some() {
+    if opt_input(n, 4).is_some() || opt_input(n, 5).is_some() {
         return Err("has past_key/past_value (KV cache)".into());
     }
     for k in 1..n.output.len() {
@@ -81,6 +77,9 @@ fn match_at(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
                 }
             }
             for t in [&tq, &tk, &tv] {
+                if t.casts > 0 {
+                    return Err("an input reaches the op through a Cast".into());
+                }
                 if !operand::is_perm(&t.labels) {
                     return Err("an input reaches the op through an unsupported axis order".into());
                 }
@@ -111,7 +110,7 @@ fn match_at(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
         return Err("is_causal with query and key lengths that may differ (ONNX aligns top-left)".into());
     }
     let mut terms = vec![];
-    if let Some(m) = opt(n, 3) {
+    if let Some(m) = opt_input(n, 3) {
         let et = ctx.evs[0].value(m).map(|t| t.dtype).or_else(|| gi.elem_type_guess(m));
         // The op's mask must cover all keys.
         for e in &ctx.evs {
@@ -127,7 +126,7 @@ fn match_at(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
     }
     let plan = mask::plan(ctx, &terms, &scores)?;
     let mut key_seqlens = plan.key_seqlens.clone();
-    if let Some(l) = opt(n, 6) {
+    if let Some(l) = opt_input(n, 6) {
         if key_seqlens.is_some() {
             return Err("both a lengths-like mask and nonpad_kv_seqlen".into());
         }
@@ -138,7 +137,7 @@ fn match_at(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
     if causal {
         note = format!("is_causal → causal; {note}");
     }
-    if opt(n, 6).is_some() {
+    if opt_input(n, 6).is_some() {
         note += "; nonpad_kv_seqlen → key_seqlens";
     }
     Ok(Fusion {

@@ -118,10 +118,10 @@ fn match_at(ctx: &Ctx, si: usize) -> Result<Fusion, String> {
     // softmax); the output is cast back when the original attention produced another type.
     let types: Vec<Option<i32>> = [&q.base, &k.base, &v.base].iter().map(|t| gi.elem_type_guess(t)).collect();
     let out_type = gi.elem_type_guess(&pvn.output[0]);
-    if types.iter().any(|t| t.is_none() || *t != types[0]) || out_type.is_none() {
-        if casts + sc.casts > 0 || types.iter().any(|t| *t != types[0]) {
-            return Err(format!("query/key/value element types differ or are unknown: {types:?} (q {} k {} v {})", q.base, k.base, v.base));
-        }
+    let absorbed_casts = casts + sc.casts + q.casts + k.casts + v.casts;
+    let unknown = types[0].is_none() || out_type.is_none();
+    if types.iter().any(|t| *t != types[0]) || (unknown && absorbed_casts > 0) {
+        return Err(format!("query/key/value element types differ or are unknown: {types:?}"));
     }
     let out_cast = out_type.filter(|&o| Some(o) != types[0] && types[0].is_some());
     // Shapes must agree with the op's view: same batch, kv heads dividing q heads, same head_dim for q/k.

@@ -108,7 +108,7 @@ fn make_probe(gi: &GraphIndex, batch: i64, seq: i64, seed: u64) -> Probe {
             // [B, S]: a 0/1 pattern; the first row attends everywhere, others are random (holes, left and
             // right padding, fully masked rows all occur).
             2 => (0..n)
-                .map(|i| if i < shape[1] { 1.0 } else { (rng.next() % 3 != 0) as i32 as f64 })
+                .map(|i| if i < shape[1] { 1.0 } else { !rng.next().is_multiple_of(3) as i32 as f64 })
                 .collect(),
             // [B]: lengths in [1, S].
             1 => (0..n).map(|_| 1.0 + (rng.next() % seq as u64) as f64).collect(),
