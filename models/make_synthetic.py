@@ -6,7 +6,9 @@
 - onnx_attention_3d_mask: ONNX Attention (opset 23), 3-D inputs with q_num_heads/kv_num_heads and a bool
   key-padding mask built from an int64 attention_mask input;
 - ms_mha_padding: com.microsoft MultiHeadAttention, unidirectional, key_padding_mask int32 [B, S];
-- ms_gqa: com.microsoft GroupQueryAttention (prompt, no cache), seqlens_k / total_sequence_length inputs.
+- ms_gqa: com.microsoft GroupQueryAttention (prompt, no cache), seqlens_k / total_sequence_length inputs;
+- ms_attention_packed: com.microsoft Attention (packed QKV weights + bias, 2-D mask_index), as ONNX Runtime's
+  transformer optimizer emits for BERT.
 
 Each gets NAME.onnx and NAME.io.json/NAME.npz with inputs and ONNX Runtime's output as the reference
 (these ops are defined by their ONNX Runtime implementation).
@@ -126,12 +128,26 @@ def ms_gqa(out):
                             "total_sequence_length": np.array(S, np.int32)})
 
 
+def ms_attention_packed(out):
+    # The packed form ONNX Runtime's transformer optimizer emits for BERT: projection weights inside the op.
+    inits = [init("W_qkv", [D, 3 * NQ * HD]), init("b_qkv", [3 * NQ * HD], 0.1)]
+    nodes = [h.make_node("Cast", ["attention_mask"], ["mask_index"], to=T.INT32),
+             h.make_node("Attention", ["x", "W_qkv", "b_qkv", "mask_index"], ["output"], domain="com.microsoft",
+                         num_heads=NQ)]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["batch", "seq", D]),
+                                  h.make_tensor_value_info("attention_mask", T.INT64, ["batch", "seq"])],
+                     [h.make_tensor_value_info("output", T.FLOAT, ["batch", "seq", NQ * HD])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)], ir_version=8)
+    save(out, "ms_attention_packed", m, {"x": rng.standard_normal((B, S, D)).astype(np.float32),
+                                         "attention_mask": padding_mask()})
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "synthetic"))
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    for f in (onnx_attention_gqa_causal, onnx_attention_3d_mask, ms_mha_padding, ms_gqa):
+    for f in (onnx_attention_gqa_causal, onnx_attention_3d_mask, ms_mha_padding, ms_gqa, ms_attention_packed):
         try:
             f(a.out)
         except Exception as e:  # keep going; report what failed

@@ -33,7 +33,7 @@ fn attention_sites(m: &ModelProto) -> usize {
         .iter()
         .filter(|n| {
             (n.domain.is_empty() && (n.op_type == "Softmax" || n.op_type == "Attention"))
-                || (n.domain == "com.microsoft" && (n.op_type == "MultiHeadAttention" || n.op_type == "GroupQueryAttention"))
+                || (n.domain == "com.microsoft" && matches!(n.op_type.as_str(), "MultiHeadAttention" | "GroupQueryAttention" | "Attention"))
         })
         .count()
 }

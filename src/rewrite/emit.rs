@@ -196,6 +196,8 @@ pub fn apply(g: &mut GraphProto, fusions: &[Fusion], opset: i64) -> Result<()> {
             nodes.push(n);
             continue;
         };
+        nodes.extend(f.prelude.iter().cloned());
+        b.inits.extend(f.prelude_inits.iter().cloned());
         let q = b.src(&f.q, &mut nodes);
         let k = b.src(&f.k, &mut nodes);
         let v = b.src(&f.v, &mut nodes);

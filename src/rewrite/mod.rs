@@ -89,6 +89,10 @@ pub struct Fusion {
     pub output: String,
     /// Cast the op's output to this element type (when the original attention upcast to compute).
     pub out_cast: Option<i32>,
+    /// Nodes (and initializers) to place before the fused node, e.g. the QKV projection unpacked from
+    /// com.microsoft Attention. Their output names are chosen unused by the pattern.
+    pub prelude: Vec<onnx_protobuf::NodeProto>,
+    pub prelude_inits: Vec<onnx_protobuf::TensorProto>,
     /// Human-readable mask mapping, for the report.
     pub mask_note: String,
     /// Nodes the match covered (for overlap checks and the report).

@@ -4,6 +4,10 @@
 //!   copied; `unidirectional` → `causal` (only where every probe has Sq = Skv); `key_padding_mask` [B]
 //!   (key lengths) → `key_seqlens`, [B, Skv] (1 = keep) → bool `attn_mask`; `attention_bias` → additive
 //!   `attn_mask` (not together with a [B, Skv] key_padding_mask).
+//! - `Attention` (the packed form ONNX Runtime's transformer optimizer produces) without past or
+//!   in-op rotary: its projection is unpacked (`MatMul` + bias `Add` + `Split` by `qkv_hidden_sizes`) in
+//!   front of the op; `unidirectional` → `causal`; `mask_index` [B] (key lengths) → `key_seqlens`,
+//!   [B, S] (1 = keep) → bool `attn_mask`; `attention_bias` → additive `attn_mask`.
 //! - `GroupQueryAttention` without KV cache, rotary, smooth softmax, head sink or bias, and with
 //!   `local_window_size` = -1: causal, `key_seqlens` = seqlens_k + 1, `scale`/`softcap` copied.
 //!
@@ -24,7 +28,7 @@ pub fn find(ctx: &Ctx, out: &mut Vec<Fusion>, report: &mut Report) {
         let r = match n.op_type.as_str() {
             "MultiHeadAttention" => mha(ctx, i),
             "GroupQueryAttention" => gqa(ctx, i),
-            "Attention" => Err("com.microsoft Attention (packed QKV projection) is not mapped yet".to_string()),
+            "Attention" => ms_attention(ctx, i),
             _ => continue,
         };
         let pat = match n.op_type.as_str() {
@@ -55,7 +59,7 @@ fn same_len(ctx: &Ctx, q: &str, k: &str) -> bool {
     })
 }
 
-fn base(pattern: &'static str, ctx: &Ctx, i: usize, heads: i64) -> Fusion {
+fn base_fusion(pattern: &'static str, ctx: &Ctx, i: usize, heads: i64) -> Fusion {
     let n = ctx.gi.node(i);
     Fusion {
         pattern,
@@ -73,6 +77,8 @@ fn base(pattern: &'static str, ctx: &Ctx, i: usize, heads: i64) -> Fusion {
         replaces: i,
         output: n.output[0].clone(),
         out_cast: None,
+        prelude: vec![],
+        prelude_inits: vec![],
         mask_note: String::new(),
         covered: vec![],
     }
@@ -96,7 +102,7 @@ fn mha(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
             return Err("query/key/value are not all 3-D".into());
         }
     }
-    let mut f = base("ms-MultiHeadAttention", ctx, i, heads);
+    let mut f = base_fusion("ms-MultiHeadAttention", ctx, i, heads);
     let mut notes = vec![];
     if attr_i(n, "unidirectional").unwrap_or(0) != 0 {
         if !same_len(ctx, &n.input[0], &n.input[1]) {
@@ -159,11 +165,114 @@ fn gqa(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
         return Err("query and key lengths may differ".into());
     }
     let seqlens = opt_input(n, 5).ok_or("no seqlens_k")?;
-    let mut f = base("ms-GroupQueryAttention", ctx, i, heads);
+    let mut f = base_fusion("ms-GroupQueryAttention", ctx, i, heads);
     f.causal = true;
     f.window_right = 0;
     f.softcap = attr_f(n, "softcap").unwrap_or(0.0) as f64;
     f.key_seqlens = Some(SeqlensSrc::LengthsMinusOne(seqlens.clone()));
     f.mask_note = "causal, seqlens_k + 1 → key_seqlens".into();
+    Ok(f)
+}
+
+fn ms_attention(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
+    use onnx_protobuf::{attribute_proto::AttributeType, AttributeProto, NodeProto};
+    let gi = ctx.gi;
+    let n = gi.node(i);
+    let heads = attr_i(n, "num_heads").ok_or("no num_heads")?;
+    if opt_input(n, 4).is_some() || opt_input(n, 6).is_some() {
+        return Err("has past state".into());
+    }
+    if attr_i(n, "do_rotary").unwrap_or(0) != 0 {
+        return Err("rotary embedding inside the op".into());
+    }
+    extra_outputs_unused(ctx, n)?;
+    let (x, w) = (&n.input[0], &n.input[1]);
+    if ctx.rank(x) != Some(3) {
+        return Err("input is not 3-D".into());
+    }
+    let ws = ctx.shapes(w).ok_or("weights shape unknown")?;
+    if ws[0].len() != 2 {
+        return Err("weights are not 2-D".into());
+    }
+    let total = ws[0][1];
+    let sizes = match super::graph::attr_ints(n, "qkv_hidden_sizes") {
+        Some(s) if s.len() == 3 => s,
+        Some(_) => return Err("qkv_hidden_sizes does not have 3 entries".into()),
+        None if total % 3 == 0 => vec![total / 3; 3],
+        None => return Err("weights width not divisible by 3".into()),
+    };
+    if sizes.iter().sum::<i64>() != total || sizes[0] != sizes[1] || sizes[0] % heads != 0 || sizes[2] % heads != 0 {
+        return Err("qkv_hidden_sizes inconsistent with the weights / num_heads".into());
+    }
+    // Fresh, unused tensor names for the unpacked projection.
+    let base = format!("{}/flashattn_qkv", n.output[0]);
+    let taken = |t: &str| gi.producer.contains_key(t) || gi.inits.contains_key(t) || gi.inputs.contains_key(t);
+    let name = |suffix: &str| -> Result<String, String> {
+        let t = format!("{base}/{suffix}");
+        if taken(&t) { Err(format!("tensor name {t} already in use")) } else { Ok(t) }
+    };
+    let mk = |op: &str, ins: Vec<String>, outs: Vec<String>, attrs: Vec<AttributeProto>| {
+        let mut m = NodeProto::new();
+        m.op_type = op.into();
+        m.name = format!("{}/{op}", base);
+        m.input = ins;
+        m.output = outs;
+        m.attribute = attrs;
+        m
+    };
+    let mut prelude = vec![mk("MatMul", vec![x.clone(), w.clone()], vec![name("proj")?], vec![])];
+    let mut packed = name("proj")?;
+    if let Some(b) = opt_input(n, 2) {
+        prelude.push(mk("Add", vec![packed.clone(), b.clone()], vec![name("proj_bias")?], vec![]));
+        packed = name("proj_bias")?;
+    }
+    let split_sizes = name("split_sizes")?;
+    let (q, k, v) = (name("q")?, name("k")?, name("v")?);
+    let mut axis = AttributeProto::new();
+    axis.name = "axis".into();
+    axis.type_ = AttributeType::INT.into();
+    axis.i = 2;
+    prelude.push(mk("Split", vec![packed, split_sizes.clone()], vec![q.clone(), k.clone(), v.clone()], vec![axis]));
+    let inits = vec![super::tensor::make_i64(&split_sizes, &[3], &sizes)];
+
+    let mut f = base_fusion("ms-Attention", ctx, i, heads);
+    f.q = Src::Tensor(q);
+    f.k = Src::Tensor(k);
+    f.v = Src::Tensor(v);
+    f.prelude = prelude;
+    f.prelude_inits = inits;
+    let mut notes = vec!["QKV projection unpacked".to_string()];
+    if attr_i(n, "unidirectional").unwrap_or(0) != 0 {
+        f.causal = true;
+        f.window_right = 0;
+        notes.push("unidirectional → causal".into());
+    }
+    if let Some(m) = opt_input(n, 3) {
+        let r = ctx.rank(m).ok_or("mask_index shape unknown")?;
+        let batch_ok = ctx.evs.iter().all(|e| match (e.shape(m), e.shape(x)) {
+            (Some(ms), Some(xs)) => ms[0] == xs[0] && (r != 2 || ms[1] == xs[1]),
+            _ => false,
+        });
+        match (r, gi.elem_type_guess(m)) {
+            (1, Some(dt::INT32)) if batch_ok => {
+                f.key_seqlens = Some(SeqlensSrc::Lengths(m.clone()));
+                notes.push("mask_index [B] → key_seqlens".into());
+            }
+            (2, Some(dt::INT32)) if batch_ok => {
+                f.attn_mask = Some(MaskSrc::KeyPadding(m.clone()));
+                notes.push("mask_index [B, S] → bool attn_mask".into());
+            }
+            _ => return Err("mask_index of a form other than int32 [B] or [B, S]".into()),
+        }
+    }
+    if let Some(b) = opt_input(n, 5) {
+        if f.attn_mask.is_some() {
+            return Err("attention_bias together with a 2-D mask_index".into());
+        }
+        let r = ctx.rank(b).ok_or("attention_bias shape unknown")?;
+        f.attn_mask = Some(if r == 4 { MaskSrc::Tensor(b.clone()) } else { MaskSrc::ToRank4(b.clone(), 4 - r) });
+        notes.push("attention_bias → additive attn_mask".into());
+    }
+    f.mask_note = notes.join(", ");
     Ok(f)
 }

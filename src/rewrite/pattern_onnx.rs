@@ -156,6 +156,8 @@ fn match_at(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
         replaces: i,
         output: n.output[0].clone(),
         out_cast: None,
+        prelude: vec![],
+        prelude_inits: vec![],
         mask_note: note,
         covered,
     })

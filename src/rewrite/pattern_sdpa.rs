@@ -187,6 +187,8 @@ fn match_at(ctx: &Ctx, si: usize) -> Result<Fusion, String> {
         replaces,
         output,
         out_cast,
+        prelude: vec![],
+        prelude_inits: vec![],
         mask_note: plan.note,
         covered,
     })
