@@ -157,6 +157,22 @@ fn load_io(p: &Path) -> (Vec<(String, DynValue)>, Vec<f64>, Vec<usize>) {
     (inputs, want, shape)
 }
 
+/// Runs the session and returns the max abs error of its "output" (f32 or f16) against `want`.
+fn max_error(s: &mut ort::session::Session, inputs: Vec<(String, DynValue)>, want: &[f64], shape: &[usize]) -> Result<f64, String> {
+    let outs = s.run(inputs).map_err(|e| e.to_string())?;
+    let (got_shape, got): (Vec<usize>, Vec<f64>) = match outs["output"].try_extract_tensor::<f32>() {
+        Ok((s, d)) => (s.iter().map(|&x| x as usize).collect(), d.iter().map(|&x| x as f64).collect()),
+        Err(_) => {
+            let (s, d) = outs["output"].try_extract_tensor::<f16>().map_err(|e| e.to_string())?;
+            (s.iter().map(|&x| x as usize).collect(), d.iter().map(|x| x.to_f64()).collect())
+        }
+    };
+    if got_shape != shape {
+        return Err(format!("output shape {got_shape:?}, expected {shape:?}"));
+    }
+    Ok(got.iter().zip(want.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max))
+}
+
 #[test]
 fn rewritten_models_match_reference_outputs() {
     flashattn_ort::runtime::init().expect("ONNX Runtime");
@@ -172,22 +188,13 @@ fn rewritten_models_match_reference_outputs() {
                 continue;
             }
         };
-        let outs = match s.run(inputs) {
-            Ok(o) => o,
+        let err = match max_error(&mut s, inputs, &want, &shape) {
+            Ok(e) => e,
             Err(e) => {
                 failures.push(format!("{}: run failed: {e}", p.display()));
                 continue;
             }
         };
-        let (got_shape, got): (Vec<usize>, Vec<f64>) = match outs["output"].try_extract_tensor::<f32>() {
-            Ok((s, d)) => (s.iter().map(|&x| x as usize).collect(), d.iter().map(|&x| x as f64).collect()),
-            Err(_) => {
-                let (s, d) = outs["output"].try_extract_tensor::<f16>().unwrap();
-                (s.iter().map(|&x| x as usize).collect(), d.iter().map(|x| x.to_f64()).collect())
-            }
-        };
-        assert_eq!(got_shape, shape, "{}", p.display());
-        let err = got.iter().zip(want.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
         // fp32 end to end, the reference went through the same float32 math in another order; fp16 models
         // differ from PyTorch's fp16 CPU run by fp16 rounding (ONNX Runtime on the original model does too).
         let fp16 = m.graph.output[0].type_.tensor_type().elem_type == 10;
@@ -250,11 +257,9 @@ fn external_data_is_kept() {
 
     flashattn_ort::runtime::init().expect("ONNX Runtime");
     let lib = flashattn_ort::runtime::default_library_path().unwrap();
-    let (inputs, want, _) = load_io(&src);
+    let (inputs, want, shape) = load_io(&src);
     let mut s = flashattn_ort::runtime::session_builder(&lib).unwrap().commit_from_file(&out).unwrap();
-    let outs = s.run(inputs).unwrap();
-    let (_, got) = outs["output"].try_extract_tensor::<f32>().unwrap();
-    let err = got.iter().zip(want.iter()).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+    let err = max_error(&mut s, inputs, &want, &shape).unwrap();
     assert!(err < 1e-4, "max abs error {err}");
     let _ = std::fs::remove_dir_all(&base);
 }
