@@ -59,16 +59,13 @@ const fn sm80(dtype: DType, d: i32, bm: i32, bn: i32, warps: i32) -> KernelSpec 
 
 /// Every tile shape in the fatbin (each compiled twice: full, and `_plain`); for each (dtype, d) the first
 /// listed that fits the device is the default. Tried on H100 and dropped (docs/PERF.md): 128x32x4 warps and
-/// 128x64x8 warps at d 64/128 (8-15% and 15-20% slower than 128x64x4 warps).
+/// 128x64x8 warps at d 64/128 (8-15% and 15-20% slower than 128x64x4 warps); 128x32x8 warps and 64x64x4
+/// warps at d 256 (4-20% and 20-25% slower than 64x32x4 warps).
 pub const KERNELS: &[KernelSpec] = &[
     sm80(DType::F16, 64, 128, 64, 4),
     sm80(DType::BF16, 64, 128, 64, 4),
     sm80(DType::F16, 128, 128, 64, 4),
     sm80(DType::BF16, 128, 128, 64, 4),
-    // H100: 128x32 with 8 warps beat 64x32 with 4 warps by ~3% (docs/PERF.md); the 64-row one needs
-    // less shared memory (96 KB vs 128 KB), so it serves GPUs with a smaller per-block limit (sm_86/89).
-    sm80(DType::F16, 256, 128, 32, 8),
-    sm80(DType::BF16, 256, 128, 32, 8),
     sm80(DType::F16, 256, 64, 32, 4),
     sm80(DType::BF16, 256, 64, 32, 4),
 ];
@@ -136,7 +133,7 @@ mod tests {
         assert_eq!(select(&params(DType::F16, 80, 128), 80, h100).unwrap().d, 128);
         assert_eq!(select(&params(DType::F16, 129, 64), 86, 99 * 1024).unwrap().d, 256);
         assert_eq!(select(&params(DType::F16, 256, 256), 86, 99 * 1024).unwrap().name(), "flash_fwd_sm80_f16_d256_m64n32w4_plain");
-        assert_eq!(select(&params(DType::BF16, 256, 256), 90, h100).unwrap().name(), "flash_fwd_sm80_bf16_d256_m128n32w8_plain");
+        assert_eq!(select(&params(DType::BF16, 256, 256), 90, h100).unwrap().name(), "flash_fwd_sm80_bf16_d256_m64n32w4_plain");
         let masked = AttnParams { mask_kind: 1, ..params(DType::BF16, 128, 128) };
         assert_eq!(select(&masked, 90, h100).unwrap().name(), "flash_fwd_sm80_bf16_d128_m128n64w4");
         let capped = AttnParams { softcap: 30.0, ..params(DType::BF16, 128, 128) };
