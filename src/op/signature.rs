@@ -2,6 +2,7 @@
 
 use std::ffi::{c_char, CStr};
 use std::ptr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ort::operator::{OperatorInput, OperatorOutput, ShapeInferenceContext};
 use ort::value::{Shape, SymbolicDimensions, TensorElementType, ValueType};
@@ -81,6 +82,21 @@ fn input_info(ctx: &ShapeInferenceContext, i: usize) -> Option<InputInfo> {
     read()
 }
 
+/// An output type for ORT. ORT reads a dimension with no symbol as a fixed value, so an unknown
+/// dimension (-1) that has no symbol of its own gets a fresh unique one: -1 would be taken literally
+/// (constant-folded by Shape, and equal to every other "-1" for the memory planner).
+fn tensor_type(ty: TensorElementType, dims: &[i64], mut symbols: Vec<String>) -> ValueType {
+    static FRESH: AtomicUsize = AtomicUsize::new(0);
+    for (d, s) in dims.iter().zip(symbols.iter_mut()) {
+        if *d >= 0 {
+            s.clear();
+        } else if s.is_empty() {
+            *s = format!("flashattn_unk_{}", FRESH.fetch_add(1, Ordering::Relaxed));
+        }
+    }
+    ValueType::Tensor { ty, shape: Shape::new(dims.iter().copied()), dimension_symbols: SymbolicDimensions::new(symbols) }
+}
+
 /// Validates static shapes and sets the outputs' types and shapes (symbolic dimensions carried over
 /// from query, so downstream shapes stay named).
 pub fn infer_shape(ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
@@ -111,22 +127,18 @@ pub fn infer_shape(ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
     let g = schema::geometry(&attrs, &shapes).map_err(invalid)?;
     let out = schema::output_shapes(&shapes, &g, &attrs);
     let sym = |i: usize| q.symbols.get(i).cloned().unwrap_or_default();
-    let mut out_syms: Vec<String> = (0..out.output.len()).map(sym).collect();
-    // The last output dimension is value's head_dim (or heads·head_dim), not query's.
-    if let Some(last) = out_syms.last_mut() {
-        last.clear();
-    }
-    ctx.set_output(0, &ValueType::Tensor { ty: q.ty, shape: Shape::new(out.output.iter().copied()), dimension_symbols: SymbolicDimensions::new(out_syms) })?;
     let (heads, seq) = match (q.dims.len(), attrs.layout) {
         (4, schema::Layout::Bnsh) => (sym(1), sym(2)),
         (4, schema::Layout::Bsnh) => (sym(2), sym(1)),
         _ => (String::new(), sym(1)),
     };
-    let lse = ValueType::Tensor {
-        ty: TensorElementType::Float32,
-        shape: Shape::new(out.softmax_lse.iter().copied()),
-        dimension_symbols: SymbolicDimensions::new([sym(0), heads, seq]),
-    };
+    // The output's last dimension is value's head_dim (or heads·head_dim), never query's symbol.
+    let mut out_syms: Vec<String> = (0..out.output.len()).map(sym).collect();
+    if let Some(last) = out_syms.last_mut() {
+        last.clear();
+    }
+    ctx.set_output(0, &tensor_type(q.ty, &out.output, out_syms))?;
+    let lse = tensor_type(TensorElementType::Float32, &out.softmax_lse, vec![sym(0), heads, seq]);
     // The context cannot tell whether the node asks for softmax_lse. ORT 1.31 refuses index 1 on a
     // one-output node with an error; older runtimes (1.17 seen) index past the end and crash, so
     // there the lse shape is left for run time.

@@ -218,3 +218,27 @@ def test_intra_op_threads_setting_is_respected():
     t = a.astype(np.float64).transpose(0, 2, 1, 3)
     want, _ = reference(t, t, t, scale=1 / np.sqrt(32), causal=True)
     assert np.abs(out.transpose(0, 2, 1, 3) - want).max() < 1e-4
+
+
+def test_unknown_output_dims_stay_unknown_for_downstream_shape_ops():
+    """An output dim ORT cannot know must not be published as the value -1: a downstream
+    Shape→Gather→Concat(…, -1)→Reshape would constant-fold it into a second -1 and refuse to load."""
+    from onnx import numpy_helper
+
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, None, 4, 8]) for n in ("q", "k", "v")]
+    nodes = [
+        helper.make_node("FlashAttention", ["q", "k", "v"], ["o"], domain="ai.flashattn"),
+        helper.make_node("Shape", ["o"], ["sh"]),
+        helper.make_node("Gather", ["sh", "i0"], ["d0"]),
+        helper.make_node("Gather", ["sh", "i1"], ["d1"]),
+        helper.make_node("Concat", ["d0", "d1", "m1"], ["tgt"], axis=0),
+        helper.make_node("Reshape", ["o", "tgt"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.array([x], np.int64), n) for n, x in (("i0", 0), ("i1", 1), ("m1", -1))]
+    graph = helper.make_graph(nodes, "g", ins, [helper.make_empty_tensor_value_info("y")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.flashattn", 1)], ir_version=8)
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(LIB)
+    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(SEED).standard_normal((2, 5, 4, 8)).astype(np.float32)
+    assert s.run(None, {"q": x, "k": x, "v": x})[0].shape == (2, 5, 32)
