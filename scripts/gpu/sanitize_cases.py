@@ -1,0 +1,40 @@
+"""Our kernel alone (no cuBLAS references, which compute-sanitizer's racecheck cannot follow on Hopper) over a
+small random case matrix, for compute-sanitizer memcheck/racecheck: python3 sanitize_cases.py LIB N"""
+import random
+import sys
+
+import torch
+
+import fa_lib
+from numerics import make_tensor, rand_case
+
+lib = fa_lib.load(sys.argv[1])
+n = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+seed = random.SystemRandom().randrange(1 << 30)
+rng = random.Random(seed)
+gen = torch.Generator(device="cuda")
+gen.manual_seed(seed)
+bad = 0
+for i in range(n):
+    c = rand_case(rng, True)
+    B, Hq, Hkv, Sq, Skv, D, Dv, dt = c["b"], c["hq"], c["hkv"], c["sq"], c["skv"], c["d"], c["dv"], c["dtype"]
+    bsnh = c["layout"] == "BSNH"
+    shp = lambda s, h, d: (B, s, h, d) if bsnh else (B, h, s, d)  # noqa: E731
+    q, k, v = make_tensor(shp(Sq, Hq, D), dt, c["strided"], gen), make_tensor(shp(Skv, Hkv, D), dt, c["strided"], gen), make_tensor(shp(Skv, Hkv, Dv), dt, c["strided"], gen)
+    mask = None
+    if c["mask"] == "bool":
+        mask = torch.rand(B, 1, Sq, Skv, device="cuda", generator=gen) < 0.8
+    elif c["mask"] == "additive":
+        mask = torch.randn(1, Hq, Sq, Skv, device="cuda", generator=gen).to(dt)
+    seqlens = torch.randint(0, Skv + 1, (B,), device="cuda", dtype=torch.int32, generator=gen) if c["seqlens"] else None
+    out = torch.full(shp(Sq, Hq, Dv), float("nan"), dtype=dt, device="cuda")
+    lse = torch.empty(B, Hq, Sq, device="cuda")
+    P = fa_lib.make_params(lib, q, k, v, out, lse, mask=mask, seqlens=seqlens, layout=c["layout"], causal=c["causal"],
+                           scale=c["scale"], softcap=c["softcap"], window_left=c["window_left"], window_right=c["window_right"])
+    fa_lib.launch(lib, P)
+    torch.cuda.synchronize()
+    if torch.isnan(out).any():
+        bad += 1
+        print("NaN/unwritten output in case", c)
+print(f"sanitize cases: seed {seed}, {n - bad}/{n} clean outputs (kernel {fa_lib.kernel_name(lib, P)} last)")
+sys.exit(1 if bad else 0)
