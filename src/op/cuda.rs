@@ -7,74 +7,17 @@
 //! On the GPU, `key_seqlens` values are clamped to [0, seq_kv] inside the kernel (the CPU kernel rejects
 //! out-of-range values; reading them here would need a device-to-host copy and a stream sync).
 
-use std::marker::PhantomData;
-
-use ort::operator::{ComputeContext, Kernel, KernelContext, Operator, OperatorInput, OperatorOutput, ShapeInferenceContext};
+use ort::operator::ComputeContext;
 use ort::value::{PrimitiveTensorElementType, Shape, TensorElementType, ValueType};
 use ort::AsPointer;
 
-use super::signature::{self, MaskType};
-use super::{guard, invalid};
+use super::invalid;
+use super::operator::{missing, Backend};
+use super::signature::MaskType;
 use crate::cpu::Element;
-use crate::params::MaskKind;
 use crate::schema::{self, InputShapes, OpAttributes, INPUT_NAMES};
 
 pub const CUDA_EP: &str = "CUDAExecutionProvider";
-
-/// One registered CUDA variant: storage type T (f16 or bf16) and what attn_mask holds.
-pub struct CudaOp<T> {
-    mask: MaskType,
-    _t: PhantomData<fn() -> T>,
-}
-
-impl<T> CudaOp<T> {
-    pub fn new(mask: MaskType) -> Self {
-        CudaOp { mask, _t: PhantomData }
-    }
-}
-
-pub struct CudaKernel<T> {
-    attrs: OpAttributes,
-    mask: MaskType,
-    _t: PhantomData<fn() -> T>,
-}
-
-impl<T: Element + PrimitiveTensorElementType> Operator for CudaOp<T> {
-    type Kernel<'attr> = CudaKernel<T>;
-
-    fn name(&self) -> &str {
-        crate::OP_NAME
-    }
-
-    fn execution_provider_type(&self) -> Option<&str> {
-        Some(CUDA_EP)
-    }
-
-    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        signature::inputs(T::into_tensor_element_type(), self.mask)
-    }
-
-    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
-        signature::outputs(T::into_tensor_element_type())
-    }
-
-    fn create_kernel<'attr>(&self, kctx: &KernelContext<'attr>) -> ort::Result<CudaKernel<T>> {
-        guard("kernel creation (CUDA)", || {
-            let attrs = OpAttributes::read(kctx).map_err(invalid)?;
-            Ok(CudaKernel { attrs, mask: self.mask, _t: PhantomData })
-        })
-    }
-
-    fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
-        guard("shape inference", || signature::infer_shape(ctx))
-    }
-}
-
-impl<T: Element + PrimitiveTensorElementType> Kernel for CudaKernel<T> {
-    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        guard("compute (CUDA)", || self.run(ctx))
-    }
-}
 
 /// A present input: its shape and device address, after checking its element type.
 struct DeviceTensor {
@@ -102,11 +45,15 @@ fn data_address(value: *const ort::sys::OrtValue) -> ort::Result<u64> {
     Ok(p as u64)
 }
 
-impl<T: Element + PrimitiveTensorElementType> CudaKernel<T> {
-    fn run(&self, ctx: &ComputeContext) -> ort::Result<()> {
+/// The CUDA backend: our kernels on ORT's compute stream.
+pub struct Cuda;
+
+impl Backend for Cuda {
+    const EXECUTION_PROVIDER: Option<&'static str> = Some(CUDA_EP);
+
+    fn compute<T: Element + PrimitiveTensorElementType>(attrs: &OpAttributes, mask_type: MaskType, ctx: &ComputeContext) -> ort::Result<()> {
         let t = T::into_tensor_element_type();
         let input = |i: usize| ctx.input(i);
-        let missing = |i: usize| invalid(format!("ai.flashattn::FlashAttention: required input '{}' is missing", INPUT_NAMES[i]));
         let q = input(schema::QUERY)?.ok_or_else(|| missing(schema::QUERY))?;
         let k = input(schema::KEY)?.ok_or_else(|| missing(schema::KEY))?;
         let v = input(schema::VALUE)?.ok_or_else(|| missing(schema::VALUE))?;
@@ -116,7 +63,7 @@ impl<T: Element + PrimitiveTensorElementType> CudaKernel<T> {
         let mask = match ctx.input(schema::ATTN_MASK)? {
             None => None,
             Some(m) => {
-                let want = match self.mask {
+                let want = match mask_type {
                     MaskType::Bool => TensorElementType::Bool,
                     MaskType::Additive => t,
                 };
@@ -127,11 +74,6 @@ impl<T: Element + PrimitiveTensorElementType> CudaKernel<T> {
             None => None,
             Some(s) => Some(device_tensor(&s, schema::KEY_SEQLENS, TensorElementType::Int32)?),
         };
-        let mask_kind = match (&mask, self.mask) {
-            (None, _) => MaskKind::None,
-            (Some(_), MaskType::Bool) => MaskKind::Bool,
-            (Some(_), MaskType::Additive) => MaskKind::Additive,
-        };
         let shapes = InputShapes {
             query: &q.shape,
             key: &k.shape,
@@ -139,7 +81,7 @@ impl<T: Element + PrimitiveTensorElementType> CudaKernel<T> {
             attn_mask: mask.as_ref().map(|m| m.shape.as_slice()),
             key_seqlens: seqlens.as_ref().map(|s| s.shape.as_slice()),
         };
-        let (mut params, out_shapes) = schema::plan(&self.attrs, &shapes, T::DTYPE, mask_kind).map_err(invalid)?;
+        let (mut params, out_shapes) = schema::plan(attrs, &shapes, T::DTYPE, mask_type.kind(mask.is_some())).map_err(invalid)?;
         let out = ctx
             .output(0, Shape::new(out_shapes.output.iter().copied()))?
             .ok_or_else(|| invalid("ai.flashattn::FlashAttention: output 'output' could not be allocated"))?;

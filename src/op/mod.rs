@@ -3,6 +3,7 @@
 pub mod attributes;
 pub mod cpu;
 pub mod cuda;
+pub mod operator;
 pub mod ort_pool;
 pub mod register;
 pub mod signature;

@@ -10,8 +10,9 @@ use ort::operator::OperatorDomain;
 use ort::sys::{OrtApi, OrtApiBase, OrtErrorCode, OrtSessionOptions, OrtStatus};
 use ort::AsPointer;
 
-use super::cpu::CpuOp;
-use super::cuda::CudaOp;
+use super::cpu::Cpu;
+use super::cuda::Cuda;
+use super::operator::FlashAttentionOp;
 use super::signature::MaskType;
 
 /// The ORT C API version the library asks for: ORT 1.17 is the oldest runtime it loads into.
@@ -34,9 +35,12 @@ fn parse_version(s: &str) -> Option<(u32, u32)> {
 pub fn domain() -> ort::Result<OperatorDomain> {
     let mut d = OperatorDomain::new(crate::DOMAIN)?;
     for mask in [MaskType::Bool, MaskType::Additive] {
-        d = d.add(CpuOp::<f32>::new(mask))?.add(CpuOp::<f16>::new(mask))?.add(CpuOp::<bf16>::new(mask))?;
+        d = d
+            .add(FlashAttentionOp::<f32, Cpu>::new(mask))?
+            .add(FlashAttentionOp::<f16, Cpu>::new(mask))?
+            .add(FlashAttentionOp::<bf16, Cpu>::new(mask))?;
         // CUDA EP kernels (#3): float16 and bfloat16 only; float32 nodes stay on the CPU kernel.
-        d = d.add(CudaOp::<f16>::new(mask))?.add(CudaOp::<bf16>::new(mask))?;
+        d = d.add(FlashAttentionOp::<f16, Cuda>::new(mask))?.add(FlashAttentionOp::<bf16, Cuda>::new(mask))?;
     }
     Ok(d)
 }

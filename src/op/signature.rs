@@ -9,6 +9,7 @@ use ort::value::{Shape, SymbolicDimensions, TensorElementType, ValueType};
 use ort::AsPointer;
 
 use super::invalid;
+use crate::params::MaskKind;
 use crate::schema::{self, InputShapes, OpAttributes};
 
 /// What `attn_mask` holds for one registered variant of the op.
@@ -18,6 +19,17 @@ pub enum MaskType {
     Bool,
     /// Additive, the same float type as query.
     Additive,
+}
+
+impl MaskType {
+    /// The kernels' mask kind for a call where the mask is `present` or absent.
+    pub fn kind(self, present: bool) -> MaskKind {
+        match (present, self) {
+            (false, _) => MaskKind::None,
+            (true, MaskType::Bool) => MaskKind::Bool,
+            (true, MaskType::Additive) => MaskKind::Additive,
+        }
+    }
 }
 
 pub fn inputs(t: TensorElementType, mask: MaskType) -> Vec<OperatorInput> {
