@@ -16,6 +16,16 @@ pub fn run() -> Result<ExitCode> {
         Ok(p) => println!("custom-op library: {}", p.display()),
         Err(e) => println!("custom-op library: {e}"),
     }
+    let kernels = crate::gpu::dispatch::all_kernels().count();
+    println!(
+        "CUDA kernels embedded: {} ({} entry points, sm_80 / sm_90a / sm_100a fatbin); CUDA driver: {}",
+        if crate::gpu::kernels_built() { "yes" } else { "no (built without nvcc)" },
+        kernels,
+        match crate::gpu::driver::available() {
+            Ok(()) => "available".to_string(),
+            Err(e) => format!("not usable here ({e})"),
+        }
+    );
     #[cfg(target_arch = "x86_64")]
     println!(
         "CPU: {} threads, avx2={} fma={} f16c={}",
