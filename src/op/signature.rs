@@ -77,6 +77,10 @@ fn input_info(ctx: &ShapeInferenceContext, i: usize) -> Option<InputInfo> {
                 return None;
             }
         }
+        if rank == 0 {
+            // An input whose shape the graph does not declare; every input of the op has rank ≥ 1.
+            return None;
+        }
         let mut dims = vec![0i64; rank];
         let mut syms: Vec<*const c_char> = vec![ptr::null(); rank];
         unsafe {
@@ -167,7 +171,8 @@ pub fn check_static_shapes(kctx: &ort::operator::KernelContext, attrs: &OpAttrib
     let Ok(inputs) = kctx.inputs() else { return Ok(()) };
     let dims: Vec<Option<Vec<i64>>> = (0..5)
         .map(|i| match inputs.get(i).map(|o| o.dtype()) {
-            Some(ValueType::Tensor { shape, .. }) => Some(shape.to_vec()),
+            // Rank 0 here means "shape unknown" (every input of the op has rank ≥ 1): check at run time.
+            Some(ValueType::Tensor { shape, .. }) if !shape.is_empty() => Some(shape.to_vec()),
             _ => None,
         })
         .collect();

@@ -242,3 +242,18 @@ def test_unknown_output_dims_stay_unknown_for_downstream_shape_ops():
     s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(SEED).standard_normal((2, 5, 4, 8)).astype(np.float32)
     assert s.run(None, {"q": x, "k": x, "v": x})[0].shape == (2, 5, 32)
+
+
+def test_inputs_without_declared_shapes():
+    """Graph inputs with no shape at all (rank unknown when the session is built) are checked at run time."""
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("query", "key", "value")]
+    ins.append(helper.make_tensor_value_info("attn_mask", TensorProto.BOOL, None))
+    s = session(["query", "key", "value", "attn_mask"], {"causal": 1}, ins, with_lse=False)
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((1, 6, 2, 8)).astype(np.float32)
+    m = rng.random((1, 1, 1, 6)) > 0.3
+    m[..., 0] = True
+    out = s.run(None, {"query": x, "key": x, "value": x, "attn_mask": m})[0]
+    t = x.astype(np.float64).transpose(0, 2, 1, 3)
+    want, _ = reference(t, t, t, scale=1 / np.sqrt(8), bool_mask=m, causal=True)
+    assert np.abs(out.transpose(0, 2, 1, 3) - want).max() < 1e-4
