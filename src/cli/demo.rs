@@ -32,13 +32,16 @@ struct RewriteCommand {
 
 fn rewrite_and_verify(model: &std::path::Path, lib: &std::path::Path) -> Result<bool> {
     let out = std::env::temp_dir().join(format!("flashattn-demo-{}.onnx", std::process::id()));
-    println!("$ flashattn-ort rewrite {} -o {} --verify", model.display(), out.display());
+    // Sequence 512 for the generated inputs: long enough that attention, not per-node overhead, decides the time.
+    println!("$ flashattn-ort rewrite {} -o {} --verify --seq 512", model.display(), out.display());
     let cmd = RewriteCommand::try_parse_from([
         "rewrite".as_ref(),
         model.as_os_str(),
         "-o".as_ref(),
         out.as_os_str(),
         "--verify".as_ref(),
+        "--seq".as_ref(),
+        "512".as_ref(),
         "--library".as_ref(),
         lib.as_os_str(),
     ])?;
