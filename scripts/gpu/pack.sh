@@ -5,6 +5,11 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 grep -qx '/.gpu/' "$root/.git/info/exclude" || echo '/.gpu/' >> "$root/.git/info/exclude"
 rm -rf "$root/.gpu" && mkdir -p "$root/.gpu/stage"
+# The Rust CUDA EP test (tests/gpu_ort.rs), run there by `run.sh rust-ort`.
+exe=$(cd "$root" && cargo test --release --test gpu_ort --no-run --message-format=json 2>/dev/null |
+  python3 -c "import json,sys; print([j['executable'] for j in map(json.loads, sys.stdin) if j.get('executable') and j['target']['name'] == 'gpu_ort'][-1])")
+objcopy --strip-debug "$exe" "$root/.gpu/gpu_ort"
 objcopy --strip-debug "$root/target/release/libflashattn_ort.so" "$root/.gpu/libflashattn_ort.so"
+
 if [ -n "${1:-}" ]; then cp "$1"/* "$root/.gpu/stage/"; fi
 du -sh "$root/.gpu"

@@ -3,7 +3,7 @@
 # built here and carried in .gpu/ (scripts/gpu/pack.sh), with staged wheel parts.
 #
 #   bash scripts/gpu/run.sh stage [DIR...]     # copy this call's wheel parts (.gpu/stage/*, or DIRs) to /tmp/fa-stage
-#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort bench bench-quick (default: all)
+#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick (default: all)
 #
 # Logs and the benchmark table go to $OUT (or /tmp/fa-out). Exit status: nonzero if any step failed.
 set -uo pipefail
@@ -23,7 +23,7 @@ if [ "${1:-}" = stage ]; then
 fi
 
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(numerics sanitize ort bench)
+[ ${#steps[@]} -eq 0 ] && steps=(numerics sanitize ort rust-ort bench)
 
 # Reassemble and install whatever wheels have been staged (onnxruntime-gpu, flash-attn-4).
 # Only once every part is there: FA_INSTALL=1 on the call after the last part arrived.
@@ -53,6 +53,12 @@ for s in "${steps[@]}"; do
         compute-sanitizer --tool racecheck --kernel-name kns=flash_fwd --error-exitcode 9 python3 sanitize_cases.py "$lib" 6; } 2>&1 |
         grep -v "^========= COMPUTE-SANITIZER$" | tee "$out/sanitize.log" ;;
     ort) python3 ort_cuda.py "$lib" 2>&1 | tee "$out/ort.log" ;;
+    rust-ort)
+      # The carried Rust test binary (tests/gpu_ort.rs) on onnxruntime-gpu's C library; the CUDA EP needs
+      # the CUDA libraries of the pip-installed nvidia packages on the loader path.
+      nvlibs=$(python3 -c "import nvidia,os; print(':'.join(os.path.join(p,d,'lib') for p in nvidia.__path__ for d in sorted(os.listdir(p)) if os.path.isdir(os.path.join(p,d,'lib'))))")
+      ORT_DYLIB_PATH=$(ls /tmp/site/onnxruntime/capi/libonnxruntime.so.* | head -n 1) LD_LIBRARY_PATH=$nvlibs:${LD_LIBRARY_PATH:-} \
+        FLASHATTN_ORT_LIB="$lib" "$root/.gpu/gpu_ort" --ignored --test-threads 1 --nocapture 2>&1 | tee "$out/rust-ort.log" ;;
     bench) python3 bench.py "$lib" --out "$out/bench.md" 2>&1 | tee "$out/bench.log" ;;
     bench-quick) python3 bench.py "$lib" --quick --variants "${FA_VARIANTS:-}" --out "$out/bench.md" 2>&1 | tee "$out/bench.log" ;;
     *) echo "unknown step $s"; false ;;
