@@ -140,10 +140,32 @@ pub fn environment() -> Result<&'static ort::environment::Environment> {
     Ok(ENVIRONMENT.get_or_init(|| env))
 }
 
-/// A session builder with our custom-op library registered (CPU execution provider).
-pub fn session_builder(library: &Path) -> Result<ort::session::builder::SessionBuilder> {
+fn builder_with_library(library: &Path) -> Result<ort::session::builder::SessionBuilder> {
     let builder = ort::session::Session::builder(environment()?).map_err(|e| anyhow!("{e}"))?;
     builder
         .with_operator_library(library)
         .map_err(|e| anyhow!("registering {}: {e}", library.display()))
+}
+
+/// ORT adds a custom domain to ONNX's process-wide schema registry with an unguarded check-then-add
+/// when the first sessions using it are built: two built at once can fail with "the domain is already
+/// exist". One small session, built once before any other, registers the domain.
+fn register_domain_once(library: &Path) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use crate::model::{flash_attention_model, to_bytes, Dim, FlashNode};
+        let dims = || vec![Dim::Fixed(1), Dim::Fixed(1), Dim::Fixed(1), Dim::Fixed(8)];
+        let t = onnx_protobuf::tensor_proto::DataType::FLOAT;
+        let m = flash_attention_model(&FlashNode { inputs: vec![("query", t, dims()), ("key", t, dims()), ("value", t, dims())], attrs: vec![], with_lse: false });
+        // A failure here resurfaces, with its message, when the caller builds its own session.
+        if let Ok(mut b) = builder_with_library(library) {
+            let _ = b.commit_from_memory(&to_bytes(&m));
+        }
+    });
+}
+
+/// A session builder with our custom-op library registered (CPU execution provider).
+pub fn session_builder(library: &Path) -> Result<ort::session::builder::SessionBuilder> {
+    register_domain_once(library);
+    builder_with_library(library)
 }
