@@ -144,6 +144,15 @@ pub struct InputShapes<'a> {
     pub key_seqlens: Option<&'a [i64]>,
 }
 
+impl<'a> InputShapes<'a> {
+    /// From per-input shapes in the op's input order (absent = None); None when query, key or value
+    /// is unknown.
+    pub fn from_slots(slots: [Option<&'a [i64]>; 5]) -> Option<Self> {
+        let [Some(query), Some(key), Some(value), attn_mask, key_seqlens] = slots else { return None };
+        Some(InputShapes { query, key, value, attn_mask, key_seqlens })
+    }
+}
+
 fn known(d: i64) -> bool {
     d >= 0
 }

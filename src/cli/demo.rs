@@ -69,8 +69,8 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         Some(l) => l,
         None => crate::runtime::default_library_path()?,
     };
-    crate::runtime::init()?;
-    println!("ONNX Runtime {} from {}", crate::runtime::version()?, crate::runtime::init()?.display());
+    let ort_path = crate::runtime::init()?;
+    println!("ONNX Runtime {} from {}", crate::runtime::version()?, ort_path.display());
     println!("custom-op library {}\n", lib.display());
     let mut ok = rewrite_and_verify(&args.model, &lib)?;
     println!("\nThe op on example problems, against a float64 reference:");

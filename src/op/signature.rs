@@ -133,13 +133,7 @@ pub fn infer_shape(ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
             return Err(invalid(format!("ai.flashattn::FlashAttention: input '{name}' has element type {:?} but 'query' has {:?}; they must match", x.ty, q.ty)));
         }
     }
-    let shapes = InputShapes {
-        query: &q.dims,
-        key: &k.dims,
-        value: &v.dims,
-        attn_mask: info[schema::ATTN_MASK].as_ref().map(|m| m.dims.as_slice()),
-        key_seqlens: info[schema::KEY_SEQLENS].as_ref().map(|s| s.dims.as_slice()),
-    };
+    let Some(shapes) = InputShapes::from_slots(std::array::from_fn(|i| info[i].as_ref().map(|x| x.dims.as_slice()))) else { return Ok(()) };
     let g = schema::geometry(&attrs, &shapes).map_err(invalid)?;
     let out = schema::output_shapes(&shapes, &g, &attrs);
     let sym = |i: usize| q.symbols.get(i).cloned().unwrap_or_default();
@@ -176,13 +170,6 @@ pub fn check_static_shapes(kctx: &ort::operator::KernelContext, attrs: &OpAttrib
             _ => None,
         })
         .collect();
-    let [Some(q), Some(k), Some(v), ..] = &dims[..] else { return Ok(()) };
-    let shapes = InputShapes {
-        query: q,
-        key: k,
-        value: v,
-        attn_mask: dims[schema::ATTN_MASK].as_deref(),
-        key_seqlens: dims[schema::KEY_SEQLENS].as_deref(),
-    };
+    let Some(shapes) = InputShapes::from_slots(std::array::from_fn(|i| dims[i].as_deref())) else { return Ok(()) };
     schema::geometry(attrs, &shapes).map(|_| ()).map_err(invalid)
 }
