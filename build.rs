@@ -1,5 +1,5 @@
 //! Build script: (1) generates the C++ header of `AttnParams` from src/params.rs with cxx-build and compiles
-//! the small C++ shim in cpp_shim/ against it; (2) compiles the CUDA kernels in kernels/ with nvcc into one
+//! the small C++ shim in cpp_shim/ against it; (2) compiles the CUDA kernels in kernels/ (all_kernels.cu) with nvcc into one
 //! fatbin (sm_80, sm_90a, sm_100a cubins + compute_80 PTX) that src/gpu embeds with include_bytes!.
 //!
 //! nvcc: $NVCC, else the pinned one in .venv (scripts/setup.sh), else `nvcc` on PATH. Without nvcc the crate
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const KERNEL_DIR: &str = "kernels";
-const KERNEL_ENTRY: &str = "kernels/flash_fwd_sm80.cu";
+const KERNEL_ENTRY: &str = "kernels/all_kernels.cu";
 const FATBIN: &str = "flashattn_kernels.fatbin";
 
 fn main() {

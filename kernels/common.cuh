@@ -75,6 +75,22 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
+// 2^x on the FMA units (FlashAttention-4's software exp2), for x <= 0 or a little above: Cody-Waite split
+// x = j + f with j = round(x) (the 1.5*2^23 trick leaves j in the low mantissa bits), f in [-0.5, 0.5],
+// a degree-3 least-squares polynomial for 2^f (relative error 1.1e-4: below bf16's and fp16's rounding
+// of P), then j added to the exponent field. Inputs below -126 (masked scores, -inf) give exactly 0.
+__device__ __forceinline__ float poly_exp2(float x) {
+  const float xc = fmaxf(x, -126.f);
+  const float shifted = xc + 12582912.f;
+  const float j = shifted - 12582912.f;
+  const float f = xc - j;
+  float r = fmaf(0.05592203f, f, 0.24264008f);
+  r = fmaf(r, f, 0.69312102f);
+  r = fmaf(r, f, 0.99992448f);
+  const float y = __int_as_float(__float_as_int(r) + (__float_as_int(shifted) << 23));
+  return x < -126.f ? 0.f : y;
+}
+
 __device__ __forceinline__ float quad_max(float v) {
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));

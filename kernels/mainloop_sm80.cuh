@@ -79,8 +79,6 @@ template <typename T, class Cfg, bool MODS> __device__ __forceinline__ void flas
     const int q_row = warp_row0 + (lane & 15), q_ch = lane >> 4;                   // A from Q
     const int k_row = (lane & 7) + ((lane >> 4) << 3), k_ch = (lane >> 3) & 1;    // B from K
     const int v_row = lane & 15, v_ch = lane >> 4;                                 // B from V (trans)
-    const bool has_mask = MODS && p.mask_kind != kMaskNone;
-    const bool has_softcap = MODS && p.softcap > 0.f;
     const float scale_log2 = p.scale * kLog2e;
 
     for (int i = 0; i < n_blocks; ++i) {
@@ -121,14 +119,8 @@ template <typename T, class Cfg, bool MODS> __device__ __forceinline__ void flas
       }
 
       // softcap / masks (scores stay in raw units; scale is folded into the softmax exponent)
-      const int c0 = nb * BN;
-      const bool bounds = c0 < w.lo_max || c0 + BN > w.hi_min;
-      if (MODS && has_mask)
-        apply_score_mods<T, MT, NTN, true, MODS>(s, p, w.batch, w.head, row0 + warp_row0, c0, w.kv_len, lane);
-      else if (bounds)
-        apply_score_mods<T, MT, NTN, true, false, MODS>(s, p, w.batch, w.head, row0 + warp_row0, c0, w.kv_len, lane);
-      else if (MODS && has_softcap)
-        apply_score_mods<T, MT, NTN, false, false>(s, p, w.batch, w.head, row0 + warp_row0, c0, w.kv_len, lane);
+      apply_tile_mods<T, MT, NTN, MODS>(s, p, w.batch, w.head, row0 + warp_row0, nb * BN, w.kv_len, w.lo_max, w.hi_min,
+                                        lane);
 
       sm.update(s, o, scale_log2);
 

@@ -73,3 +73,23 @@ __device__ __forceinline__ void apply_score_mods(float (&s)[MT][NTN][4], const A
 }
 
 }  // namespace flashattn
+
+namespace flashattn {
+
+// The modifications one S tile of BN key columns starting at c0 needs: the full path with a mask tensor,
+// bounds-only where the tile crosses some row's visible range [lo_max, hi_min) (see BlockWork), softcap
+// alone inside it, nothing for the common interior tile.
+template <typename T, int MT, int NTN, bool MODS>
+__device__ __forceinline__ void apply_tile_mods(float (&s)[MT][NTN][4], const AttnParams &p, int b, int h, int row_base,
+                                                int c0, int kv_len, int lo_max, int hi_min, int lane) {
+  constexpr int BN = NTN * 8;
+  const bool bounds = c0 < lo_max || c0 + BN > hi_min;
+  if (MODS && p.mask_kind != kMaskNone)
+    apply_score_mods<T, MT, NTN, true, MODS>(s, p, b, h, row_base, c0, kv_len, lane);
+  else if (bounds)
+    apply_score_mods<T, MT, NTN, true, false, MODS>(s, p, b, h, row_base, c0, kv_len, lane);
+  else if (MODS && p.softcap > 0.f)
+    apply_score_mods<T, MT, NTN, false, false>(s, p, b, h, row_base, c0, kv_len, lane);
+}
+
+}  // namespace flashattn

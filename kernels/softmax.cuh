@@ -21,9 +21,15 @@ template <int MT, int NTN, int NTD> struct OnlineSoftmax {
       }
   }
 
-  // scale_log2 = scale * log2(e)
-  __device__ __forceinline__ void update(float (&s)[MT][NTN][4], float (&o)[MT][NTD][4], float scale_log2) {
-    float corr[MT][2];
+  // Turns a tile of raw scores into probabilities in place, p = 2^(s*scale_log2 - m*scale_log2), folding them
+  // into the running sums. corr[mt][hf] is the factor the O accumulator's row must be multiplied by; the
+  // result says whether any row of the warp needs it. With RESCALE_THRESHOLD > 0 (FlashAttention-4's
+  // conditional rescaling) a row keeps its stale max until the new one exceeds it by more than that many
+  // powers of two: p then stays below 2^threshold, O and l share the stale max, so the final
+  // normalisation is still exact. EMULATED_EXP2_EVERY = k > 0 computes every k-th 8-column tile's
+  // exponentials with a polynomial on the FMA units instead of the special-function unit.
+  template <int RESCALE_THRESHOLD = 0, int EMULATED_EXP2_EVERY = 0>
+  __device__ __forceinline__ bool exponentiate(float (&s)[MT][NTN][4], float (&corr)[MT][2], float scale_log2) {
     bool rescale = false;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
@@ -40,6 +46,7 @@ template <int MT, int NTN, int NTD> struct OnlineSoftmax {
 #pragma unroll
         for (int i = 1; i < NP; ++i) mx = fmaxf(mx, pm[i]);
         mx = quad_max(mx);
+        if (RESCALE_THRESHOLD > 0 && (mx - m[mt][hf]) * scale_log2 <= (float)RESCALE_THRESHOLD) mx = m[mt][hf];
         const float mb = mx == -INFINITY ? 0.f : mx * scale_log2;
         corr[mt][hf] = fast_exp2(m[mt][hf] * scale_log2 - mb);  // m_old = -inf -> 0
         rescale |= mx != m[mt][hf];
@@ -51,7 +58,9 @@ template <int MT, int NTN, int NTD> struct OnlineSoftmax {
         for (int nt = 0; nt < NTN; ++nt) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const float pr = fast_exp2(fmaf(s[mt][nt][2 * hf + e], scale_log2, -mb));
+            const float x = fmaf(s[mt][nt][2 * hf + e], scale_log2, -mb);
+            const bool emulate = EMULATED_EXP2_EVERY > 0 && (nt + 1) % (EMULATED_EXP2_EVERY > 0 ? EMULATED_EXP2_EVERY : 1) == 0;
+            const float pr = emulate ? poly_exp2(x) : fast_exp2(x);
             s[mt][nt][2 * hf + e] = pr;
             ps[nt % NP] += pr;
           }
@@ -62,17 +71,25 @@ template <int MT, int NTN, int NTD> struct OnlineSoftmax {
         l[mt][hf] = l[mt][hf] * corr[mt][hf] + sum;
       }
     }
-    if (__any_sync(0xffffffffu, rescale)) {
+    return rescale;
+  }
+
+  __device__ __forceinline__ static void rescale(float (&o)[MT][NTD][4], const float (&corr)[MT][2]) {
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int nd = 0; nd < NTD; ++nd) {
-          o[mt][nd][0] *= corr[mt][0];
-          o[mt][nd][1] *= corr[mt][0];
-          o[mt][nd][2] *= corr[mt][1];
-          o[mt][nd][3] *= corr[mt][1];
-        }
-    }
+      for (int nd = 0; nd < NTD; ++nd) {
+        o[mt][nd][0] *= corr[mt][0];
+        o[mt][nd][1] *= corr[mt][0];
+        o[mt][nd][2] *= corr[mt][1];
+        o[mt][nd][3] *= corr[mt][1];
+      }
+  }
+
+  // scale_log2 = scale * log2(e); the O rescale is skipped when no row of the warp raised its max.
+  __device__ __forceinline__ void update(float (&s)[MT][NTN][4], float (&o)[MT][NTD][4], float scale_log2) {
+    float corr[MT][2];
+    if (__any_sync(0xffffffffu, exponentiate(s, corr, scale_log2))) rescale(o, corr);
   }
 
   // Full row sums (across the 4 threads of a row), their inverses, and natural-log lse.

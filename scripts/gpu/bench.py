@@ -115,7 +115,7 @@ def main():
     ap.add_argument("lib")
     ap.add_argument("--quick", action="store_true", help="d128 only")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--dims", default="64,128,256")
+    ap.add_argument("--dims", default="64,96,128,192,256")
     ap.add_argument("--no-decode", action="store_true")
     ap.add_argument("--variants", default="", help="comma-separated kernel names to time too")
     a = ap.parse_args()

@@ -47,10 +47,14 @@ declare -A result
 for s in "${steps[@]}"; do
   t0=$(date +%s)
   case "$s" in
-    numerics) python3 numerics.py "$lib" --cases "${FA_CASES:-150}" 2>&1 | tee "$out/numerics.log" ;;
+    numerics)
+      # every case on each kernel family in turn (the Hopper one serves what TMA can address)
+      { python3 numerics.py "$lib" --cases "${FA_CASES:-150}" --family sm90 &&
+        python3 numerics.py "$lib" --cases "${FA_CASES:-150}" --family sm80; } 2>&1 | tee "$out/numerics.log" ;;
     sanitize)
       { compute-sanitizer --tool memcheck --kernel-name kns=flash_fwd --error-exitcode 9 python3 sanitize_cases.py "$lib" 12 &&
-        compute-sanitizer --tool racecheck --kernel-name kns=flash_fwd --error-exitcode 9 python3 sanitize_cases.py "$lib" 6; } 2>&1 |
+        compute-sanitizer --tool racecheck --kernel-name kns=flash_fwd --error-exitcode 9 python3 sanitize_cases.py "$lib" 6 &&
+        compute-sanitizer --tool synccheck --kernel-name kns=flash_fwd --error-exitcode 9 python3 sanitize_cases.py "$lib" 6; } 2>&1 |
         grep -v "^========= COMPUTE-SANITIZER$" | tee "$out/sanitize.log" ;;
     ort) python3 ort_cuda.py "$lib" 2>&1 | tee "$out/ort.log" ;;
     rust-ort)

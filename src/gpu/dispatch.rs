@@ -1,9 +1,11 @@
-//! Which kernel serves a problem: by compute capability (sm_80+ portable kernel today; the Hopper kernel
-//! plugs in here), element type, and head dimension rounded up to a compiled padded size.
+//! Which kernel serves a problem: by compute capability (the Hopper kernel on 9.0 when TMA can address the
+//! tensors, else the portable sm_80+ kernel), element type, and head dimension rounded up to a compiled
+//! padded size.
 //!
-//! The table below must list exactly the entry points of kernels/flash_fwd_sm80.cu; the names spell the
-//! tile shape, so a mismatch fails loudly at module load ("named symbol not found"), and the kernel traps
-//! if launched with less shared memory than its shape needs.
+//! The table below must list exactly the entry points of kernels/flash_fwd_sm80.cu and
+//! kernels/flash_fwd_sm90.cu; the names spell the tile shape, so a mismatch fails loudly at module load
+//! ("named symbol not found"), and the kernels trap if launched with less shared memory than their shape
+//! needs.
 
 use crate::params::{AttnParams, DType};
 
@@ -16,18 +18,57 @@ pub struct KernelSpec {
     pub dtype: DType,
     /// Padded head dim (covers both head_dim and head_dim_v).
     pub d: i32,
-    /// Query rows per block, key rows per step, warps per block.
+    /// Query rows per block, key rows per step, warps per block, K/V pipeline stages.
     pub bm: i32,
     pub bn: i32,
     pub warps: i32,
+    pub stages: i32,
     /// The lean instance for problems with no softcap and no mask tensor (name suffix `_plain`).
     pub plain: bool,
+    /// A Hopper instance with other pipeline/softmax options, compiled to measure them (docs/PERF.md);
+    /// only chosen when forced by name.
+    pub variant: Variant,
+}
+
+/// Options of a Hopper instance (kernels/flash_fwd_sm90.cu, Sm90Options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// Ping-pong between the consumer warpgroups, O rescaled whenever a row max moved, exp2 on the MUFU.
+    Default,
+    /// No ping-pong barriers: both consumers issue their GEMMs whenever ready.
+    NoPingpong,
+    /// FlashAttention-4's conditional rescaling: a row max is only raised when it grows by more than 2^8.
+    RescaleThreshold8,
+    /// FlashAttention-4's software exp2 on the FMA units for every 4th 8-column tile.
+    EmulatedExp2,
+}
+
+impl Variant {
+    fn suffix(self) -> &'static str {
+        match self {
+            Variant::Default => "",
+            Variant::NoPingpong => "_nopp",
+            Variant::RescaleThreshold8 => "_rt8",
+            Variant::EmulatedExp2 => "_emu4",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     /// mma.sync + cp.async + ldmatrix: any GPU of compute capability 8.0 or newer.
     Sm80,
+    /// TMA + wgmma + warp specialization (kernels/mainloop_sm90.cuh): compute capability 9.0 only.
+    Sm90,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Sm80 => "sm80",
+            Family::Sm90 => "sm90",
+        }
+    }
 }
 
 impl KernelSpec {
@@ -37,24 +78,36 @@ impl KernelSpec {
             DType::BF16 => "bf16",
             DType::F32 => "f32",
         };
-        let fam = match self.family {
-            Family::Sm80 => "sm80",
-        };
+        let fam = self.family.name();
         let suffix = if self.plain { "_plain" } else { "" };
-        format!("flash_fwd_{fam}_{t}_d{}_m{}n{}w{}{suffix}", self.d, self.bm, self.bn, self.warps)
+        format!("flash_fwd_{fam}_{t}_d{}_m{}n{}w{}{suffix}{}", self.d, self.bm, self.bn, self.warps, self.variant.suffix())
     }
     pub fn threads(&self) -> u32 {
         self.warps as u32 * 32
     }
-    /// Dynamic shared memory: Q tile + double-buffered K and V tiles, 2-byte elements
-    /// (kernels/config.cuh, FwdConfig::SMEM_BYTES).
+    /// Dynamic shared memory: Q tile + `stages` K and V tiles, 2-byte elements (kernels/config.cuh
+    /// FwdConfig::SMEM_BYTES; kernels/config_sm90.cuh Sm90Config::SMEM_BYTES adds its mbarriers and 1 KiB of
+    /// alignment slack).
     pub fn smem_bytes(&self) -> u32 {
-        ((self.bm + 2 * 2 * self.bn) * self.d * 2) as u32
+        let tiles = ((self.bm + 2 * self.stages * self.bn) * self.d * 2) as u32;
+        match self.family {
+            Family::Sm80 => tiles,
+            Family::Sm90 => tiles + (1 + 4 * self.stages as u32) * 8 + 1024,
+        }
     }
 }
 
 const fn sm80(dtype: DType, d: i32, bm: i32, bn: i32, warps: i32) -> KernelSpec {
-    KernelSpec { family: Family::Sm80, dtype, d, bm, bn, warps, plain: false }
+    KernelSpec { family: Family::Sm80, dtype, d, bm, bn, warps, stages: 2, plain: false, variant: Variant::Default }
+}
+
+/// A Hopper instance: 128 query rows, a producer and two consumer warpgroups.
+const fn sm90(dtype: DType, d: i32, bn: i32, stages: i32) -> KernelSpec {
+    KernelSpec { family: Family::Sm90, dtype, d, bm: 128, bn, warps: 12, stages, plain: false, variant: Variant::Default }
+}
+
+const fn sm90_variant(d: i32, bn: i32, variant: Variant) -> KernelSpec {
+    KernelSpec { variant, ..sm90(DType::BF16, d, bn, 2) }
 }
 
 /// Every tile shape in the fatbin (each compiled twice: full, and `_plain`); for each (dtype, d) the first
@@ -68,23 +121,59 @@ pub const KERNELS: &[KernelSpec] = &[
     sm80(DType::BF16, 128, 128, 64, 4),
     sm80(DType::F16, 256, 64, 32, 4),
     sm80(DType::BF16, 256, 64, 32, 4),
+    sm90(DType::F16, 64, 128, 2),
+    sm90(DType::BF16, 64, 128, 2),
+    sm90(DType::F16, 128, 128, 2),
+    sm90(DType::BF16, 128, 128, 2),
+    sm90(DType::F16, 192, 96, 2),
+    sm90(DType::BF16, 192, 96, 2),
+    sm90(DType::F16, 256, 80, 2),
+    sm90(DType::BF16, 256, 80, 2),
+    sm90_variant(128, 128, Variant::NoPingpong),
+    sm90_variant(128, 128, Variant::RescaleThreshold8),
+    sm90_variant(128, 128, Variant::EmulatedExp2),
+    sm90_variant(64, 128, Variant::EmulatedExp2),
 ];
 
-static OVERRIDE: std::sync::RwLock<Option<String>> = std::sync::RwLock::new(None);
+/// A forced choice: a kernel's full name, or a family name ("sm80", "sm90") to prefer wherever it can serve.
+/// Initialised from the environment variable `FLASHATTN_KERNEL`; the GPU scripts set it through ffi.
+static OVERRIDE: std::sync::RwLock<Option<Option<String>>> = std::sync::RwLock::new(None);
 
 /// Every entry point of the fatbin: each shape of [`KERNELS`], full and plain.
 pub fn all_kernels() -> impl Iterator<Item = KernelSpec> {
     KERNELS.iter().flat_map(|k| [*k, KernelSpec { plain: true, ..*k }])
 }
 
-/// Benchmarking aid: prefer the kernel of this name whenever it can serve a problem (None: the default).
+/// Prefers a kernel (its full name) or a family ("sm80", "sm90") wherever it can serve a problem; None
+/// restores the default choice.
 pub fn set_override(name: Option<String>) {
-    *OVERRIDE.write().unwrap_or_else(|e| e.into_inner()) = name;
+    *OVERRIDE.write().unwrap_or_else(|e| e.into_inner()) = Some(name);
+}
+
+fn override_name() -> Option<String> {
+    if let Some(set) = OVERRIDE.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        return set.clone();
+    }
+    let from_env = std::env::var("FLASHATTN_KERNEL").ok().filter(|v| !v.is_empty());
+    OVERRIDE.write().unwrap_or_else(|e| e.into_inner()).get_or_insert(from_env).clone()
+}
+
+/// Which families can run `p` on a device of compute capability `cc`.
+fn family_serves(family: Family, p: &AttnParams, cc: i32) -> bool {
+    match family {
+        Family::Sm80 => cc >= 80,
+        // The sm_90a cubin runs on 9.0 only; TMA needs 16-byte aligned bases and strides.
+        Family::Sm90 => cc == 90 && super::tensor_map::tma_compatible(p),
+    }
 }
 
 /// The best kernel for `p` on a device of compute capability `cc` (major*10 + minor) whose blocks may use
-/// up to `max_smem` bytes of shared memory.
+/// up to `max_smem` bytes of shared memory, honouring a forced kernel or family ([`set_override`]).
 pub fn select(p: &AttnParams, cc: i32, max_smem: i32) -> Result<KernelSpec, GpuError> {
+    select_forced(p, cc, max_smem, override_name().as_deref())
+}
+
+fn select_forced(p: &AttnParams, cc: i32, max_smem: i32, forced: Option<&str>) -> Result<KernelSpec, GpuError> {
     let dtype = match p.dtype {
         1 => DType::F16,
         2 => DType::BF16,
@@ -99,19 +188,27 @@ pub fn select(p: &AttnParams, cc: i32, max_smem: i32) -> Result<KernelSpec, GpuE
         return Err(GpuError::new(format!("head_dim {} / value head_dim {} outside 1..=256", p.head_dim, p.head_dim_v)));
     }
     let plain_ok = p.softcap <= 0.0 && p.mask_kind == 0;
+    let forced_family = forced.and_then(|f| [Family::Sm80, Family::Sm90].into_iter().find(|fam| fam.name() == f));
     let fits = |k: &KernelSpec| {
-        k.family == Family::Sm80 && k.dtype == dtype && k.d >= need && k.smem_bytes() as i64 <= max_smem as i64 && (!k.plain || plain_ok)
+        k.dtype == dtype
+            && k.d >= need
+            && k.smem_bytes() as i64 <= max_smem as i64
+            && (!k.plain || plain_ok)
+            && (k.variant == Variant::Default || forced == Some(k.name().as_str()))
+            && family_serves(k.family, p, cc)
     };
-    if let Some(name) = OVERRIDE.read().unwrap_or_else(|e| e.into_inner()).as_deref() {
+    if let Some(name) = forced {
         if let Some(k) = all_kernels().filter(fits).find(|k| k.name() == name) {
             return Ok(k);
         }
     }
-    // The smallest padded head dim that covers the problem; among those, the first listed; plain if allowed.
-    let d = KERNELS.iter().filter(|k| fits(k)).map(|k| k.d).min();
+    // The preferred family that can serve (a forced family first); in it the smallest padded head dim that
+    // covers the problem; among those, the first listed; plain if allowed.
+    let family = forced_family.into_iter().chain([Family::Sm90, Family::Sm80]).find(|f| KERNELS.iter().any(|k| k.family == *f && fits(k)));
+    let d = KERNELS.iter().filter(|k| Some(k.family) == family && fits(k)).map(|k| k.d).min();
     KERNELS
         .iter()
-        .filter(|k| fits(k))
+        .filter(|k| Some(k.family) == family && fits(k))
         .find(|k| Some(k.d) == d)
         .map(|k| KernelSpec { plain: plain_ok, ..*k })
         .ok_or_else(|| GpuError::new(format!("no compiled kernel fits head_dim {need} in {max_smem} bytes of shared memory")))
@@ -123,6 +220,50 @@ mod tests {
 
     fn params(dtype: DType, d: i32, dv: i32) -> AttnParams {
         AttnParams { dtype: dtype as i32, head_dim: d, head_dim_v: dv, ..Default::default() }
+    }
+
+    /// A BSNH problem with 16-byte aligned tensors (TMA can address it).
+    fn aligned(dtype: DType, d: i32, dv: i32) -> AttnParams {
+        let (h, s) = (8, 1024);
+        AttnParams {
+            q_ptr: 1 << 20, k_ptr: 2 << 20, v_ptr: 3 << 20, batch: 2, heads_q: h, heads_kv: h, seq_q: s, seq_kv: s,
+            q_row_stride: (h * d) as i64, q_head_stride: d as i64, q_batch_stride: (s * h * d) as i64,
+            k_row_stride: (h * d) as i64, k_head_stride: d as i64, k_batch_stride: (s * h * d) as i64,
+            v_row_stride: (h * dv) as i64, v_head_stride: dv as i64, v_batch_stride: (s * h * dv) as i64,
+            ..params(dtype, d, dv)
+        }
+    }
+
+    #[test]
+    fn hopper_serves_aligned_problems_on_9_0_only() {
+        let h100 = 227 * 1024;
+        let k = select_forced(&aligned(DType::BF16, 128, 128), 90, h100, None).unwrap();
+        assert_eq!(k.name(), "flash_fwd_sm90_bf16_d128_m128n128w12_plain");
+        assert!(k.smem_bytes() as i32 <= h100);
+        assert_eq!(select_forced(&aligned(DType::F16, 96, 96), 90, h100, None).unwrap().name(), "flash_fwd_sm90_f16_d128_m128n128w12_plain");
+        assert_eq!(select_forced(&aligned(DType::BF16, 192, 128), 90, h100, None).unwrap().d, 192);
+        assert_eq!(select_forced(&aligned(DType::BF16, 256, 256), 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d256_m128n80w12_plain");
+        let masked = AttnParams { mask_kind: 2, ..aligned(DType::BF16, 64, 64) };
+        assert_eq!(select_forced(&masked, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n128w12");
+        for cc in [80, 86, 89, 100, 120] {
+            assert_eq!(select_forced(&aligned(DType::BF16, 128, 128), cc, h100, None).unwrap().family, Family::Sm80, "cc {cc}");
+        }
+        let odd_stride = AttnParams { k_row_stride: 8 * 128 + 4, ..aligned(DType::BF16, 128, 128) };
+        assert_eq!(select_forced(&odd_stride, 90, h100, None).unwrap().family, Family::Sm80);
+        for k in KERNELS.iter().filter(|k| k.family == Family::Sm90) {
+            assert!(k.smem_bytes() as i32 <= h100, "{} needs {} bytes", k.name(), k.smem_bytes());
+        }
+    }
+
+    #[test]
+    fn a_forced_family_or_kernel_wins_where_it_fits() {
+        let h100 = 227 * 1024;
+        let p = aligned(DType::BF16, 128, 128);
+        assert_eq!(select_forced(&p, 90, h100, Some("sm80")).unwrap().name(), "flash_fwd_sm80_bf16_d128_m128n64w4_plain");
+        assert_eq!(select_forced(&p, 90, h100, Some("sm90")).unwrap().family, Family::Sm90);
+        // A family that cannot serve is a preference only: the default choice stands.
+        assert_eq!(select_forced(&p, 80, h100, Some("sm90")).unwrap().family, Family::Sm80);
+        assert_eq!(select_forced(&p, 90, h100, Some("flash_fwd_sm80_bf16_d256_m64n32w4")).unwrap().name(), "flash_fwd_sm80_bf16_d256_m64n32w4");
     }
 
     #[test]

@@ -5,9 +5,10 @@ use std::ffi::c_void;
 
 use cudarc::driver::sys;
 
-use super::dispatch::{self, KernelSpec};
+use super::dispatch::{self, Family, KernelSpec};
 use super::driver::{self, check, CurrentContext, GpuError};
 use super::module;
+use super::tensor_map::Operand;
 use crate::params::AttnParams;
 
 /// Grid of a launch: x = query blocks, y = query heads, z = batch (kernels/tile_scheduler.cuh).
@@ -57,9 +58,19 @@ pub fn launch(p: &AttnParams, stream: *mut c_void) -> Result<(), GpuError> {
     let (gx, gy, gz) = grid(&spec, p)?;
     let _cur = CurrentContext::push(ctx)?;
     let mut arg = *p;
-    let mut args = [(&mut arg as *mut AttnParams).cast::<c_void>()];
-    check(
-        unsafe { sys::cuLaunchKernel(f, gx, gy, gz, spec.threads(), 1, 1, spec.smem_bytes(), stream, args.as_mut_ptr(), std::ptr::null_mut()) },
-        &format!("launching {}", spec.name()),
-    )
+    let launch = |args: &mut [*mut c_void]| {
+        check(
+            unsafe { sys::cuLaunchKernel(f, gx, gy, gz, spec.threads(), 1, 1, spec.smem_bytes(), stream, args.as_mut_ptr(), std::ptr::null_mut()) },
+            &format!("launching {}", spec.name()),
+        )
+    };
+    match spec.family {
+        Family::Sm80 => launch(&mut [(&mut arg as *mut AttnParams).cast()]),
+        Family::Sm90 => {
+            let mut tq = Operand::query(p).encode(p.dtype, spec.bm as u32)?;
+            let mut tk = Operand::key(p).encode(p.dtype, spec.bn as u32)?;
+            let mut tv = Operand::value(p).encode(p.dtype, spec.bn as u32)?;
+            launch(&mut [(&mut arg as *mut AttnParams).cast(), (&mut tq as *mut sys::CUtensorMap).cast(), (&mut tk as *mut sys::CUtensorMap).cast(), (&mut tv as *mut sys::CUtensorMap).cast()])
+        }
+    }
 }

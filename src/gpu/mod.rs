@@ -6,6 +6,7 @@
 //! - [`module`]: the embedded fatbin, loaded lazily once per device;
 //! - [`dispatch`]: which kernel serves a problem on a device (compute capability, dtype, head_dim);
 //! - [`launch`]: grid/shared-memory set-up and the launch on a caller's stream;
+//! - [`tensor_map`]: TMA descriptors of Q/K/V for the Hopper kernel;
 //! - [`ffi`]: `extern "C"` entry points the GPU test/benchmark script drives through ctypes.
 
 pub mod dispatch;
@@ -13,6 +14,7 @@ pub mod driver;
 pub mod ffi;
 pub mod launch;
 pub mod module;
+pub mod tensor_map;
 
 pub use driver::GpuError;
 pub use launch::launch;

@@ -1,0 +1,48 @@
+// Entry points of the Hopper (sm_90a) forward kernel, one per (dtype, padded head dim, key tile):
+// flash_fwd_sm90_{f16|bf16}_d{D}_m128n{BN}w12[_plain]; src/gpu/dispatch.rs lists the same set. Q, K and V
+// arrive as TMA tensor maps (4D: head_dim, row, head, batch) built by src/gpu/tensor_map.rs. Compiled into
+// every cubin so the module's symbol table is the same everywhere; only the sm_90a cubin has a body.
+#include "mainloop_sm90.cuh"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, OPT, MODS) \
+  flashattn::flash_fwd_sm90<T, flashattn::Sm90Config<D, BN, STAGES>, OPT, MODS>(p, &tq, &tk, &tv);
+#else
+#define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, OPT, MODS) __trap();
+#endif
+
+#define FLASH_FWD_SM90_ENTRY(NAME, T, D, BN, STAGES, OPT, MODS)                                       \
+  extern "C" __global__ void __launch_bounds__(384, 1)                                                \
+      NAME(const __grid_constant__ flashattn::AttnParams p, const __grid_constant__ CUtensorMap tq,   \
+           const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv) {          \
+    FLASH_FWD_SM90_BODY(T, D, BN, STAGES, OPT, MODS)                                                  \
+  }
+
+// Default options: ping-pong on, exact rescaling skipped only when no max moved, MUFU exp2 only.
+using Sm90Default = flashattn::Sm90Options<true, 0, 0>;
+
+#define FLASH_FWD_SM90(TNAME, T, D, BN, STAGES)                                                          \
+  FLASH_FWD_SM90_ENTRY(flash_fwd_sm90_##TNAME##_d##D##_m128n##BN##w12, T, D, BN, STAGES, Sm90Default, true) \
+  FLASH_FWD_SM90_ENTRY(flash_fwd_sm90_##TNAME##_d##D##_m128n##BN##w12_plain, T, D, BN, STAGES, Sm90Default, false)
+
+#define FLASH_FWD_SM90_BOTH(D, BN, STAGES)            \
+  FLASH_FWD_SM90(f16, __half, D, BN, STAGES)          \
+  FLASH_FWD_SM90(bf16, __nv_bfloat16, D, BN, STAGES)
+
+FLASH_FWD_SM90_BOTH(64, 128, 2)
+FLASH_FWD_SM90_BOTH(128, 128, 2)
+FLASH_FWD_SM90_BOTH(192, 96, 2)
+FLASH_FWD_SM90_BOTH(256, 80, 2)
+
+// Variants that measure one option each against the default (src/gpu/dispatch.rs Variant; docs/PERF.md).
+#define FLASH_FWD_SM90_VARIANT(D, BN, SUFFIX, OPT)                                                             \
+  FLASH_FWD_SM90_ENTRY(flash_fwd_sm90_bf16_d##D##_m128n##BN##w12##SUFFIX, __nv_bfloat16, D, BN, 2, OPT, true) \
+  FLASH_FWD_SM90_ENTRY(flash_fwd_sm90_bf16_d##D##_m128n##BN##w12_plain##SUFFIX, __nv_bfloat16, D, BN, 2, OPT, false)
+
+using Sm90NoPingpong = flashattn::Sm90Options<false, 0, 0>;
+using Sm90RescaleThreshold8 = flashattn::Sm90Options<true, 8, 0>;
+using Sm90EmulatedExp2 = flashattn::Sm90Options<true, 0, 4>;
+FLASH_FWD_SM90_VARIANT(128, 128, _nopp, Sm90NoPingpong)
+FLASH_FWD_SM90_VARIANT(128, 128, _rt8, Sm90RescaleThreshold8)
+FLASH_FWD_SM90_VARIANT(128, 128, _emu4, Sm90EmulatedExp2)
+FLASH_FWD_SM90_VARIANT(64, 128, _emu4, Sm90EmulatedExp2)

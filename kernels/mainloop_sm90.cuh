@@ -1,0 +1,287 @@
+// The Hopper (sm_90a) forward kernel body, FlashAttention-3 style. A block owns 128 query rows of one
+// (batch, head) and runs three warpgroups:
+//   - the producer (warpgroup 0, one thread) streams Q once and K/V tiles through a STAGES-deep ring with
+//     TMA, each load completing on a "full" mbarrier; consumers hand stages back on "empty" mbarriers;
+//   - two consumers (64 query rows each) compute S = Q K^T with wgmma from shared memory and O += P V with
+//     P from registers. Inside a consumer, the next tile's QK^T and the current PV run on the tensor cores
+//     while the softmax of the tile in between runs on the other units; across consumers, named barriers
+//     make their GEMM issue alternate (ping-pong), so one warpgroup's softmax hides behind the other's GEMMs.
+// Scores stay in raw units (scale folded into the exponent), masking and the online softmax are the ones
+// the portable kernel uses (mask.cuh, softmax.cuh), on wgmma's accumulator layout, which per warp is the
+// mma.sync m16n8 layout.
+#pragma once
+#include "common.cuh"
+#include "config_sm90.cuh"
+#include "epilogue.cuh"
+#include "mask.cuh"
+#include "params.cuh"
+#include "sm90_ptx.cuh"
+#include "softmax.cuh"
+#include "tile_scheduler.cuh"
+#include "wgmma.cuh"
+
+namespace flashattn {
+
+// Tunables of one Hopper instance (their effect is measured in docs/PERF.md).
+template <bool PINGPONG_, int RESCALE_THRESHOLD_, int EMULATED_EXP2_EVERY_> struct Sm90Options {
+  static constexpr bool PINGPONG = PINGPONG_;
+  static constexpr int RESCALE_THRESHOLD = RESCALE_THRESHOLD_;
+  static constexpr int EMULATED_EXP2_EVERY = EMULATED_EXP2_EVERY_;
+};
+
+namespace sm90 {
+
+constexpr int kProducerRegs = 24;
+constexpr int kConsumerRegs = 240;
+// Named barrier ids (0 is __syncthreads): one per consumer for the ping-pong turn, one for both consumers.
+constexpr int kBarTurn0 = 1;
+constexpr int kBarConsumers = 3;
+
+template <class Cfg> struct Barriers {
+  uint64_t *q_full, *k_full, *k_empty, *v_full, *v_empty;
+  __device__ __forceinline__ explicit Barriers(unsigned char *base) {
+    uint64_t *b = reinterpret_cast<uint64_t *>(base + Cfg::BAR_OFFSET);
+    q_full = b;
+    k_full = b + 1;
+    k_empty = k_full + Cfg::STAGES;
+    v_full = k_empty + Cfg::STAGES;
+    v_empty = v_full + Cfg::STAGES;
+  }
+};
+
+// Ring position of main-loop step i: stage and the parity of its use of that stage.
+template <int STAGES> __device__ __forceinline__ int stage_of(int i) { return i % STAGES; }
+template <int STAGES> __device__ __forceinline__ uint32_t phase_of(int i) { return (uint32_t)(i / STAGES) & 1u; }
+
+template <typename T, class Cfg>
+__device__ __forceinline__ void produce(const AttnParams &p, const BlockWork &w, unsigned char *smem,
+                                        const CUtensorMap *tq, const CUtensorMap *tk, const CUtensorMap *tv) {
+  constexpr int BM = Cfg::BM, BN = Cfg::BN, STAGES = Cfg::STAGES;
+  Barriers<Cfg> bar(smem);
+  prefetch_tensor_map(tq);
+  prefetch_tensor_map(tk);
+  prefetch_tensor_map(tv);
+  mbar_expect_tx(bar.q_full, Cfg::Q_BYTES);
+#pragma unroll
+  for (int pn = 0; pn < Cfg::PANELS; ++pn)
+    tma_load_4d(smem + pn * BM * 128, tq, bar.q_full, pn * 64, w.m_block * BM, w.head, w.batch, kEvictFirst);
+  const int n_blocks = w.n_end - w.n_begin;
+  for (int i = 0; i < n_blocks; ++i) {
+    const int st = stage_of<STAGES>(i);
+    const uint32_t ph = phase_of<STAGES>(i);
+    const int row = (w.n_begin + i) * BN;
+    unsigned char *k_tile = smem + Cfg::K_OFFSET + st * Cfg::KV_BYTES;
+    unsigned char *v_tile = smem + Cfg::V_OFFSET + st * Cfg::KV_BYTES;
+    mbar_wait(&bar.k_empty[st], ph ^ 1u);
+    mbar_expect_tx(&bar.k_full[st], Cfg::KV_BYTES);
+#pragma unroll
+    for (int pn = 0; pn < Cfg::PANELS; ++pn)
+      tma_load_4d(k_tile + pn * BN * 128, tk, &bar.k_full[st], pn * 64, row, w.kv_head, w.batch, kEvictLast);
+    mbar_wait(&bar.v_empty[st], ph ^ 1u);
+    mbar_expect_tx(&bar.v_full[st], Cfg::KV_BYTES);
+#pragma unroll
+    for (int pn = 0; pn < Cfg::PANELS; ++pn)
+      tma_load_4d(v_tile + pn * BN * 128, tv, &bar.v_full[st], pn * 64, row, w.kv_head, w.batch, kEvictLast);
+  }
+}
+
+// Key rows [kv_len, seq_kv) of a V tile hold whatever the caller's buffer holds there (a KV cache's unused
+// tail, say); P is 0 on them but 0 * NaN is not, so they are zeroed before the PV GEMM reads the tile.
+// Both consumers share the tile: each zeroes half of the rows, then they meet.
+template <typename T, class Cfg>
+__device__ __forceinline__ void zero_v_tail(unsigned char *v_tile, int first_row, int end_row, int consumer_tid) {
+  constexpr int CHUNKS = Cfg::D / 8;  // 16-byte chunks per row, over all panels
+  const int rows = end_row - first_row;
+  for (int idx = consumer_tid; idx < rows * CHUNKS; idx += 256) {
+    const int r = first_row + idx / CHUNKS, c = idx % CHUNKS;
+    const int pn = c / 8, chunk = c % 8;
+    // Any permutation of the 16-byte chunks of a row is fine here: every chunk of the row is zeroed.
+    *reinterpret_cast<uint4 *>(v_tile + pn * Cfg::BN * 128 + r * 128 + chunk * 16) = make_uint4(0, 0, 0, 0);
+  }
+  fence_proxy_async();
+  named_barrier_sync(kBarConsumers, 256);
+}
+
+template <typename T, class Cfg, class Opt, bool MODS>
+__device__ __forceinline__ void consume(const AttnParams &p, const BlockWork &w, unsigned char *smem, int consumer) {
+  constexpr int BM = Cfg::BM, BN = Cfg::BN, D = Cfg::D, STAGES = Cfg::STAGES;
+  constexpr int NTN = BN / 8, NTD = D / 8, KQ = D / 16, KP = BN / 16;
+  Barriers<Cfg> bar(smem);
+  const int lane = threadIdx.x & 31, warp_in_group = (threadIdx.x / 32) & 3;
+  const int row_base = w.m_block * BM + consumer * 64 + warp_in_group * 16;
+  const int n_blocks = w.n_end - w.n_begin;
+  const float scale_log2 = p.scale * kLog2e;
+  const bool zero_tail = p.has_seqlens && w.kv_len < p.seq_kv;
+
+  float s[1][NTN][4], o[1][NTD][4];
+  uint32_t pa[KP][4];
+  float(&s_flat)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(s);
+  float(&o_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o_flat[i] = 0.f;
+  OnlineSoftmax<1, NTN, NTD> sm;
+  sm.init();
+
+  // Q rows of this consumer: rows [64*consumer, +64) of every panel.
+  const uint64_t q_desc = smem_desc_sw128(smem + consumer * 64 * 128, 1);
+  auto issue_qk = [&](int st) {
+    const uint64_t k_desc = smem_desc_sw128(smem + Cfg::K_OFFSET + st * Cfg::KV_BYTES, 1);
+#pragma unroll
+    for (int kk = 0; kk < KQ; ++kk) {
+      const uint32_t off_q = (kk / 4) * BM * 128 + (kk % 4) * 32, off_k = (kk / 4) * BN * 128 + (kk % 4) * 32;
+      Wgmma<T, BN>::ss(s_flat, desc_advance(q_desc, off_q), desc_advance(k_desc, off_k), kk > 0);
+    }
+  };
+  auto issue_pv = [&](int st) {
+    const uint64_t v_desc = smem_desc_sw128(smem + Cfg::V_OFFSET + st * Cfg::KV_BYTES, BN * 128);
+#pragma unroll
+    for (int kk = 0; kk < KP; ++kk) Wgmma<T, D>::rs(o_flat, pa[kk], desc_advance(v_desc, kk * 16 * 128), 1);
+  };
+  auto turn_wait = [&] {
+    if (Opt::PINGPONG) named_barrier_sync(kBarTurn0 + consumer, 256);
+  };
+  auto turn_pass = [&] {
+    if (Opt::PINGPONG) named_barrier_arrive(kBarTurn0 + (consumer ^ 1), 256);
+  };
+  auto release = [&](uint64_t *b) {
+    if (lane == 0) mbar_arrive(b);
+  };
+  auto score_mods = [&](int i) {
+    apply_tile_mods<T, 1, NTN, MODS>(s, p, w.batch, w.head, row_base, (w.n_begin + i) * BN, w.kv_len, w.lo_max,
+                                     w.hi_min, lane);
+  };
+  auto to_pa = [&] {
+#pragma unroll
+    for (int kk = 0; kk < KP; ++kk) {
+      pa[kk][0] = Elem<T>::pack2(s[0][2 * kk][0], s[0][2 * kk][1]);
+      pa[kk][1] = Elem<T>::pack2(s[0][2 * kk][2], s[0][2 * kk][3]);
+      pa[kk][2] = Elem<T>::pack2(s[0][2 * kk + 1][0], s[0][2 * kk + 1][1]);
+      pa[kk][3] = Elem<T>::pack2(s[0][2 * kk + 1][2], s[0][2 * kk + 1][3]);
+    }
+  };
+  auto prepare_v = [&](int i) {
+    const int c0 = (w.n_begin + i) * BN;
+    if (zero_tail && c0 + BN > w.kv_len) {
+      const int end = min(BN, p.seq_kv - c0);
+      zero_v_tail<T, Cfg>(smem + Cfg::V_OFFSET + stage_of<STAGES>(i) * Cfg::KV_BYTES, max(w.kv_len - c0, 0), end,
+                          threadIdx.x - 128);
+    }
+  };
+
+  if (consumer == 1) turn_pass();  // consumer 0 issues first
+  mbar_wait(bar.q_full, 0);
+
+  // Step 0: S_0 = Q K_0^T, P_0.
+  mbar_wait(&bar.k_full[0], 0);
+  turn_wait();
+  wgmma_fence();
+  issue_qk(0);
+  wgmma_commit();
+  turn_pass();
+  wgmma_wait<0>();
+  fence_regs(s_flat);
+  release(&bar.k_empty[0]);
+  score_mods(0);
+  {
+    float corr[1][2];
+    sm.template exponentiate<Opt::RESCALE_THRESHOLD, Opt::EMULATED_EXP2_EVERY>(s, corr, scale_log2);
+  }
+  to_pa();
+
+  // Step i: S_i = Q K_i^T and O += P_{i-1} V_{i-1} in flight together; softmax of S_i while PV runs.
+  for (int i = 1; i < n_blocks; ++i) {
+    const int st = stage_of<STAGES>(i), pst = stage_of<STAGES>(i - 1);
+    mbar_wait(&bar.k_full[st], phase_of<STAGES>(i));
+    mbar_wait(&bar.v_full[pst], phase_of<STAGES>(i - 1));
+    prepare_v(i - 1);
+    turn_wait();
+    wgmma_fence();
+    issue_qk(st);
+    wgmma_commit();
+    issue_pv(pst);
+    wgmma_commit();
+    turn_pass();
+    wgmma_wait<1>();
+    fence_regs(s_flat);
+    release(&bar.k_empty[st]);
+    score_mods(i);
+    float corr[1][2];
+    const bool rescale =
+        sm.template exponentiate<Opt::RESCALE_THRESHOLD, Opt::EMULATED_EXP2_EVERY>(s, corr, scale_log2);
+    wgmma_wait<0>();
+    fence_regs(o_flat);
+    release(&bar.v_empty[pst]);
+    if (__any_sync(0xffffffffu, rescale)) OnlineSoftmax<1, NTN, NTD>::rescale(o, corr);
+    to_pa();
+  }
+
+  // Last PV.
+  const int last = n_blocks - 1, lst = stage_of<STAGES>(last);
+  mbar_wait(&bar.v_full[lst], phase_of<STAGES>(last));
+  prepare_v(last);
+  turn_wait();
+  wgmma_fence();
+  issue_pv(lst);
+  wgmma_commit();
+  if (consumer == 0) turn_pass();  // consumer 1's last pass would have no taker
+  wgmma_wait<0>();
+  fence_regs(o_flat);
+  release(&bar.v_empty[lst]);
+
+  float inv[1][2], lse[1][2];
+  sm.finalize(inv, lse, p.scale);
+  store_output<T, 1, NTD>(p, o, inv, lse, w.batch, w.head, row_base, lane);
+}
+
+// Rows of a block that sees no key at all: zeros and lse = -inf, as the main loop would give them.
+template <typename T, class Cfg>
+__device__ __forceinline__ void store_empty(const AttnParams &p, const BlockWork &w, int consumer) {
+  constexpr int NTD = Cfg::D / 8;
+  const int lane = threadIdx.x & 31, warp_in_group = (threadIdx.x / 32) & 3;
+  float o[1][NTD][4] = {};
+  const float inv[1][2] = {{0.f, 0.f}}, lse[1][2] = {{-INFINITY, -INFINITY}};
+  store_output<T, 1, NTD>(p, o, inv, lse, w.batch, w.head, w.m_block * Cfg::BM + consumer * 64 + warp_in_group * 16,
+                          lane);
+}
+
+}  // namespace sm90
+
+template <typename T, class Cfg, class Opt, bool MODS>
+__device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtensorMap *tq, const CUtensorMap *tk,
+                                               const CUtensorMap *tv) {
+  using namespace sm90;
+  extern __shared__ unsigned char smem_raw[];
+  {
+    uint32_t dyn;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+    if (dyn < (uint32_t)Cfg::SMEM_BYTES) __trap();  // launcher and kernel disagree on the tile shapes
+  }
+  unsigned char *smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  const BlockWork w = schedule_block<Cfg::BM, Cfg::BN>(p);
+  const int group = threadIdx.x / 128;
+  if (w.n_end <= w.n_begin) {
+    if (group > 0) store_empty<T, Cfg>(p, w, group - 1);
+    return;
+  }
+  Barriers<Cfg> bar(smem);
+  if (threadIdx.x == 0) {
+    mbar_init(bar.q_full, 1);
+    for (int st = 0; st < Cfg::STAGES; ++st) {
+      mbar_init(&bar.k_full[st], 1);
+      mbar_init(&bar.v_full[st], 1);
+      mbar_init(&bar.k_empty[st], 4 * Cfg::CONSUMERS);  // one arrive per consumer warp
+      mbar_init(&bar.v_empty[st], 4 * Cfg::CONSUMERS);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+  if (group == 0) {
+    regs_dealloc<kProducerRegs>();
+    if (threadIdx.x == 0) produce<T, Cfg>(p, w, smem, tq, tk, tv);
+  } else {
+    regs_alloc<kConsumerRegs>();
+    consume<T, Cfg, Opt, MODS>(p, w, smem, group - 1);
+  }
+}
+
+}  // namespace flashattn

@@ -1,0 +1,136 @@
+//! TMA tensor maps for the Hopper kernel: Q, K and V each described to the Tensor Memory Accelerator as a
+//! 4D tensor (head_dim, row, head, batch) with the caller's strides, loaded in boxes of 64 columns × a
+//! tile's rows with 128-byte swizzling (the layout wgmma reads). Columns past head_dim and rows past the
+//! sequence are zero-filled by the hardware, so padded head dims and ragged tiles need no special case.
+//! Encoded on the host for each launch (a driver call, no GPU work) and passed by value as
+//! `__grid_constant__` kernel parameters, so CUDA graph capture records them.
+
+use cudarc::driver::sys;
+
+use super::driver::{check, GpuError};
+use crate::params::AttnParams;
+
+/// Columns of one box: 64 16-bit elements = the 128-byte swizzle span.
+pub const BOX_COLS: u32 = 64;
+
+/// One operand's geometry in elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Operand {
+    pub addr: u64,
+    pub cols: i64,
+    pub rows: i64,
+    pub heads: i64,
+    pub batch: i64,
+    pub row_stride: i64,
+    pub head_stride: i64,
+    pub batch_stride: i64,
+}
+
+impl Operand {
+    pub fn query(p: &AttnParams) -> Self {
+        Operand { addr: p.q_ptr, cols: p.head_dim as i64, rows: p.seq_q as i64, heads: p.heads_q as i64, batch: p.batch as i64, row_stride: p.q_row_stride, head_stride: p.q_head_stride, batch_stride: p.q_batch_stride }
+    }
+    pub fn key(p: &AttnParams) -> Self {
+        Operand { addr: p.k_ptr, cols: p.head_dim as i64, rows: p.seq_kv as i64, heads: p.heads_kv as i64, batch: p.batch as i64, row_stride: p.k_row_stride, head_stride: p.k_head_stride, batch_stride: p.k_batch_stride }
+    }
+    pub fn value(p: &AttnParams) -> Self {
+        Operand { addr: p.v_ptr, cols: p.head_dim_v as i64, rows: p.seq_kv as i64, heads: p.heads_kv as i64, batch: p.batch as i64, row_stride: p.v_row_stride, head_stride: p.v_head_stride, batch_stride: p.v_batch_stride }
+    }
+
+    /// Extents (innermost first) and byte strides of the outer three axes. An axis of extent 1 is never
+    /// stepped along, so its stride is replaced by a packed one the encoder accepts whatever the caller's was.
+    fn dims_and_strides(&self) -> ([u64; 4], [u64; 3]) {
+        let dims = [self.cols, self.rows, self.heads, self.batch].map(|d| d as u64);
+        let mut strides = [self.row_stride, self.head_stride, self.batch_stride].map(|s| (s * 2) as u64);
+        let mut packed = (self.cols as u64 * 2).next_multiple_of(16);
+        for (i, stride) in strides.iter_mut().enumerate() {
+            if dims[i + 1] == 1 {
+                *stride = packed;
+            }
+            packed = stride.saturating_mul(dims[i + 1]);
+        }
+        (dims, strides)
+    }
+
+    /// Whether TMA can address this operand: a 16-byte aligned base, byte strides that are multiples of 16
+    /// (below 2^40) on every axis that is stepped along.
+    pub fn tma_compatible(&self) -> bool {
+        let (dims, strides) = self.dims_and_strides();
+        self.addr % 16 == 0 && dims.iter().all(|&d| d >= 1 && d <= 1 << 32) && strides.iter().all(|&s| s % 16 == 0 && s > 0 && s < 1 << 40)
+    }
+
+    /// The tensor map for boxes of `box_rows` rows (a tile's height).
+    pub fn encode(&self, dtype: i32, box_rows: u32) -> Result<sys::CUtensorMap, GpuError> {
+        let (dims, strides) = self.dims_and_strides();
+        let data_type = match dtype {
+            1 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+            2 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            d => return Err(GpuError::new(format!("no tensor map for dtype code {d}"))),
+        };
+        let boxes = [BOX_COLS, box_rows, 1, 1];
+        let element_strides = [1u32; 4];
+        let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
+        check(
+            unsafe {
+                sys::cuTensorMapEncodeTiled(
+                    map.as_mut_ptr(),
+                    data_type,
+                    4,
+                    self.addr as *mut std::ffi::c_void,
+                    dims.as_ptr(),
+                    strides.as_ptr(),
+                    boxes.as_ptr(),
+                    element_strides.as_ptr(),
+                    sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                    sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+                    sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                    sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+                )
+            },
+            "encoding a TMA tensor map (cuTensorMapEncodeTiled)",
+        )?;
+        Ok(unsafe { map.assume_init() })
+    }
+}
+
+/// Whether the Hopper kernel's loads can serve `p` (else the portable kernel does).
+pub fn tma_compatible(p: &AttnParams) -> bool {
+    [Operand::query(p), Operand::key(p), Operand::value(p)].iter().all(Operand::tma_compatible)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bsnh(b: i32, s: i32, h: i32, d: i32) -> AttnParams {
+        let (rs, hs, bs) = ((h * d) as i64, d as i64, (s * h * d) as i64);
+        AttnParams {
+            q_ptr: 1 << 20, k_ptr: 2 << 20, v_ptr: 3 << 20, batch: b, heads_q: h, heads_kv: h, seq_q: s, seq_kv: s, head_dim: d, head_dim_v: d,
+            q_row_stride: rs, q_head_stride: hs, q_batch_stride: bs, k_row_stride: rs, k_head_stride: hs, k_batch_stride: bs,
+            v_row_stride: rs, v_head_stride: hs, v_batch_stride: bs, dtype: 2, ..Default::default()
+        }
+    }
+
+    #[test]
+    fn aligned_layouts_are_compatible() {
+        assert!(tma_compatible(&bsnh(2, 1000, 16, 128)));
+        assert!(tma_compatible(&bsnh(1, 1, 32, 64))); // one row: its stride is never used
+        assert!(tma_compatible(&bsnh(3, 77, 5, 96)));
+    }
+
+    #[test]
+    fn misaligned_layouts_fall_back() {
+        assert!(!tma_compatible(&bsnh(2, 100, 3, 36))); // row stride 108 elements = 216 bytes
+        let odd_base = AttnParams { k_ptr: (2 << 20) + 8, ..bsnh(2, 64, 4, 64) };
+        assert!(!tma_compatible(&odd_base));
+    }
+
+    #[test]
+    fn unit_axes_get_packed_strides() {
+        let p = AttnParams { q_batch_stride: 3, ..bsnh(1, 64, 4, 64) };
+        let (_, strides) = Operand::query(&p).dims_and_strides();
+        assert_eq!(&strides[..2], &[512, 128]);
+        assert_eq!(strides[2] % 16, 0);
+        assert!(Operand::query(&p).tma_compatible());
+    }
+}
