@@ -20,7 +20,7 @@ template <int D_, int BN_, int STAGES_> struct Sm90Config {
   static constexpr int K_OFFSET = Q_BYTES;
   static constexpr int V_OFFSET = K_OFFSET + STAGES * KV_BYTES;
   static constexpr int BAR_OFFSET = V_OFFSET + STAGES * KV_BYTES;
-  static constexpr int BARRIERS = 1 + 4 * STAGES;  // q_full, k_full[], k_empty[], v_full[], v_empty[]
+  static constexpr int BARRIERS = 2 + 4 * STAGES;  // q_full, q_empty, k_full[], k_empty[], v_full[], v_empty[]
   // +1024: the dynamic shared-memory base is aligned up to 1024 bytes inside the kernel.
   static constexpr int SMEM_BYTES = BAR_OFFSET + BARRIERS * 8 + 1024;
   static_assert(D % 64 == 0 && D <= 256, "D: multiple of 64 up to 256");

@@ -1,7 +1,9 @@
-// The Hopper (sm_90a) forward kernel body, FlashAttention-3 style. A block owns 128 query rows of one
-// (batch, head) and runs three warpgroups:
+// The Hopper (sm_90a) forward kernel body, FlashAttention-3 style. Blocks are persistent (one per SM):
+// each walks the tiles of 128 query rows of one (batch, head) that persistent_tile hands it, with three
+// warpgroups:
 //   - the producer (warpgroup 0, one thread) streams Q once and K/V tiles through a STAGES-deep ring with
-//     TMA, each load completing on a "full" mbarrier; consumers hand stages back on "empty" mbarriers;
+//     TMA, each load completing on a "full" mbarrier; consumers hand stages back on "empty" mbarriers,
+//     and Q back as soon as their last QK^T of a tile is done, so the next tile's Q loads under the epilogue;
 //   - two consumers (64 query rows each) compute S = Q K^T with wgmma from shared memory and O += P V with
 //     P from registers. Inside a consumer, the next tile's QK^T and the current PV run on the tensor cores
 //     while the softmax of the tile in between runs on the other units; across consumers, named barriers
@@ -38,11 +40,12 @@ constexpr int kBarTurn0 = 1;
 constexpr int kBarConsumers = 3;
 
 template <class Cfg> struct Barriers {
-  uint64_t *q_full, *k_full, *k_empty, *v_full, *v_empty;
+  uint64_t *q_full, *q_empty, *k_full, *k_empty, *v_full, *v_empty;
   __device__ __forceinline__ explicit Barriers(unsigned char *base) {
     uint64_t *b = reinterpret_cast<uint64_t *>(base + Cfg::BAR_OFFSET);
     q_full = b;
-    k_full = b + 1;
+    q_empty = b + 1;
+    k_full = b + 2;
     k_empty = k_full + Cfg::STAGES;
     v_full = k_empty + Cfg::STAGES;
     v_empty = v_full + Cfg::STAGES;
@@ -54,34 +57,42 @@ template <int STAGES> __device__ __forceinline__ int stage_of(int i) { return i 
 template <int STAGES> __device__ __forceinline__ uint32_t phase_of(int i) { return (uint32_t)(i / STAGES) & 1u; }
 
 template <typename T, class Cfg>
-__device__ __forceinline__ void produce(const AttnParams &p, const BlockWork &w, unsigned char *smem,
-                                        const CUtensorMap *tq, const CUtensorMap *tk, const CUtensorMap *tv) {
+__device__ __forceinline__ void produce(const AttnParams &p, unsigned char *smem, const CUtensorMap *tq,
+                                        const CUtensorMap *tk, const CUtensorMap *tv) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, STAGES = Cfg::STAGES;
   Barriers<Cfg> bar(smem);
   prefetch_tensor_map(tq);
   prefetch_tensor_map(tk);
   prefetch_tensor_map(tv);
-  mbar_expect_tx(bar.q_full, Cfg::Q_BYTES);
-#pragma unroll
-  for (int pn = 0; pn < Cfg::PANELS; ++pn)
-    tma_load_4d(smem + pn * BM * 128, tq, bar.q_full, pn * 64, w.m_block * BM, w.head, w.batch, kEvictFirst);
-  const int n_blocks = w.n_end - w.n_begin;
-  for (int i = 0; i < n_blocks; ++i) {
-    const int st = stage_of<STAGES>(i);
-    const uint32_t ph = phase_of<STAGES>(i);
-    const int row = (w.n_begin + i) * BN;
-    unsigned char *k_tile = smem + Cfg::K_OFFSET + st * Cfg::KV_BYTES;
-    unsigned char *v_tile = smem + Cfg::V_OFFSET + st * Cfg::KV_BYTES;
-    mbar_wait(&bar.k_empty[st], ph ^ 1u);
-    mbar_expect_tx(&bar.k_full[st], Cfg::KV_BYTES);
+  const int tiles = query_blocks(p, BM) * p.heads_q * p.batch;
+  int ring = 0, loaded = 0;  // K/V ring steps and Q tiles so far, counted alike by the consumers
+  for (int k = 0, t; (t = persistent_tile_index(k)) < tiles; ++k) {
+    const BlockWork w = persistent_tile<BM, BN>(p, t);
+    const int n_blocks = w.n_end - w.n_begin;
+    if (n_blocks <= 0) continue;
+    mbar_wait(bar.q_empty, (uint32_t)(loaded & 1) ^ 1u);
+    mbar_expect_tx(bar.q_full, Cfg::Q_BYTES);
 #pragma unroll
     for (int pn = 0; pn < Cfg::PANELS; ++pn)
-      tma_load_4d(k_tile + pn * BN * 128, tk, &bar.k_full[st], pn * 64, row, w.kv_head, w.batch, kEvictLast);
-    mbar_wait(&bar.v_empty[st], ph ^ 1u);
-    mbar_expect_tx(&bar.v_full[st], Cfg::KV_BYTES);
+      tma_load_4d(smem + pn * BM * 128, tq, bar.q_full, pn * 64, w.m_block * BM, w.head, w.batch, kEvictFirst);
+    ++loaded;
+    for (int i = 0; i < n_blocks; ++i, ++ring) {
+      const int st = stage_of<STAGES>(ring);
+      const uint32_t ph = phase_of<STAGES>(ring);
+      const int row = (w.n_begin + i) * BN;
+      unsigned char *k_tile = smem + Cfg::K_OFFSET + st * Cfg::KV_BYTES;
+      unsigned char *v_tile = smem + Cfg::V_OFFSET + st * Cfg::KV_BYTES;
+      mbar_wait(&bar.k_empty[st], ph ^ 1u);
+      mbar_expect_tx(&bar.k_full[st], Cfg::KV_BYTES);
 #pragma unroll
-    for (int pn = 0; pn < Cfg::PANELS; ++pn)
-      tma_load_4d(v_tile + pn * BN * 128, tv, &bar.v_full[st], pn * 64, row, w.kv_head, w.batch, kEvictLast);
+      for (int pn = 0; pn < Cfg::PANELS; ++pn)
+        tma_load_4d(k_tile + pn * BN * 128, tk, &bar.k_full[st], pn * 64, row, w.kv_head, w.batch, kEvictLast);
+      mbar_wait(&bar.v_empty[st], ph ^ 1u);
+      mbar_expect_tx(&bar.v_full[st], Cfg::KV_BYTES);
+#pragma unroll
+      for (int pn = 0; pn < Cfg::PANELS; ++pn)
+        tma_load_4d(v_tile + pn * BN * 128, tv, &bar.v_full[st], pn * 64, row, w.kv_head, w.batch, kEvictLast);
+    }
   }
 }
 
@@ -102,8 +113,22 @@ __device__ __forceinline__ void zero_v_tail(unsigned char *v_tile, int first_row
   named_barrier_sync(kBarConsumers, 256);
 }
 
+// The turn of the ping-pong: a consumer waits for it before issuing its GEMMs and passes it on after.
+template <class Opt> struct Turn {
+  int consumer;
+  __device__ __forceinline__ void wait() const {
+    if (Opt::PINGPONG) named_barrier_sync(kBarTurn0 + consumer, 256);
+  }
+  __device__ __forceinline__ void pass() const {
+    if (Opt::PINGPONG) named_barrier_arrive(kBarTurn0 + (consumer ^ 1), 256);
+  }
+};
+
+// One tile of a consumer: `ring` is the K/V ring step of its first key block, `loaded` the count of Q
+// tiles before it.
 template <typename T, class Cfg, class Opt, bool MODS>
-__device__ __forceinline__ void consume(const AttnParams &p, const BlockWork &w, unsigned char *smem, int consumer) {
+__device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWork &w, unsigned char *smem,
+                                             int consumer, int ring, int loaded, const Turn<Opt> &turn) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, D = Cfg::D, STAGES = Cfg::STAGES;
   constexpr int NTN = BN / 8, NTD = D / 8, KQ = D / 16, KP = BN / 16;
   Barriers<Cfg> bar(smem);
@@ -137,12 +162,6 @@ __device__ __forceinline__ void consume(const AttnParams &p, const BlockWork &w,
 #pragma unroll
     for (int kk = 0; kk < KP; ++kk) Wgmma<T, D>::rs(o_flat, pa[kk], desc_advance(v_desc, kk * 16 * 128), 1);
   };
-  auto turn_wait = [&] {
-    if (Opt::PINGPONG) named_barrier_sync(kBarTurn0 + consumer, 256);
-  };
-  auto turn_pass = [&] {
-    if (Opt::PINGPONG) named_barrier_arrive(kBarTurn0 + (consumer ^ 1), 256);
-  };
   auto release = [&](uint64_t *b) {
     if (lane == 0) mbar_arrive(b);
   };
@@ -163,24 +182,27 @@ __device__ __forceinline__ void consume(const AttnParams &p, const BlockWork &w,
     const int c0 = (w.n_begin + i) * BN;
     if (zero_tail && c0 + BN > w.kv_len) {
       const int end = min(BN, p.seq_kv - c0);
-      zero_v_tail<T, Cfg>(smem + Cfg::V_OFFSET + stage_of<STAGES>(i) * Cfg::KV_BYTES, max(w.kv_len - c0, 0), end,
-                          threadIdx.x - 128);
+      zero_v_tail<T, Cfg>(smem + Cfg::V_OFFSET + stage_of<STAGES>(ring + i) * Cfg::KV_BYTES, max(w.kv_len - c0, 0),
+                          end, threadIdx.x - 128);
     }
   };
+  auto release_q_after = [&](int i) {
+    if (i == n_blocks - 1) release(bar.q_empty);  // the tile's last QK^T is done: Q may be overwritten
+  };
 
-  if (consumer == 1) turn_pass();  // consumer 0 issues first
-  mbar_wait(bar.q_full, 0);
+  mbar_wait(bar.q_full, (uint32_t)(loaded & 1));
 
   // Step 0: S_0 = Q K_0^T, P_0.
-  mbar_wait(&bar.k_full[0], 0);
-  turn_wait();
+  mbar_wait(&bar.k_full[stage_of<STAGES>(ring)], phase_of<STAGES>(ring));
+  turn.wait();
   wgmma_fence();
-  issue_qk(0);
+  issue_qk(stage_of<STAGES>(ring));
   wgmma_commit();
-  turn_pass();
+  turn.pass();
   wgmma_wait<0>();
   fence_regs(s_flat);
-  release(&bar.k_empty[0]);
+  release(&bar.k_empty[stage_of<STAGES>(ring)]);
+  release_q_after(0);
   score_mods(0);
   {
     float corr[1][2];
@@ -190,20 +212,21 @@ __device__ __forceinline__ void consume(const AttnParams &p, const BlockWork &w,
 
   // Step i: S_i = Q K_i^T and O += P_{i-1} V_{i-1} in flight together; softmax of S_i while PV runs.
   for (int i = 1; i < n_blocks; ++i) {
-    const int st = stage_of<STAGES>(i), pst = stage_of<STAGES>(i - 1);
-    mbar_wait(&bar.k_full[st], phase_of<STAGES>(i));
-    mbar_wait(&bar.v_full[pst], phase_of<STAGES>(i - 1));
+    const int st = stage_of<STAGES>(ring + i), pst = stage_of<STAGES>(ring + i - 1);
+    mbar_wait(&bar.k_full[st], phase_of<STAGES>(ring + i));
+    mbar_wait(&bar.v_full[pst], phase_of<STAGES>(ring + i - 1));
     prepare_v(i - 1);
-    turn_wait();
+    turn.wait();
     wgmma_fence();
     issue_qk(st);
     wgmma_commit();
     issue_pv(pst);
     wgmma_commit();
-    turn_pass();
+    turn.pass();
     wgmma_wait<1>();
     fence_regs(s_flat);
     release(&bar.k_empty[st]);
+    release_q_after(i);
     score_mods(i);
     float corr[1][2];
     const bool rescale =
@@ -216,14 +239,14 @@ __device__ __forceinline__ void consume(const AttnParams &p, const BlockWork &w,
   }
 
   // Last PV.
-  const int last = n_blocks - 1, lst = stage_of<STAGES>(last);
-  mbar_wait(&bar.v_full[lst], phase_of<STAGES>(last));
+  const int last = n_blocks - 1, lst = stage_of<STAGES>(ring + last);
+  mbar_wait(&bar.v_full[lst], phase_of<STAGES>(ring + last));
   prepare_v(last);
-  turn_wait();
+  turn.wait();
   wgmma_fence();
   issue_pv(lst);
   wgmma_commit();
-  if (consumer == 0) turn_pass();  // consumer 1's last pass would have no taker
+  turn.pass();
   wgmma_wait<0>();
   fence_regs(o_flat);
   release(&bar.v_empty[lst]);
@@ -257,19 +280,15 @@ __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtens
     if (dyn < (uint32_t)Cfg::SMEM_BYTES) __trap();  // launcher and kernel disagree on the tile shapes
   }
   unsigned char *smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
-  const BlockWork w = schedule_block<Cfg::BM, Cfg::BN>(p);
   const int group = threadIdx.x / 128;
-  if (w.n_end <= w.n_begin) {
-    if (group > 0) store_empty<T, Cfg>(p, w, group - 1);
-    return;
-  }
   Barriers<Cfg> bar(smem);
   if (threadIdx.x == 0) {
     mbar_init(bar.q_full, 1);
+    mbar_init(bar.q_empty, 4 * Cfg::CONSUMERS);  // one arrive per consumer warp
     for (int st = 0; st < Cfg::STAGES; ++st) {
       mbar_init(&bar.k_full[st], 1);
       mbar_init(&bar.v_full[st], 1);
-      mbar_init(&bar.k_empty[st], 4 * Cfg::CONSUMERS);  // one arrive per consumer warp
+      mbar_init(&bar.k_empty[st], 4 * Cfg::CONSUMERS);
       mbar_init(&bar.v_empty[st], 4 * Cfg::CONSUMERS);
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
@@ -277,11 +296,29 @@ __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtens
   __syncthreads();
   if (group == 0) {
     regs_dealloc<kProducerRegs>();
-    if (threadIdx.x == 0) produce<T, Cfg>(p, w, smem, tq, tk, tv);
-  } else {
-    regs_alloc<kConsumerRegs>();
-    consume<T, Cfg, Opt, MODS>(p, w, smem, group - 1);
+    if (threadIdx.x == 0) produce<T, Cfg>(p, smem, tq, tk, tv);
+    return;
   }
+  regs_alloc<kConsumerRegs>();
+  const int consumer = group - 1;
+  const Turn<Opt> turn{consumer};
+  // The consumers' GEMM issue alternates over the whole run, tile after tile: consumer 0 starts, and
+  // consumer 1's very last pass is taken by consumer 0 at the end.
+  if (consumer == 1) turn.pass();
+  const int tiles = query_blocks(p, Cfg::BM) * p.heads_q * p.batch;
+  int ring = 0, loaded = 0;
+  for (int k = 0, t; (t = persistent_tile_index(k)) < tiles; ++k) {
+    const BlockWork w = persistent_tile<Cfg::BM, Cfg::BN>(p, t);
+    const int n_blocks = w.n_end - w.n_begin;
+    if (n_blocks <= 0) {
+      store_empty<T, Cfg>(p, w, consumer);
+      continue;
+    }
+    consume_tile<T, Cfg, Opt, MODS>(p, w, smem, consumer, ring, loaded, turn);
+    ring += n_blocks;
+    ++loaded;
+  }
+  if (consumer == 0) turn.wait();
 }
 
 }  // namespace flashattn

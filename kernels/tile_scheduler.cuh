@@ -1,6 +1,7 @@
 // Which (query block, head, batch) a thread block computes, and which key blocks it must visit.
-// Grid: x = query blocks, y = query heads, z = batch. With a causal/left-bounded window the last query
-// blocks carry the most keys, so they are scheduled first (x reversed) to even out the tail.
+// One block per tile (portable kernel): grid x = query blocks, y = query heads, z = batch. With a causal or
+// right-bounded window the last query blocks carry the most keys, so they are scheduled first (x reversed)
+// to even out the tail. Persistent blocks (Hopper kernel) walk a linear tile order instead.
 #pragma once
 #include "mask.cuh"
 #include "params.cuh"
@@ -14,12 +15,12 @@ struct BlockWork {
   int lo_max, hi_min;  // a key tile [c0, c1) with c0 >= lo_max and c1 <= hi_min is visible to all rows
 };
 
-template <int BM, int BN> __device__ __forceinline__ BlockWork schedule_block(const AttnParams &p) {
+template <int BM, int BN>
+__device__ __forceinline__ BlockWork block_work(const AttnParams &p, int m_block, int head, int batch) {
   BlockWork w;
-  const bool heavy_last = p.window_right >= 0;
-  w.m_block = heavy_last ? (int)(gridDim.x - 1 - blockIdx.x) : (int)blockIdx.x;
-  w.head = blockIdx.y;
-  w.batch = blockIdx.z;
+  w.m_block = m_block;
+  w.head = head;
+  w.batch = batch;
   w.kv_head = w.head / (p.heads_q / p.heads_kv);
   int kv_len = p.seq_kv;
   if (p.has_seqlens) {
@@ -42,6 +43,32 @@ template <int BM, int BN> __device__ __forceinline__ BlockWork schedule_block(co
     w.n_end = (hi + BN - 1) / BN;
   }
   return w;
+}
+
+template <int BM, int BN> __device__ __forceinline__ BlockWork schedule_block(const AttnParams &p) {
+  const bool heavy_last = p.window_right >= 0;
+  const int m_block = heavy_last ? (int)(gridDim.x - 1 - blockIdx.x) : (int)blockIdx.x;
+  return block_work<BM, BN>(p, m_block, blockIdx.y, blockIdx.z);
+}
+
+__device__ __forceinline__ int query_blocks(const AttnParams &p, int bm) { return (p.seq_q + bm - 1) / bm; }
+
+// The k-th tile of this block in a persistent launch: rounds of gridDim.x tiles, walked forwards in even
+// rounds and backwards in odd ones, so a block that drew a heavy tile in one round draws a light one in the
+// next (tiles are ordered heaviest first). With one block per tile it is simply blockIdx.x.
+__device__ __forceinline__ int persistent_tile_index(int k) {
+  const int g = gridDim.x, c = blockIdx.x;
+  return k * g + ((k & 1) ? g - 1 - c : c);
+}
+
+// Tile t of the Hopper kernel's linear tile order (tiles = query blocks x heads x batch). A head's query
+// blocks are consecutive, so the blocks running at once share that head's K/V in L2 (and consecutive heads
+// of a GQA group share theirs too); with a causal/right-bounded window they come heaviest first.
+template <int BM, int BN> __device__ __forceinline__ BlockWork persistent_tile(const AttnParams &p, int t) {
+  const int m_blocks = query_blocks(p, BM);
+  const int m = t % m_blocks, rest = t / m_blocks;
+  const int m_block = p.window_right >= 0 ? m_blocks - 1 - m : m;
+  return block_work<BM, BN>(p, m_block, rest % p.heads_q, rest / p.heads_q);
 }
 
 }  // namespace flashattn

@@ -21,6 +21,8 @@ def load(path):
     lib.flashattn_ort_gpu_kernel_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
     lib.flashattn_ort_gpu_set_kernel.restype = None
     lib.flashattn_ort_gpu_set_kernel.argtypes = [ctypes.c_char_p]
+    lib.flashattn_ort_gpu_set_persistent.restype = None
+    lib.flashattn_ort_gpu_set_persistent.argtypes = [ctypes.c_int]
     # Build the ctypes mirror of AttnParams from the library's own layout table.
     fields, i = [], 0
     while True:

@@ -28,6 +28,9 @@ pub struct KernelSpec {
     /// A Hopper instance with other pipeline/softmax options, compiled to measure them (docs/PERF.md);
     /// only chosen when forced by name.
     pub variant: Variant,
+    /// A wide key tile that pays only without masking work (its full instance spills): chosen only for
+    /// plain problems without causal/window bounds.
+    pub unbounded_plain_only: bool,
 }
 
 /// Options of a Hopper instance (kernels/flash_fwd_sm90.cu, Sm90Options).
@@ -92,18 +95,22 @@ impl KernelSpec {
         let tiles = ((self.bm + 2 * self.stages * self.bn) * self.d * 2) as u32;
         match self.family {
             Family::Sm80 => tiles,
-            Family::Sm90 => tiles + (1 + 4 * self.stages as u32) * 8 + 1024,
+            Family::Sm90 => tiles + (2 + 4 * self.stages as u32) * 8 + 1024,
         }
     }
 }
 
 const fn sm80(dtype: DType, d: i32, bm: i32, bn: i32, warps: i32) -> KernelSpec {
-    KernelSpec { family: Family::Sm80, dtype, d, bm, bn, warps, stages: 2, plain: false, variant: Variant::Default }
+    KernelSpec { family: Family::Sm80, dtype, d, bm, bn, warps, stages: 2, plain: false, variant: Variant::Default, unbounded_plain_only: false }
 }
 
 /// A Hopper instance: 128 query rows, a producer and two consumer warpgroups.
 const fn sm90(dtype: DType, d: i32, bn: i32, stages: i32) -> KernelSpec {
-    KernelSpec { family: Family::Sm90, dtype, d, bm: 128, bn, warps: 12, stages, plain: false, variant: Variant::Default }
+    KernelSpec { family: Family::Sm90, dtype, d, bm: 128, bn, warps: 12, stages, plain: false, variant: Variant::Default, unbounded_plain_only: false }
+}
+
+const fn sm90_wide(dtype: DType, d: i32, bn: i32) -> KernelSpec {
+    KernelSpec { unbounded_plain_only: true, ..sm90(dtype, d, bn, 2) }
 }
 
 const fn sm90_variant(d: i32, bn: i32, variant: Variant) -> KernelSpec {
@@ -121,10 +128,14 @@ pub const KERNELS: &[KernelSpec] = &[
     sm80(DType::BF16, 128, 128, 64, 4),
     sm80(DType::F16, 256, 64, 32, 4),
     sm80(DType::BF16, 256, 64, 32, 4),
+    sm90_wide(DType::F16, 64, 192),
+    sm90_wide(DType::BF16, 64, 192),
     sm90(DType::F16, 64, 128, 2),
     sm90(DType::BF16, 64, 128, 2),
     sm90(DType::F16, 128, 128, 2),
     sm90(DType::BF16, 128, 128, 2),
+    sm90(DType::F16, 128, 176, 2),
+    sm90(DType::BF16, 128, 176, 2),
     sm90(DType::F16, 192, 96, 2),
     sm90(DType::BF16, 192, 96, 2),
     sm90(DType::F16, 256, 80, 2),
@@ -195,6 +206,7 @@ fn select_forced(p: &AttnParams, cc: i32, max_smem: i32, forced: Option<&str>) -
             && k.smem_bytes() as i64 <= max_smem as i64
             && (!k.plain || plain_ok)
             && (k.variant == Variant::Default || forced == Some(k.name().as_str()))
+            && (!k.unbounded_plain_only || (plain_ok && p.window_left < 0 && p.window_right < 0) || forced == Some(k.name().as_str()))
             && family_serves(k.family, p, cc)
     };
     if let Some(name) = forced {
@@ -245,6 +257,9 @@ mod tests {
         assert_eq!(select_forced(&aligned(DType::BF16, 256, 256), 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d256_m128n80w12_plain");
         let masked = AttnParams { mask_kind: 2, ..aligned(DType::BF16, 64, 64) };
         assert_eq!(select_forced(&masked, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n128w12");
+        assert_eq!(select_forced(&aligned(DType::BF16, 64, 64), 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n192w12_plain");
+        let causal = AttnParams { window_right: 0, ..aligned(DType::BF16, 64, 64) };
+        assert_eq!(select_forced(&causal, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n128w12_plain");
         for cc in [80, 86, 89, 100, 120] {
             assert_eq!(select_forced(&aligned(DType::BF16, 128, 128), cc, h100, None).unwrap().family, Family::Sm80, "cc {cc}");
         }

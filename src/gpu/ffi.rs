@@ -161,3 +161,10 @@ pub unsafe extern "C" fn flashattn_ort_gpu_set_kernel(name: *const c_char) {
     let name = if name.is_null() { None } else { Some(unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned()) };
     super::dispatch::set_override(name);
 }
+
+/// Benchmarking aid: how the Hopper kernel's blocks take tiles (-1 by problem, 0 one block per tile,
+/// 1 persistent).
+#[no_mangle]
+pub extern "C" fn flashattn_ort_gpu_set_persistent(mode: i32) {
+    super::launch::set_grid_mode(mode);
+}

@@ -2,6 +2,7 @@
 //! test script): no allocation, no host synchronisation, so it can be captured into a CUDA graph.
 
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use cudarc::driver::sys;
 
@@ -11,13 +12,45 @@ use super::module;
 use super::tensor_map::Operand;
 use crate::params::AttnParams;
 
-/// Grid of a launch: x = query blocks, y = query heads, z = batch (kernels/tile_scheduler.cuh).
-pub fn grid(k: &KernelSpec, p: &AttnParams) -> Result<(u32, u32, u32), GpuError> {
+/// How the Hopper kernel's blocks take their tiles: -1 = by problem ([`persistent`]), 0 = one block per
+/// tile (the hardware hands tiles out as blocks finish), 1 = persistent (one block per SM walking a fixed
+/// share). A benchmarking aid (ffi `flashattn_ort_gpu_set_persistent`).
+static GRID_MODE: AtomicI32 = AtomicI32::new(-1);
+
+pub fn set_grid_mode(mode: i32) {
+    GRID_MODE.store(mode.clamp(-1, 1), Ordering::Relaxed);
+}
+
+/// Whether the Hopper kernel runs persistent blocks for `p`. With causal or right-bounded windows tiles
+/// differ in work, and the hardware handing out one-tile blocks as others finish balances that better than
+/// a fixed share (docs/PERF.md).
+pub fn persistent(p: &AttnParams) -> bool {
+    match GRID_MODE.load(Ordering::Relaxed) {
+        0 => false,
+        1 => true,
+        _ => p.window_right < 0,
+    }
+}
+
+/// Grid of a launch (kernels/tile_scheduler.cuh): the portable kernel runs one block per tile (x = query
+/// blocks, y = query heads, z = batch); the Hopper kernel walks a linear tile order, with one block per tile
+/// or persistent blocks (at most one per SM) that take several.
+pub fn grid(k: &KernelSpec, p: &AttnParams, num_sms: i32) -> Result<(u32, u32, u32), GpuError> {
     let gx = (p.seq_q as i64 + k.bm as i64 - 1) / k.bm as i64;
     if p.heads_q > 65535 || p.batch > 65535 {
         return Err(GpuError::new(format!("batch {} and query heads {} must each be at most 65535 on the GPU", p.batch, p.heads_q)));
     }
-    Ok((gx as u32, p.heads_q as u32, p.batch as u32))
+    match k.family {
+        Family::Sm80 => Ok((gx as u32, p.heads_q as u32, p.batch as u32)),
+        Family::Sm90 => {
+            let tiles = gx * p.heads_q as i64 * p.batch as i64;
+            if tiles > i32::MAX as i64 {
+                return Err(GpuError::new(format!("{tiles} tiles of 128 query rows exceed the kernel's 2^31 limit")));
+            }
+            let blocks = if persistent(p) { tiles.min(num_sms.max(1) as i64) } else { tiles };
+            Ok((blocks as u32, 1, 1))
+        }
+    }
 }
 
 fn check_params(p: &AttnParams) -> Result<(), GpuError> {
@@ -55,7 +88,7 @@ pub fn launch(p: &AttnParams, stream: *mut c_void) -> Result<(), GpuError> {
     }
     let spec = dispatch::select(p, kernels.cc, kernels.max_smem_optin)?;
     let f = kernels.function(&spec)?;
-    let (gx, gy, gz) = grid(&spec, p)?;
+    let (gx, gy, gz) = grid(&spec, p, kernels.num_sms)?;
     let _cur = CurrentContext::push(ctx)?;
     let mut arg = *p;
     let launch = |args: &mut [*mut c_void]| {
