@@ -49,8 +49,8 @@ for s in "${steps[@]}"; do
   case "$s" in
     numerics) python3 numerics.py "$lib" --cases "${FA_CASES:-150}" 2>&1 | tee "$out/numerics.log" ;;
     sanitize)
-      { compute-sanitizer --tool memcheck --kernel-name kns=flash_fwd --error-exitcode 9 python3 sanitize_cases.py "$lib" 12 &&
-        compute-sanitizer --tool racecheck --kernel-name kns=flash_fwd --error-exitcode 9 python3 sanitize_cases.py "$lib" 6; } 2>&1 |
+      { compute-sanitizer --tool memcheck --kernel-name kns=flash_ --error-exitcode 9 python3 sanitize_cases.py "$lib" 16 &&
+        compute-sanitizer --tool racecheck --kernel-name kns=flash_ --error-exitcode 9 python3 sanitize_cases.py "$lib" 8; } 2>&1 |
         grep -v "^========= COMPUTE-SANITIZER$" | tee "$out/sanitize.log" ;;
     ort) python3 ort_cuda.py "$lib" 2>&1 | tee "$out/ort.log" ;;
     rust-ort)

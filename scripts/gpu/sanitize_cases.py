@@ -1,4 +1,4 @@
-"""Our kernel alone (no cuBLAS references, which compute-sanitizer's racecheck cannot follow on Hopper) over a
+"""Our kernels alone (prefill, split-KV decode and its combine step; no cuBLAS references, which compute-sanitizer's racecheck cannot follow on Hopper) over a
 small random case matrix, for compute-sanitizer memcheck/racecheck: python3 sanitize_cases.py LIB N"""
 import random
 import sys
@@ -6,7 +6,7 @@ import sys
 import torch
 
 import fa_lib
-from numerics import make_tensor, rand_case
+from numerics import make_tensor, rand_case, rand_decode_case, splits_code
 
 lib = fa_lib.load(sys.argv[1])
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 8
@@ -16,7 +16,8 @@ gen = torch.Generator(device="cuda")
 gen.manual_seed(seed)
 bad = 0
 for i in range(n):
-    c = rand_case(rng, True)
+    # every other case is decode-shaped (split-KV decode kernel, split count auto/forced/off)
+    c = rand_case(rng, True) if i % 2 == 0 else rand_decode_case(rng, True)
     B, Hq, Hkv, Sq, Skv, D, Dv, dt = c["b"], c["hq"], c["hkv"], c["sq"], c["skv"], c["d"], c["dv"], c["dtype"]
     bsnh = c["layout"] == "BSNH"
     shp = lambda s, h, d: (B, s, h, d) if bsnh else (B, h, s, d)  # noqa: E731
@@ -31,8 +32,10 @@ for i in range(n):
     lse = torch.empty(B, Hq, Sq, device="cuda")
     P = fa_lib.make_params(lib, q, k, v, out, lse, mask=mask, seqlens=seqlens, layout=c["layout"], causal=c["causal"],
                            scale=c["scale"], softcap=c["softcap"], window_left=c["window_left"], window_right=c["window_right"])
+    fa_lib.set_decode_splits(lib, splits_code(c))
     fa_lib.launch(lib, P)
     torch.cuda.synchronize()
+    fa_lib.set_decode_splits(lib, -1)
     if torch.isnan(out).any():
         bad += 1
         print("NaN/unwritten output in case", c)
