@@ -38,6 +38,7 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, float 
   const int split = blockIdx.x, n_splits = gridDim.x, kv_head = blockIdx.y, batch = blockIdx.z;
   const int group = p.heads_q / p.heads_kv;
   const int rows = p.seq_q * group;
+  if (rows > ROWS) __trap();  // the launcher picked a tile with too few packed rows
 
   // This split's share of the key tiles every row of the block may see (even shares, in whole tiles).
   const KeyRange kr = key_range<BN>(p, batch, 0, p.seq_q - 1);
