@@ -2,7 +2,8 @@
 //! schema as the CPU kernel (src/op/cpu.rs), registered for `CUDAExecutionProvider` for float16 and
 //! bfloat16. Inputs and outputs are device memory; the kernel is queued on ORT's compute stream (whose
 //! context picks the device) with no host synchronisation, so ORT's CUDA graph capture works; the only
-//! allocation is the split-KV decode workspace, taken from ORT's allocator. float32 has no CUDA kernel: ORT places float32 nodes on the CPU kernel (copying the tensors).
+//! allocation is the split-KV decode workspace, taken from ORT's allocator. float32 has no CUDA kernel: ORT
+//! places float32 nodes on the CPU kernel (copying the tensors).
 //!
 //! On the GPU, `key_seqlens` values are clamped to [0, seq_kv] inside the kernel (the CPU kernel rejects
 //! out-of-range values; reading them here would need a device-to-host copy and a stream sync).
