@@ -20,3 +20,6 @@
 FLASH_FWD_SM80_BOTH(64, 128, 64, 4)
 FLASH_FWD_SM80_BOTH(128, 128, 64, 4)
 FLASH_FWD_SM80_BOTH(256, 64, 32, 4)
+
+// The split-KV decode kernels share this fatbin.
+#include "flash_decode_sm80.cu"

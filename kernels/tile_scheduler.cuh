@@ -8,6 +8,41 @@
 
 namespace flashattn {
 
+// The keys a run of query rows [row_first, row_last] of batch entry `batch` needs, in BN-key blocks.
+struct KeyRange {
+  int kv_len;          // keys that exist for this batch entry (key_seqlens applied)
+  int n_begin, n_end;  // key blocks [n_begin, n_end) holding every key some row may see
+  int lo_max, hi_min;  // a key tile [c0, c1) with c0 >= lo_max and c1 <= hi_min is visible to all rows
+};
+
+// key_seqlens[batch] clamped to [0, seq_kv] (seq_kv without key_seqlens).
+__device__ __forceinline__ int key_len(const AttnParams &p, int batch) {
+  int kv_len = p.seq_kv;
+  if (p.has_seqlens) {
+    const int sl = reinterpret_cast<const int32_t *>(p.seqlens_ptr)[batch];
+    kv_len = sl < 0 ? 0 : (sl < kv_len ? sl : kv_len);
+  }
+  return kv_len;
+}
+
+template <int BN> __device__ __forceinline__ KeyRange key_range(const AttnParams &p, int batch, int row_first, int row_last) {
+  KeyRange r;
+  r.kv_len = key_len(p, batch);
+  int lo_first, hi_first, lo_last, hi_last;
+  visible_cols(p, row_first, r.kv_len, lo_first, hi_first);
+  visible_cols(p, row_last, r.kv_len, lo_last, hi_last);
+  const int lo = lo_first, hi = hi_last;  // lo and hi grow with the row
+  r.lo_max = lo_last;
+  r.hi_min = hi_first;
+  if (hi <= lo) {
+    r.n_begin = r.n_end = 0;
+  } else {
+    r.n_begin = lo / BN;
+    r.n_end = (hi + BN - 1) / BN;
+  }
+  return r;
+}
+
 struct BlockWork {
   int m_block, head, batch, kv_head;
   int kv_len;          // keys that exist for this batch entry (key_seqlens applied)
@@ -22,26 +57,14 @@ __device__ __forceinline__ BlockWork block_work(const AttnParams &p, int m_block
   w.head = head;
   w.batch = batch;
   w.kv_head = w.head / (p.heads_q / p.heads_kv);
-  int kv_len = p.seq_kv;
-  if (p.has_seqlens) {
-    const int sl = reinterpret_cast<const int32_t *>(p.seqlens_ptr)[w.batch];
-    kv_len = sl < 0 ? 0 : (sl < kv_len ? sl : kv_len);
-  }
-  w.kv_len = kv_len;
   const int row_first = w.m_block * BM;
   const int row_last = min(row_first + BM, p.seq_q) - 1;
-  int lo_first, hi_first, lo_last, hi_last;
-  visible_cols(p, row_first, kv_len, lo_first, hi_first);
-  visible_cols(p, row_last, kv_len, lo_last, hi_last);
-  const int lo = lo_first, hi = hi_last;  // lo and hi grow with the row
-  w.lo_max = lo_last;
-  w.hi_min = hi_first;
-  if (hi <= lo) {
-    w.n_begin = w.n_end = 0;
-  } else {
-    w.n_begin = lo / BN;
-    w.n_end = (hi + BN - 1) / BN;
-  }
+  const KeyRange r = key_range<BN>(p, w.batch, row_first, row_last);
+  w.kv_len = r.kv_len;
+  w.n_begin = r.n_begin;
+  w.n_end = r.n_end;
+  w.lo_max = r.lo_max;
+  w.hi_min = r.hi_min;
   return w;
 }
 

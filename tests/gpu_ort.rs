@@ -34,7 +34,14 @@ fn cases() -> Vec<Case> {
         biased.mask = CaseMask::Additive([1, 4, 65, 130]);
         biased.softcap = 30.0;
         biased.window = (40, 0);
-        out.extend([plain, padded, biased]);
+        // Decode shapes: the split-KV decode kernel, its workspace from ORT's device allocator.
+        let mut decode = Case::new(dtype, 2, 8, 2, 1, 3000, 128);
+        decode.seqlens = true;
+        decode.causal = true;
+        let mut multi_token = Case::new(dtype, 1, 32, 1, 2, 5000, 64);
+        multi_token.causal = true;
+        multi_token.layout = Layout::Bnsh;
+        out.extend([plain, padded, biased, decode, multi_token]);
     }
     out
 }

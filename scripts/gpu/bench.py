@@ -1,9 +1,9 @@
 """Benchmark table: our CUDA kernel vs PyTorch SDPA (cuDNN and FlashAttention-2 backends) and FlashAttention-4,
 bf16 forward, every row timed in this one run. Prefill rows: head_dim 64/128/256, seq 512..16k,
-batch*seq = 16k, width (heads*head_dim) 2048, causal and not. Decode rows: 1 query token, GQA 32/8, d 128,
-KV 2k..32k. TFLOP/s counts 4*B*H*Sq*Skv*D (half that when causal); ratio = ours / best anchor.
+batch*seq = 16k, width (heads*head_dim) 2048, causal and not. Decode rows: 1 query token, 32 query heads over
+8 KV heads (GQA) and 1 (MQA), d 128, batch 1/8/64, KV 2k/8k/32k, timed through CUDA graphs. TFLOP/s counts 4*B*H*Sq*Skv*D (half that when causal); ratio = ours / best anchor.
 
-usage: python3 bench.py LIB [--quick] [--out FILE.md]"""
+usage: python3 bench.py LIB [--quick] [--no-prefill] [--no-decode] [--out FILE.md]"""
 import argparse
 import math
 import statistics
@@ -55,6 +55,77 @@ def sdpa_fn(backend, q, k, v, causal, gqa=False):
             return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=gqa)
 
     return f
+
+
+def time_graph(fn, calls):
+    """GPU time per call (ms) of `calls` back-to-back calls captured into one CUDA graph (no host launch
+    overhead: decode steps are microseconds); None when capture fails."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for _ in range(calls):
+                fn()
+        return timeit(g.replay) / calls
+    except Exception as e:  # noqa: BLE001
+        print(f"  graph capture failed: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+        return None
+
+
+def time_step(fn):
+    """(ms per call, how): CUDA-graph time when capture works, else eager."""
+    eager = timeit(fn)
+    calls = max(1, min(20, int(0.5 / max(eager, 1e-3))))  # ~0.5 ms of work per graph replay
+    g = time_graph(fn, calls)
+    return (g, "graph") if g is not None else (eager, "eager")
+
+
+def decode_row(lib, B, S, H, Hkv, D=128):
+    """One decode step (1 query token), bf16: ours vs SDPA FA2/cuDNN (GQA through enable_gqa, else K/V
+    repeated outside the timing) and FA4. KV GB/s = bytes of K and V read / time."""
+    q = torch.randn(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
+    P = fa_lib.make_params(lib, q, k, v, out)
+    ws = fa_lib.workspace(lib, P)
+    kv_bytes = 2 * B * S * Hkv * D * 2
+    res, how = {}, {}
+    res["ours"], how["ours"] = time_step(lambda: fa_lib.launch(lib, P, ws=ws))
+    ours_eager = timeit(lambda: fa_lib.launch(lib, P, ws=ws))  # with host launch overhead, as the old table
+    for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
+        res[name] = None
+        try:
+            res[name], how[name] = time_step(sdpa_fn(be, q, k, v, False, gqa=Hkv != H))
+        except Exception:  # noqa: BLE001
+            if kv_bytes * (H // Hkv) > 40e9:
+                print(f"  {name}: no GQA support and repeated K/V too large at B{B} S{S} Hkv{Hkv}", file=sys.stderr)
+                continue
+            try:
+                kk, vv = k.repeat_interleave(H // Hkv, 2), v.repeat_interleave(H // Hkv, 2)
+                res[name], how[name] = time_step(sdpa_fn(be, q, kk, vv, False))
+                how[name] += ", K/V repeated"
+                del kk, vv
+            except Exception as e:  # noqa: BLE001
+                print(f"  {name} failed at B{B} S{S} Hkv{Hkv}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+    res["fa4"] = None
+    if fa4_func is not None:
+        try:
+            res["fa4"], how["fa4"] = time_step(lambda: fa4_func(q, k, v, causal=False))
+        except Exception as e:  # noqa: BLE001
+            print(f"  fa4 failed at B{B} S{S} Hkv{Hkv}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+    best = min([t for n, t in res.items() if n != "ours" and t], default=None)
+    row = dict(B=B, S=S, H=H, Hkv=Hkv, ms=res, how=how, ours_eager=ours_eager, gbs=kv_bytes / (res["ours"] * 1e-3) / 1e9,
+               best_gbs=(kv_bytes / (best * 1e-3) / 1e9) if best else None, speedup=(best / res["ours"]) if best else None,
+               kernel=fa_lib.kernel_name(lib, P))
+    del q, k, v, out, ws
+    torch.cuda.empty_cache()
+    return row
 
 
 def run_row(lib, B, S, H, D, causal, Hkv=None, Sq=None, rows_out=None):
@@ -122,6 +193,7 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--dims", default="64,96,128,192,256")
     ap.add_argument("--no-decode", action="store_true")
+    ap.add_argument("--no-prefill", action="store_true")
     ap.add_argument("--variants", default="", help="comma-separated kernel names to time too")
     a = ap.parse_args()
     VARIANTS.extend(v for v in a.variants.split(",") if v)
@@ -130,7 +202,7 @@ def main():
     rows = []
     dims = [128] if a.quick else [int(d) for d in a.dims.split(",")]
     seqs = [512, 1024, 2048, 4096, 8192, 16384]
-    for D in dims:
+    for D in ([] if a.no_prefill else dims):
         H = 2048 // D
         for causal in (False, True):
             for S in seqs:
@@ -138,9 +210,13 @@ def main():
                 print(f"d{D} s{S} causal={int(causal)} ours {fmt(r['tf']['ours'])} fa2 {fmt(r['tf']['fa2'])} "
                       f"cudnn {fmt(r['tf']['cudnn'])} fa4 {fmt(r['tf']['fa4'])} TFLOP/s", flush=True)
     drows = []
-    for S in ([] if a.no_decode else [2048, 4096, 8192, 16384, 32768]):
-        r = run_row(lib, 1, S, 32, 128, False, Hkv=8, Sq=1, rows_out=drows)
-        print(f"decode kv{S} ours {r['ms']['ours']*1e3:.1f} us", flush=True)
+    for Hkv in ([] if a.no_decode else (8, 1)):
+        for B in (1, 8, 64):
+            for S in (2048, 8192, 32768):
+                r = decode_row(lib, B, S, 32, Hkv)
+                drows.append(r)
+                print(f"decode B{B} Hkv{Hkv} kv{S}: ours {r['ms']['ours']*1e3:.1f} us {r['gbs']:.0f} GB/s, best/ours "
+                      f"{fmt(r['speedup'], '{:.2f}')} ({r['kernel']})", flush=True)
     lines = [f"Device: {dev}; torch {torch.__version__}; bf16 forward; TFLOP/s (median of CUDA-event timings).", "",
              "| head_dim | seq | batch | heads | causal | ours | SDPA FA2 | SDPA cuDNN | FA4 | ours/FA2 | ours/best | kernel |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -149,14 +225,18 @@ def main():
         lines.append(f"| {r['D']} | {r['Skv']} | {r['B']} | {r['H']} | {'yes' if r['causal'] else 'no'} | {fmt(t['ours'])} | "
                      f"{fmt(t['fa2'])} | {fmt(t['cudnn'])} | {fmt(t['fa4'])} | {fmt(r['vs_fa2'], '{:.2f}')} | "
                      f"{fmt(r['ratio'], '{:.2f}')} | `{r['kernel']}` |")
-    lines += ["", "Decode (1 query token, 32 query heads / 8 KV heads, d 128, batch 1): time in µs (lower is better).", "",
-              "| KV len | ours | SDPA FA2 | SDPA cuDNN | FA4 | best/ours |", "|---|---|---|---|---|---|"]
+    us = lambda m: fmt(m and m * 1e3, "{:.1f}")  # noqa: E731
+    lines += ["", "Decode step (1 query token, 32 query heads, d 128, bf16): µs per step, GPU time from CUDA graphs of "
+              "back-to-back steps (eager where capture failed: see `how`). KV GB/s = bytes of K and V / time "
+              "(H100 copy ceiling ≈ 3000). best/ours > 1: ours faster.", "",
+              "| batch | KV heads | KV len | ours µs | ours KV GB/s | SDPA FA2 µs | SDPA cuDNN µs | FA4 µs | best KV GB/s | best/ours | ours eager µs | kernel | how |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in drows:
         ms = r["ms"]
-        best_ms = min([m for k, m in ms.items() if k != "ours" and m], default=None)
-        lines.append(f"| {r['Skv']} | {ms['ours']*1e3:.1f} | {fmt(ms['fa2'] and ms['fa2']*1e3, '{:.1f}')} | "
-                     f"{fmt(ms['cudnn'] and ms['cudnn']*1e3, '{:.1f}')} | {fmt(ms['fa4'] and ms['fa4']*1e3, '{:.1f}')} | "
-                     f"{fmt(best_ms and best_ms / ms['ours'], '{:.2f}')} |")
+        hows = "; ".join(f"{k}: {v}" for k, v in r["how"].items() if v != "graph") or "graph"
+        lines.append(f"| {r['B']} | {r['Hkv']} | {r['S']} | {us(ms['ours'])} | {r['gbs']:.0f} | {us(ms['fa2'])} | "
+                     f"{us(ms['cudnn'])} | {us(ms['fa4'])} | {fmt(r['best_gbs'])} | {fmt(r['speedup'], '{:.2f}')} | "
+                     f"{us(r['ours_eager'])} | `{r['kernel']}` | {hows} |")
     text = "\n".join(lines)
     print(text)
     if a.out:

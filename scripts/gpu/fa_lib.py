@@ -23,6 +23,12 @@ def load(path):
     lib.flashattn_ort_gpu_set_kernel.argtypes = [ctypes.c_char_p]
     lib.flashattn_ort_gpu_set_persistent.restype = None
     lib.flashattn_ort_gpu_set_persistent.argtypes = [ctypes.c_int]
+    lib.flashattn_ort_gpu_launch_workspace.restype = ctypes.c_int
+    lib.flashattn_ort_gpu_launch_workspace.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_size_t]
+    lib.flashattn_ort_gpu_workspace_size.restype = ctypes.c_int
+    lib.flashattn_ort_gpu_workspace_size.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)]
+    lib.flashattn_ort_gpu_set_decode_splits.restype = None
+    lib.flashattn_ort_gpu_set_decode_splits.argtypes = [ctypes.c_int]
     # Build the ctypes mirror of AttnParams from the library's own layout table.
     fields, i = [], 0
     while True:
@@ -97,11 +103,36 @@ def make_params(lib, q, k, v, out, lse=None, mask=None, seqlens=None, layout="BS
     return P
 
 
-def launch(lib, P, stream=None):
+def workspace_bytes(lib, P, stream=None):
+    """Device scratch the launch of P wants (split-KV decode partials; 0 for none)."""
     s = torch.cuda.current_stream().cuda_stream if stream is None else stream
-    rc = lib.flashattn_ort_gpu_launch(ctypes.byref(P), ctypes.c_void_p(s))
+    n = ctypes.c_size_t()
+    if lib.flashattn_ort_gpu_workspace_size(ctypes.byref(P), ctypes.c_void_p(s), ctypes.byref(n)) != 0:
+        raise RuntimeError(lib.flashattn_ort_gpu_last_error().decode())
+    return n.value
+
+
+def workspace(lib, P, stream=None):
+    """A workspace tensor for P (None when it needs none); keep it for repeated launches."""
+    n = workspace_bytes(lib, P, stream)
+    return torch.empty(n, dtype=torch.uint8, device="cuda") if n else None
+
+
+def launch(lib, P, stream=None, ws=None):
+    """Queue the kernel for P on PyTorch's current stream. Without `ws`, a workspace of the size the library
+    asks for is allocated here (stream-ordered: PyTorch reuses it only after this launch on the same stream)."""
+    s = torch.cuda.current_stream().cuda_stream if stream is None else stream
+    if ws is None:
+        ws = workspace(lib, P, s)
+    ptr, n = (ws.data_ptr(), ws.numel()) if ws is not None else (0, 0)
+    rc = lib.flashattn_ort_gpu_launch_workspace(ctypes.byref(P), ctypes.c_void_p(s), ctypes.c_uint64(ptr), ctypes.c_size_t(n))
     if rc != 0:
         raise RuntimeError(lib.flashattn_ort_gpu_last_error().decode())
+
+
+def set_decode_splits(lib, n):
+    """-1: automatic; 0: split-KV decode kernel off; n >= 1: force n splits where it applies."""
+    lib.flashattn_ort_gpu_set_decode_splits(n)
 
 
 def kernel_name(lib, P):

@@ -6,9 +6,12 @@ must be written); any NaN fails; rows with no visible key must be exactly 0 with
 With key_seqlens, the key/value rows past each batch entry's length are filled with NaN (what an unused KV-cache
 tail may hold): they must not reach the output.
 
-usage: python3 numerics.py LIB [--cases N] [--seed S] [--small] [--family sm80|sm90]
-  --small: the sanitizer matrix; --family: prefer that kernel family wherever it can serve (the summary counts
-  the cases each kernel served)"""
+Decode-shaped cases (seq_q * group <= 64) also pin the split-KV decode kernel's split count (auto, off, forced
+n) and check from the kernel name that the decode kernel served them.
+
+usage: python3 numerics.py LIB [--cases N] [--decode-cases N] [--seed S] [--small] [--family sm80|sm90]
+  --small: the sanitizer matrix; --family: prefer that prefill kernel family wherever it can serve (the summary
+  counts the cases each kernel family served)"""
 import argparse
 import random
 import sys
@@ -46,6 +49,51 @@ def rand_case(rng, small):
     return c
 
 
+# Split-KV decode kernel settings a case may ask for: "auto" (the library's choice), "off" (prefill kernel),
+# or a forced split count (1 = the unsplit path that writes the outputs directly, no workspace).
+DECODE_SPLITS = ["auto", "auto", "off", 1, 2, 3, 16, 128]
+
+
+def rand_decode_case(rng, small=False):
+    """Few query rows per KV head (seq_q * group <= 64): the split-KV decode kernel's shapes."""
+    dtype = rng.choice([torch.float16, torch.bfloat16])
+    group = rng.choice([1, 4, 4, 8, 32])
+    sq = rng.choice([q for q in (1, 1, 1, 2, 3, 4, 7, 8, 16) if q * group <= 64])
+    hkv = rng.choice([1, 2, 8]) if group < 32 else rng.choice([1, 2])
+    d = rng.choice([128, 128, 64, 256, 80, 17, 40, 96])
+    dv = d if rng.random() < 0.75 else rng.choice([64, 128, 24, 256])
+    long = [1, 63, 64, 65, 700, 2048, 4097] if small else [1, 63, 64, 65, 700, 2048, 4097, 8192, 32768]
+    skv = rng.choice(long)
+    b = rng.choice([1, 2, 3])
+    if b * hkv * group * skv * max(d, dv) > 2**26:  # keep the float64 reference's K/V near 0.5 GB each
+        b, hkv = 1, 1
+        if group * skv * max(d, dv) > 2**26:
+            skv = 8192
+    c = dict(dtype=dtype, layout=rng.choice(["BSNH", "BNSH"]), b=b, hq=hkv * group, hkv=hkv, sq=sq, skv=skv, d=d, dv=dv)
+    c["causal"] = rng.random() < 0.5
+    c["window_left"] = rng.choice([0, 3, 100, 1000]) if rng.random() < 0.2 else -1
+    c["window_right"] = rng.choice([0, 2]) if rng.random() < 0.1 else -1
+    c["softcap"] = rng.choice([5.0, 30.0]) if rng.random() < 0.2 else 0.0
+    c["scale"] = rng.choice([None, None, 0.05, 0.3])
+    c["mask"] = rng.choice([None, None, None, "bool", "additive"])
+    c["mask_shape"] = rng.choice(["full", "bcast_b", "row", "col", "2d"])
+    c["seqlens"] = rng.random() < 0.4
+    c["strided"] = rng.random() < 0.2
+    c["lse"] = rng.random() < 0.8
+    c["splits"] = rng.choice(DECODE_SPLITS)
+    return c
+
+
+def decode_expected(c):
+    """Whether the split-KV decode kernel should serve case c (H100: every compiled shape fits)."""
+    return c.get("splits", "auto") != "off" and c["sq"] * (c["hq"] // c["hkv"]) <= 64
+
+
+def splits_code(c):
+    s = c.get("splits", "auto")
+    return -1 if s == "auto" else (0 if s == "off" else int(s))
+
+
 def make_tensor(shape, dtype, strided, gen):
     if strided:
         wide = list(shape)
@@ -79,18 +127,26 @@ def run_case(lib, c, gen):
     k_in, v_in = k, v
     if c["seqlens"]:
         seqlens = torch.randint(0, Skv + 1, (B,), device="cuda", dtype=torch.int32, generator=gen)
+        if c.get("zero_len"):
+            seqlens[0] = 0
         k_in, v_in = poison_tail(k, seqlens, c["layout"]), poison_tail(v, seqlens, c["layout"])
     out = torch.full(os_, float("nan"), dtype=dt, device="cuda")
     lse = torch.full((B, Hq, Sq), float("nan"), dtype=torch.float32, device="cuda") if c["lse"] else None
     kw = dict(mask=mask, seqlens=seqlens, layout=c["layout"], causal=c["causal"], scale=c["scale"],
               softcap=c["softcap"], window_left=c["window_left"], window_right=c["window_right"])
     P = fa_lib.make_params(lib, q, k_in, v_in, out, lse, **kw)
-    kernel = fa_lib.kernel_name(lib, P)
-    fa_lib.launch(lib, P)
-    torch.cuda.synchronize()
+    fa_lib.set_decode_splits(lib, splits_code(c))
+    try:
+        kname = fa_lib.kernel_name(lib, P)
+        fa_lib.launch(lib, P)
+        torch.cuda.synchronize()
+    finally:
+        fa_lib.set_decode_splits(lib, -1)
     ref, ref_lse = fa_lib.reference(q, k, v, **kw)
     naive, _ = fa_lib.reference(q, k, v, dtype=dt, **kw)
     problems = []
+    if kname.startswith("flash_decode") != decode_expected(c):
+        problems.append(f"ran {kname}, decode kernel expected: {decode_expected(c)}")
     if torch.isnan(out).any():
         problems.append(f"{int(torch.isnan(out).sum())} NaN/unwritten outputs")
     err = (out.double() - ref).abs().max().item()
@@ -108,7 +164,7 @@ def run_case(lib, c, gen):
             lerr = (lse.double()[fin] - ref_lse[fin]).abs().max().item()
             if lerr > 1e-3 + 1e-4 * ref_lse[fin].abs().max().item():
                 problems.append(f"lse err {lerr:.3e}")
-    return err, tol, problems, kernel
+    return err, tol, problems, kname
 
 
 def poison_tail(t, seqlens, layout):
@@ -142,6 +198,22 @@ def fixed_cases():
     cases.append(dict(base, d=64, dv=64, sq=3000, skv=3000, window_left=200, window_right=0))
     cases.append(dict(base, dtype=torch.float16, d=256, dv=256, sq=1025, skv=2049, mask="additive", mask_shape="col"))
     cases.append(dict(base, d=128, dv=128, sq=300, skv=5000, seqlens=True, causal=True, strided=True))
+    # Split-KV decode: the split path (auto and forced), the one-split path (straight to the outputs), off.
+    dec = dict(base, b=1, hq=32, hkv=8, sq=1, skv=32768, d=128, dv=128, splits="auto")
+    cases.append(dec)                                                       # GQA 32/8, long cache, split
+    cases.append(dict(dec, splits=1))                                      # same, one split, no workspace
+    cases.append(dict(dec, dtype=torch.float16, hkv=1, skv=8192, b=3, seqlens=True))  # MQA, ragged lengths
+    cases.append(dict(dec, b=3, skv=3000, seqlens=True, zero_len=True, splits=16))  # a batch entry with 0 keys
+    cases.append(dict(dec, layout="BNSH", sq=16, skv=1000, causal=True, splits=3))  # 16 tokens x 4 heads = 64 rows
+    cases.append(dict(dec, sq=4, skv=2, causal=True, splits=2))            # first rows see no key: zeros, -inf
+    cases.append(dict(dec, skv=5000, window_left=100, causal=True, splits=8))  # window inside a few splits
+    cases.append(dict(dec, skv=3000, mask="bool", mask_shape="row", splits="auto"))  # fully masked rows
+    cases.append(dict(dec, skv=3000, mask="additive", mask_shape="full", softcap=30.0, d=80, dv=64, splits=5))
+    cases.append(dict(dec, dtype=torch.float16, sq=16, skv=2000, d=256, dv=256, causal=True, splits=4))
+    cases.append(dict(dec, hq=8, hkv=8, sq=8, skv=777, d=17, dv=17, strided=True, splits=3))  # unaligned rows
+    cases.append(dict(dec, hq=4, hkv=4, sq=64, skv=4096, d=64, dv=64, b=2, splits=128))  # MHA, 64 tokens = 64 rows
+    cases.append(dict(dec, hq=32, hkv=1, sq=2, skv=8192, causal=True, splits="auto"))  # MQA 2 tokens: 64 rows
+    cases.append(dict(dec, splits="off"))                                  # the prefill kernel on the same shape
     return cases
 
 
@@ -151,7 +223,8 @@ def main():
     ap.add_argument("--cases", type=int, default=150)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--small", action="store_true")
-    ap.add_argument("--family", default=None, help="prefer this kernel family (sm80, sm90)")
+    ap.add_argument("--family", default=None, help="prefer this prefill kernel family (sm80, sm90)")
+    ap.add_argument("--decode-cases", type=int, default=40, help="random split-KV decode cases")
     a = ap.parse_args()
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1 << 30)
     print(f"numerics: seed {seed}, {a.cases} random cases + fixed edge cases", flush=True)
@@ -162,6 +235,7 @@ def main():
     if a.family:
         lib.flashattn_ort_gpu_set_kernel(a.family.encode())
     cases = ([] if a.small else fixed_cases()) + [rand_case(rng, a.small) for _ in range(a.cases)]
+    cases += [rand_decode_case(rng, a.small) for _ in range(a.decode_cases)]
     fails = 0
     worst = 0.0
     served = {}
@@ -169,7 +243,7 @@ def main():
         try:
             err, tol, problems, kernel = run_case(lib, c, gen)
             worst = max(worst, err / tol)
-            family = kernel.split("_")[2]
+            family = "_".join(kernel.split("_")[1:3])
             served[family] = served.get(family, 0) + 1
         except Exception as e:  # noqa: BLE001
             problems = [f"exception: {e}"]

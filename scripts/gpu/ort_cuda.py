@@ -1,7 +1,8 @@
 """ONNX Runtime CUDA EP sessions with libflashattn_ort (SessionOptions.register_custom_ops_library), on the
 GPU machine with onnxruntime-gpu: node placement on the CUDA EP (read from ORT's profile), results vs a
-float64 reference (fp16 and bf16, masks, key_seqlens, lse), float32 falling back to the CPU kernel, CUDA
-graph capture and replay, two sessions on two threads, and a bad input refused with a clear message.
+float64 reference (fp16 and bf16, masks, key_seqlens, lse; decode steps on the split-KV kernel with its
+workspace from ORT's allocator), float32 falling back to the CPU kernel, CUDA graph capture and replay (prefill
+and a split-KV decode step), two sessions on two threads, and a bad input refused with a clear message.
 
 usage: python3 ort_cuda.py LIB"""
 import json
@@ -147,6 +148,16 @@ def main():
                 check(name + " placed on CUDA EP", prov == {"CUDAExecutionProvider"}, str(prov))
             except Exception as e:  # noqa: BLE001
                 check(name, False, f"exception {e}")
+    # 1b. decode shapes: the split-KV decode kernel, its workspace taken from ORT's device allocator.
+    for dtype in (torch.float16, torch.bfloat16):
+        name = f"cuda-ep {str(dtype)[6:]} decode (split-KV, workspace from ORT)"
+        try:
+            sess = session(model(dtype, seqlens=True, causal=1), profile=True)
+            feeds = inputs(dtype, B=2, Sq=1, Skv=4096, H=8, Hkv=2, D=128, seqlens=True)
+            out, lse = run_bound(sess, feeds, (2, 1, 8, 128), dtype)
+            compare(name, feeds, out, lse, dtype, causal=True)
+        except Exception as e:  # noqa: BLE001
+            check(name, False, f"exception {e}")
     # 2. float32: no CUDA kernel; ORT runs the CPU kernel.
     try:
         sess = session(model(torch.float32, lse=False), profile=True)
@@ -183,6 +194,31 @@ def main():
         check("CUDA graph capture + replay follows new inputs", ok, f"last err {err:.2e}")
     except Exception as e:  # noqa: BLE001
         check("CUDA graph capture + replay", False, f"exception {e}")
+    # 3b. CUDA graph capture of a split-KV decode step (workspace allocated inside the captured run).
+    try:
+        dtype = torch.bfloat16
+        sess = session(model(dtype), cuda_opts={"enable_cuda_graph": "1"})
+        feeds = inputs(dtype, B=1, Sq=1, Skv=2048, H=8, Hkv=2, D=128)
+        b = sess.io_binding()
+        for n, t in feeds.items():
+            bind_torch(b, n, t)
+        out = torch.empty(1, 1, 8, 128, dtype=dtype, device="cuda")
+        lse = torch.empty(1, 8, 1, device="cuda")
+        bind_out(b, "output", out)
+        bind_out(b, "softmax_lse", lse)
+        ok = True
+        for it in range(4):
+            for t in feeds.values():
+                t.copy_(torch.randn(t.shape, device="cuda").to(t.dtype))
+            torch.cuda.synchronize()
+            sess.run_with_iobinding(b)
+            torch.cuda.synchronize()
+            ref, _ = fa_lib.reference(feeds["query"], feeds["key"], feeds["value"])
+            err = (out.double() - ref).abs().max().item()
+            ok = ok and err < 2e-2
+        check("CUDA graph capture + replay of a split-KV decode step", ok, f"last err {err:.2e}")
+    except Exception as e:  # noqa: BLE001
+        check("CUDA graph capture + replay of a split-KV decode step", False, f"exception {e}")
     # 4. Two sessions on two threads.
     try:
         dtype = torch.bfloat16

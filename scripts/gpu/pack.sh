@@ -3,7 +3,10 @@
 # the stripped library, and optionally one staged wheel part.   usage: scripts/gpu/pack.sh [PART_DIR]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-grep -qx '/.gpu/' "$root/.git/info/exclude" || echo '/.gpu/' >> "$root/.git/info/exclude"
+exclude=$(cd "$root" && git rev-parse --git-path info/exclude)  # also right in a git worktree
+case "$exclude" in /*) ;; *) exclude="$root/$exclude" ;; esac
+mkdir -p "$(dirname "$exclude")"
+grep -qx '/.gpu/' "$exclude" 2>/dev/null || echo '/.gpu/' >> "$exclude"
 rm -rf "$root/.gpu" && mkdir -p "$root/.gpu/stage"
 # The Rust CUDA EP test (tests/gpu_ort.rs), run there by `run.sh rust-ort`.
 exe=$(cd "$root" && cargo test --release --test gpu_ort --no-run --message-format=json 2>/dev/null |

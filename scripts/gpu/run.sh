@@ -3,7 +3,7 @@
 # built here and carried in .gpu/ (scripts/gpu/pack.sh), with staged wheel parts.
 #
 #   bash scripts/gpu/run.sh stage [DIR...]     # copy this call's wheel parts (.gpu/stage/*, or DIRs) to /tmp/fa-stage
-#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick (default: all)
+#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-decode (default: all but the last two)
 #
 # Logs and the benchmark table go to $OUT (or /tmp/fa-out). Exit status: nonzero if any step failed.
 set -uo pipefail
@@ -50,11 +50,11 @@ for s in "${steps[@]}"; do
     numerics)
       # every case on each kernel family in turn (the Hopper one serves what TMA can address)
       { python3 numerics.py "$lib" --cases "${FA_CASES:-150}" --family sm90 &&
-        python3 numerics.py "$lib" --cases "${FA_CASES:-150}" --family sm80; } 2>&1 | tee "$out/numerics.log" ;;
+        python3 numerics.py "$lib" --cases "${FA_CASES:-150}" --decode-cases 0 --family sm80; } 2>&1 | tee "$out/numerics.log" ;;
     sanitize)
-      { compute-sanitizer --tool memcheck --kernel-name kns=flash_fwd --error-exitcode 9 python3 sanitize_cases.py "$lib" 12 &&
-        compute-sanitizer --tool racecheck --kernel-name kns=flash_fwd --error-exitcode 9 python3 sanitize_cases.py "$lib" 6 &&
-        compute-sanitizer --tool synccheck --kernel-name kns=flash_fwd --error-exitcode 9 python3 sanitize_cases.py "$lib" 6; } 2>&1 |
+      { compute-sanitizer --tool memcheck --kernel-name kns=flash_ --error-exitcode 9 python3 sanitize_cases.py "$lib" 18 &&
+        compute-sanitizer --tool racecheck --kernel-name kns=flash_ --error-exitcode 9 python3 sanitize_cases.py "$lib" 9 &&
+        compute-sanitizer --tool synccheck --kernel-name kns=flash_ --error-exitcode 9 python3 sanitize_cases.py "$lib" 9; } 2>&1 |
         grep -v "^========= COMPUTE-SANITIZER$" | tee "$out/sanitize.log" ;;
     ort) python3 ort_cuda.py "$lib" 2>&1 | tee "$out/ort.log" ;;
     rust-ort)
@@ -64,6 +64,7 @@ for s in "${steps[@]}"; do
       ORT_DYLIB_PATH=$(ls /tmp/site/onnxruntime/capi/libonnxruntime.so.* | head -n 1) LD_LIBRARY_PATH=$nvlibs:${LD_LIBRARY_PATH:-} \
         FLASHATTN_ORT_LIB="$lib" "$root/.gpu/gpu_ort" --ignored --test-threads 1 --nocapture 2>&1 | tee "$out/rust-ort.log" ;;
     bench) python3 bench.py "$lib" --out "$out/bench.md" 2>&1 | tee "$out/bench.log" ;;
+    bench-decode) python3 bench.py "$lib" --no-prefill --out "$out/bench-decode.md" 2>&1 | tee "$out/bench-decode.log" ;;
     bench-quick) python3 bench.py "$lib" --quick --variants "${FA_VARIANTS:-}" --out "$out/bench.md" 2>&1 | tee "$out/bench.log" ;;
     *) echo "unknown step $s"; false ;;
   esac

@@ -1,13 +1,14 @@
-"""Our kernels alone (no cuBLAS references, which compute-sanitizer's racecheck cannot follow on Hopper) over a
-small random case matrix, for compute-sanitizer memcheck/racecheck/synccheck: python3 sanitize_cases.py LIB N.
-Even cases prefer the Hopper kernel, odd ones the portable kernel."""
+"""Our kernels alone (prefill, split-KV decode and its combine step; no cuBLAS references, which
+compute-sanitizer's racecheck cannot follow on Hopper) over a small random case matrix, for compute-sanitizer
+memcheck/racecheck/synccheck: python3 sanitize_cases.py LIB N. Cases cycle through: prefill preferring the
+Hopper kernel, prefill on the portable kernel, decode-shaped (split count auto/forced/off)."""
 import random
 import sys
 
 import torch
 
 import fa_lib
-from numerics import make_tensor, rand_case
+from numerics import make_tensor, rand_case, rand_decode_case, splits_code
 
 lib = fa_lib.load(sys.argv[1])
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 8
@@ -18,8 +19,8 @@ gen.manual_seed(seed)
 bad = 0
 served = {}
 for i in range(n):
-    lib.flashattn_ort_gpu_set_kernel(b"sm90" if i % 2 == 0 else b"sm80")
-    c = rand_case(rng, True)
+    lib.flashattn_ort_gpu_set_kernel(b"sm80" if i % 3 == 1 else b"sm90")
+    c = rand_decode_case(rng, True) if i % 3 == 2 else rand_case(rng, True)
     B, Hq, Hkv, Sq, Skv, D, Dv, dt = c["b"], c["hq"], c["hkv"], c["sq"], c["skv"], c["d"], c["dv"], c["dtype"]
     bsnh = c["layout"] == "BSNH"
     shp = lambda s, h, d: (B, s, h, d) if bsnh else (B, h, s, d)  # noqa: E731
@@ -34,10 +35,12 @@ for i in range(n):
     lse = torch.empty(B, Hq, Sq, device="cuda")
     P = fa_lib.make_params(lib, q, k, v, out, lse, mask=mask, seqlens=seqlens, layout=c["layout"], causal=c["causal"],
                            scale=c["scale"], softcap=c["softcap"], window_left=c["window_left"], window_right=c["window_right"])
+    fa_lib.set_decode_splits(lib, splits_code(c))
     kernel = fa_lib.kernel_name(lib, P)
     served[kernel] = served.get(kernel, 0) + 1
     fa_lib.launch(lib, P)
     torch.cuda.synchronize()
+    fa_lib.set_decode_splits(lib, -1)
     if torch.isnan(out).any():
         bad += 1
         print("NaN/unwritten output in case", c)

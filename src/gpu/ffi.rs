@@ -114,7 +114,71 @@ pub unsafe extern "C" fn flashattn_ort_gpu_launch(params: *const AttnParams, str
     }
 }
 
-/// Name of the kernel that would serve `*params` on the current device (for benchmark tables), written
+/// Like `flashattn_ort_gpu_launch`, with `workspace_bytes` of device memory at `workspace` (16-byte
+/// aligned; 0/0 for none) that the split-KV decode kernel may use as scratch until the launch has run on
+/// `stream`. Size it with `flashattn_ort_gpu_workspace_size`.
+///
+/// # Safety
+/// As `flashattn_ort_gpu_launch`; `workspace` must be device memory of at least `workspace_bytes` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn flashattn_ort_gpu_launch_workspace(params: *const AttnParams, stream: *mut c_void, workspace: u64, workspace_bytes: usize) -> i32 {
+    if params.is_null() {
+        set_error("params is null");
+        return 1;
+    }
+    let p = unsafe { *params };
+    let ws = super::decode::Workspace { ptr: workspace, bytes: if workspace == 0 { 0 } else { workspace_bytes } };
+    match std::panic::catch_unwind(|| super::launch_with_workspace(&p, stream, ws)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            set_error(&e.to_string());
+            2
+        }
+        Err(_) => {
+            set_error("ai.flashattn::FlashAttention (CUDA): internal error (panic) while launching");
+            3
+        }
+    }
+}
+
+/// Device workspace bytes `flashattn_ort_gpu_launch_workspace` wants for `*params` on `stream`'s device
+/// (0: none), written to `*bytes`. 0 on success.
+///
+/// # Safety
+/// `params` must point to a valid `AttnParams`; `bytes` must be writable.
+#[no_mangle]
+pub unsafe extern "C" fn flashattn_ort_gpu_workspace_size(params: *const AttnParams, stream: *mut c_void, bytes: *mut usize) -> i32 {
+    if params.is_null() || bytes.is_null() {
+        set_error("params or bytes is null");
+        return 1;
+    }
+    let p = unsafe { *params };
+    match std::panic::catch_unwind(|| super::decode::workspace_size(&p, stream)) {
+        Ok(Ok((n, _))) => {
+            unsafe { *bytes = n };
+            0
+        }
+        Ok(Err(e)) => {
+            set_error(&e.to_string());
+            2
+        }
+        Err(_) => {
+            set_error("panic");
+            3
+        }
+    }
+}
+
+/// Test aid: the split-KV decode kernel's split count. -1: automatic (default); 0: decode kernel off (the
+/// prefill kernel serves every problem); n >= 1: exactly n splits (capped at the key tiles) wherever it
+/// applies — a launch whose workspace is too small for them then fails instead of running fewer.
+#[no_mangle]
+pub extern "C" fn flashattn_ort_gpu_set_decode_splits(n: i32) {
+    super::decode::set_splits_override(n);
+}
+
+/// Name of the kernel that would serve `*params` on the current device given the workspace it asks for
+/// (for benchmark tables; decode: `flash_decode_… xN splits`), written
 /// NUL-terminated into `buf` of `len` bytes. 0 on success.
 ///
 /// # Safety
@@ -127,6 +191,9 @@ pub unsafe extern "C" fn flashattn_ort_gpu_kernel_name(params: *const AttnParams
         let mut dev = 0;
         super::driver::check(unsafe { cudarc::driver::sys::cuCtxGetDevice(&mut dev) }, "cuCtxGetDevice")?;
         let k = super::module::device_kernels(dev)?;
+        if let Some(plan) = super::decode::plan(&p, k.into(), usize::MAX)? {
+            return Ok(format!("{} x{} splits", plan.spec.name(), plan.splits));
+        }
         Ok(super::dispatch::select(&p, k.cc, k.max_smem_optin)?.name())
     });
     match r {

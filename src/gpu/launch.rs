@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use cudarc::driver::sys;
 
+use super::decode::{self, Workspace};
 use super::dispatch::{self, Family, KernelSpec};
 use super::driver::{self, check, CurrentContext, GpuError};
 use super::module;
@@ -71,8 +72,15 @@ fn check_params(p: &AttnParams) -> Result<(), GpuError> {
 
 /// Runs FlashAttention forward for `p` (device addresses inside) on `stream` (a `CUstream` /
 /// `cudaStream_t`; null = the legacy default stream of the current context). Returns once the kernel is
-/// queued.
+/// queued. Without a workspace, decode-shaped problems run unsplit (see [`launch_with_workspace`]).
 pub fn launch(p: &AttnParams, stream: *mut c_void) -> Result<(), GpuError> {
+    launch_with_workspace(p, stream, Workspace::default())
+}
+
+/// [`launch`] with device scratch memory the split-KV decode kernel may use (its size from
+/// [`decode::workspace_size`]; a smaller one means fewer splits). The workspace must stay untouched until
+/// the kernels queued on `stream` have run.
+pub fn launch_with_workspace(p: &AttnParams, stream: *mut c_void, ws: Workspace) -> Result<(), GpuError> {
     driver::available()?;
     if p.batch == 0 || p.seq_q == 0 || p.heads_q == 0 {
         return Ok(()); // nothing to compute, nothing to write
@@ -85,6 +93,10 @@ pub fn launch(p: &AttnParams, stream: *mut c_void) -> Result<(), GpuError> {
         return Err(GpuError::new(format!(
             "the compute stream belongs to a non-primary CUDA context of device {dev}; only primary contexts (as ONNX Runtime and PyTorch use) are supported"
         )));
+    }
+    if let Some(plan) = decode::plan(p, kernels.into(), ws.bytes)? {
+        let _cur = CurrentContext::push(ctx)?;
+        return decode::launch(&plan, p, kernels, ws, stream);
     }
     let spec = dispatch::select(p, kernels.cc, kernels.max_smem_optin)?;
     let f = kernels.function(&spec)?;

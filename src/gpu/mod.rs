@@ -4,11 +4,13 @@
 //!
 //! - [`driver`]: is a usable libcuda there, error type, context guard;
 //! - [`module`]: the embedded fatbin, loaded lazily once per device;
+//! - [`decode`]: split-KV decode kernel for few query rows: applicability, split count, workspace, launch;
 //! - [`dispatch`]: which kernel serves a problem on a device (compute capability, dtype, head_dim);
 //! - [`launch`]: grid/shared-memory set-up and the launch on a caller's stream;
 //! - [`tensor_map`]: TMA descriptors of Q/K/V for the Hopper kernel;
 //! - [`ffi`]: `extern "C"` entry points the GPU test/benchmark script drives through ctypes.
 
+pub mod decode;
 pub mod dispatch;
 pub mod driver;
 pub mod ffi;
@@ -17,7 +19,7 @@ pub mod module;
 pub mod tensor_map;
 
 pub use driver::GpuError;
-pub use launch::launch;
+pub use launch::{launch, launch_with_workspace};
 
 /// True when this build embeds CUDA kernels (nvcc was found at build time).
 pub const fn kernels_built() -> bool {

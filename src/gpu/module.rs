@@ -37,11 +37,20 @@ unsafe impl Sync for DeviceKernels {}
 
 impl DeviceKernels {
     pub fn function(&self, k: &KernelSpec) -> Result<sys::CUfunction, GpuError> {
-        self.functions
-            .get(&k.name())
-            .copied()
-            .ok_or_else(|| GpuError::new(format!("kernel {} is not usable on device {} (compute capability {}.{})", k.name(), self.ordinal, self.cc / 10, self.cc % 10)))
+        self.named(&k.name())
     }
+    pub fn named(&self, name: &str) -> Result<sys::CUfunction, GpuError> {
+        self.functions
+            .get(name)
+            .copied()
+            .ok_or_else(|| GpuError::new(format!("kernel {name} is not usable on device {} (compute capability {}.{})", self.ordinal, self.cc / 10, self.cc % 10)))
+    }
+}
+
+/// Every entry point of the fatbin with its dynamic shared memory: the forward kernels of the dispatch
+/// table and the split-KV decode kernels.
+pub fn entry_points() -> Vec<(String, u32)> {
+    all_kernels().map(|k| (k.name(), k.smem_bytes())).chain(super::decode::entry_points()).collect()
 }
 
 static DEVICES: [OnceLock<Result<DeviceKernels, GpuError>>; MAX_DEVICES] = [const { OnceLock::new() }; MAX_DEVICES];
@@ -74,18 +83,18 @@ fn load(dev: sys::CUdevice) -> Result<DeviceKernels, GpuError> {
     let mut module = std::ptr::null_mut();
     check(unsafe { sys::cuModuleLoadData(&mut module, aligned.as_ptr().cast()) }, "loading the CUDA kernels (cuModuleLoadData)")?;
     let mut functions = HashMap::new();
-    for k in all_kernels() {
-        let name = std::ffi::CString::new(k.name()).expect("kernel names have no NUL");
+    for (kname, smem) in entry_points() {
+        let name = std::ffi::CString::new(kname.as_str()).expect("kernel names have no NUL");
         let mut f = std::ptr::null_mut();
-        check(unsafe { sys::cuModuleGetFunction(&mut f, module, name.as_ptr()) }, &format!("finding kernel {}", k.name()))?;
-        if k.smem_bytes() as i64 > max_smem_optin as i64 {
+        check(unsafe { sys::cuModuleGetFunction(&mut f, module, name.as_ptr()) }, &format!("finding kernel {kname}"))?;
+        if smem as i64 > max_smem_optin as i64 {
             continue; // dispatch never picks it on this device
         }
         check(
-            unsafe { sys::cuFuncSetAttribute(f, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, k.smem_bytes() as i32) },
-            &format!("raising the shared-memory limit of {}", k.name()),
+            unsafe { sys::cuFuncSetAttribute(f, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32) },
+            &format!("raising the shared-memory limit of {kname}"),
         )?;
-        functions.insert(k.name(), f);
+        functions.insert(kname, f);
     }
     Ok(DeviceKernels { ordinal: dev, ctx, cc, max_smem_optin, num_sms, functions })
 }

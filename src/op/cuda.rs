@@ -1,12 +1,14 @@
 //! The CUDA execution provider's kernel of `ai.flashattn::FlashAttention`: the same op name, domain and
 //! schema as the CPU kernel (src/op/cpu.rs), registered for `CUDAExecutionProvider` for float16 and
 //! bfloat16. Inputs and outputs are device memory; the kernel is queued on ORT's compute stream (whose
-//! context picks the device) with no allocation and no host synchronisation, so ORT's CUDA graph capture
-//! works. float32 has no CUDA kernel: ORT places float32 nodes on the CPU kernel (copying the tensors).
+//! context picks the device) with no host synchronisation, so ORT's CUDA graph capture works; the only
+//! allocation is the split-KV decode workspace, taken from ORT's allocator. float32 has no CUDA kernel: ORT
+//! places float32 nodes on the CPU kernel (copying the tensors).
 //!
 //! On the GPU, `key_seqlens` values are clamped to [0, seq_kv] inside the kernel (the CPU kernel rejects
 //! out-of-range values; reading them here would need a device-to-host copy and a stream sync).
 
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::operator::ComputeContext;
 use ort::value::{PrimitiveTensorElementType, Shape, TensorElementType, ValueType};
 use ort::AsPointer;
@@ -99,6 +101,19 @@ impl Backend for Cuda {
         let stream = ctx
             .stream()?
             .ok_or_else(|| ort::Error::new("ai.flashattn::FlashAttention: ONNX Runtime gave the CUDA kernel no compute stream"))?;
-        crate::gpu::launch(&params, stream.as_ptr().cast()).map_err(|e| ort::Error::new(e.to_string()))
+        let stream = stream.as_ptr().cast();
+        let gpu_err = |e: crate::gpu::GpuError| ort::Error::new(e.to_string());
+        let (ws_bytes, device) = crate::gpu::decode::workspace_size(&params, stream).map_err(gpu_err)?;
+        if ws_bytes == 0 {
+            return crate::gpu::launch(&params, stream).map_err(gpu_err);
+        }
+        // Split-KV decode scratch from ORT's allocator of this device (its arena under CUDA graphs too).
+        // Freed when Compute returns, before the kernels have run: like the CUDA EP's own scratch buffers
+        // this relies on the next user of the block being queued on the same compute stream.
+        let info = MemoryInfo::new(AllocationDevice::CUDA, device, AllocatorType::Device, MemoryType::Default)?;
+        let allocator = ctx.allocator(&info)?;
+        let block = allocator.alloc::<u8>(ws_bytes)?;
+        let ws = crate::gpu::decode::Workspace { ptr: block.as_ptr() as u64, bytes: ws_bytes };
+        crate::gpu::launch_with_workspace(&params, stream, ws).map_err(gpu_err)
     }
 }

@@ -1,0 +1,245 @@
+// Split-KV decode kernel (FlashDecoding) for few query rows per sequence: block (split, kv_head, batch)
+// streams key tiles [t0, t1) of its split once for all packed rows of the GQA group (decode_rows.cuh)
+// through a STAGES-deep cp.async pipeline. S = Q K^T and O += P V run on mma.sync m16n8k16 as in the
+// prefill kernel (mainloop_sm80.cuh); each warp takes a slice of every tile's keys, and the slices are
+// merged by their running max at the end.
+//
+// Output: with one split (o_part == nullptr) the normalised O and lse go straight to the outputs;
+// otherwise each split writes its normalised O (f32) and lse to the workspace, indexed
+// ((batch * heads_kv + kv_head) * n_splits + split) * rows + r, and decode_combine.cuh merges them.
+#pragma once
+#include "common.cuh"
+#include "decode_config.cuh"
+#include "decode_rows.cuh"
+#include "mainloop_sm80.cuh"
+#include "params.cuh"
+#include "softmax.cuh"
+#include "tile_io.cuh"
+#include "tile_scheduler.cuh"
+
+namespace flashattn {
+
+template <typename T, class Cfg>
+__device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, float *o_part, float *lse_part) {
+  constexpr int D = Cfg::D, WM = Cfg::WM, WN = Cfg::WN, BN = Cfg::BN, KW = Cfg::KW, NT = Cfg::NT,
+                NTN = Cfg::NTN, NTD = Cfg::NTD, STAGES = Cfg::STAGES, ROWS = Cfg::ROWS;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  {
+    uint32_t dyn;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+    if (dyn < (uint32_t)Cfg::SMEM_BYTES) __trap();  // launcher and kernel disagree on the tile shape
+  }
+  T *sQ = reinterpret_cast<T *>(smem_raw);
+  T *sK = sQ + ROWS * D;
+  T *sV = sK + STAGES * BN * D;
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int warp_m = warp % WM, warp_n = warp / WM;
+  const int split = blockIdx.x, n_splits = gridDim.x, kv_head = blockIdx.y, batch = blockIdx.z;
+  const int group = p.heads_q / p.heads_kv;
+  const int rows = p.seq_q * group;
+  if (rows > ROWS) __trap();  // the launcher picked a tile with too few packed rows
+
+  // This split's share of the key tiles every row of the block may see (even shares, in whole tiles).
+  const KeyRange kr = key_range<BN>(p, batch, 0, p.seq_q - 1);
+  const int per_split = (kr.n_end - kr.n_begin + n_splits - 1) / n_splits;
+  const int t0 = min(kr.n_begin + split * per_split, kr.n_end);
+  const int t1 = min(t0 + per_split, kr.n_end);
+  const int n_tiles = t1 - t0;
+
+  PackedRow prow[2];
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf)
+    prow[hf] = packed_row(p, warp_m * 16 + (lane >> 2) + 8 * hf, batch, kv_head, group, kr.kv_len);
+  // Warps whose 16 rows are all padding only help load.
+  const bool active = warp_m * 16 < rows;
+
+  float o[1][NTD][4];
+#pragma unroll
+  for (int nd = 0; nd < NTD; ++nd)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[0][nd][e] = 0.f;
+  OnlineSoftmax<1, NTN, NTD> sm;
+  sm.init();
+  const float scale_log2 = p.scale * kLog2e;
+
+  if (n_tiles > 0) {
+    const T *k_head = reinterpret_cast<const T *>(p.k_ptr) + (int64_t)batch * p.k_batch_stride +
+                      (int64_t)kv_head * p.k_head_stride;
+    const T *v_head = reinterpret_cast<const T *>(p.v_ptr) + (int64_t)batch * p.v_batch_stride +
+                      (int64_t)kv_head * p.v_head_stride;
+    const bool q_vec = vec_ok(p.q_ptr, p.q_batch_stride, p.q_head_stride, p.q_row_stride, p.head_dim);
+    const bool k_vec = vec_ok(p.k_ptr, p.k_batch_stride, p.k_head_stride, p.k_row_stride, p.head_dim);
+    const bool v_vec = vec_ok(p.v_ptr, p.v_batch_stride, p.v_head_stride, p.v_row_stride, p.head_dim_v);
+    auto load_kv = [&](int tile, int stage) {
+      const int r = tile * BN;
+      load_tile<T, BN, D, NT>(sK + stage * BN * D, k_head + (int64_t)r * p.k_row_stride, p.k_row_stride,
+                              kr.kv_len - r, p.head_dim, k_vec, k_head, tid);
+      load_tile<T, BN, D, NT>(sV + stage * BN * D, v_head + (int64_t)r * p.v_row_stride, p.v_row_stride,
+                              kr.kv_len - r, p.head_dim_v, v_vec, v_head, tid);
+    };
+
+    // Prologue: Q with the first tile, then up to STAGES-1 tiles in flight (one commit group each, empty
+    // groups past the end keep the wait count uniform).
+    load_packed_q<T, ROWS, D, NT>(sQ, p, batch, kv_head, group, q_vec, tid);
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st) {
+      if (st < n_tiles) load_kv(t0 + st, st);
+      cp_async_commit();
+    }
+
+    const int q_row = warp_m * 16 + (lane & 15), q_ch = lane >> 4;               // A from Q
+    const int k_row = (lane & 7) + ((lane >> 4) << 3), k_ch = (lane >> 3) & 1;  // B from K
+    const int v_row = lane & 15, v_ch = lane >> 4;                               // B from V (trans)
+    const int key0 = warp_n * KW;  // this warp's keys inside a tile
+    const bool has_mask = p.mask_kind != kMaskNone;
+    const bool has_softcap = p.softcap > 0.f;
+
+    for (int i = 0; i < n_tiles; ++i) {
+      {
+        const int ahead = i + STAGES - 1;
+        if (ahead < n_tiles) load_kv(t0 + ahead, ahead % STAGES);
+        cp_async_commit();
+      }
+      cp_async_wait<STAGES - 1>();
+      __syncthreads();
+      const int stage = i % STAGES;
+      const T *sKs = sK + stage * BN * D;
+      const T *sVs = sV + stage * BN * D;
+
+      if (active) {
+        // S = Q K^T over this warp's KW keys
+        float s[1][NTN][4];
+#pragma unroll
+        for (int nt = 0; nt < NTN; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[0][nt][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+          uint32_t qa[4];
+          ldmatrix_x4(qa, smem_u32(sQ + swz<D>(q_row, kk * 2 + q_ch)));
+#pragma unroll
+          for (int n2 = 0; n2 < KW / 16; ++n2) {
+            uint32_t kb[4];
+            ldmatrix_x4(kb, smem_u32(sKs + swz<D>(key0 + n2 * 16 + k_row, kk * 2 + k_ch)));
+            Elem<T>::mma(s[0][2 * n2], qa, kb[0], kb[1]);
+            Elem<T>::mma(s[0][2 * n2 + 1], qa, kb[2], kb[3]);
+          }
+        }
+
+        const int c0 = (t0 + i) * BN;
+        const bool bounds = c0 < kr.lo_max || c0 + BN > kr.hi_min;
+        if (has_mask || has_softcap || bounds)
+          apply_packed_score_mods<T, NTN>(s, p, prow, c0 + key0, has_mask, has_softcap, lane);
+
+        sm.update(s, o, scale_log2);
+
+        // O += P V
+#pragma unroll
+        for (int kk = 0; kk < KW / 16; ++kk) {
+          uint32_t pa[4];
+          pa[0] = Elem<T>::pack2(s[0][2 * kk][0], s[0][2 * kk][1]);
+          pa[1] = Elem<T>::pack2(s[0][2 * kk][2], s[0][2 * kk][3]);
+          pa[2] = Elem<T>::pack2(s[0][2 * kk + 1][0], s[0][2 * kk + 1][1]);
+          pa[3] = Elem<T>::pack2(s[0][2 * kk + 1][2], s[0][2 * kk + 1][3]);
+#pragma unroll
+          for (int d2 = 0; d2 < D / 16; ++d2) {
+            uint32_t vb[4];
+            ldmatrix_x4_trans(vb, smem_u32(sVs + swz<D>(key0 + kk * 16 + v_row, d2 * 2 + v_ch)));
+            Elem<T>::mma(o[0][2 * d2], pa, vb[0], vb[1]);
+            Elem<T>::mma(o[0][2 * d2 + 1], pa, vb[2], vb[3]);
+          }
+        }
+      }
+      __syncthreads();  // this stage is overwritten by the load issued next iteration
+    }
+    cp_async_wait<0>();  // only empty groups can remain; drain them before the stages are reused
+  }
+
+  // Merge the WN key slices of each m-tile into warp_n == 0 (same lane <-> same rows and columns).
+  if constexpr (WN > 1) {
+    float *red = reinterpret_cast<float *>(sK);
+    __syncthreads();
+    auto slot = [&](int w, int j) -> float & { return red[(w * (NTD * 4 + 4) + j) * 32 + lane]; };
+    if (warp_n > 0) {
+#pragma unroll
+      for (int nd = 0; nd < NTD; ++nd)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) slot(warp, nd * 4 + e) = o[0][nd][e];
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        slot(warp, NTD * 4 + hf) = sm.m[0][hf];
+        slot(warp, NTD * 4 + 2 + hf) = sm.l[0][hf];
+      }
+    }
+    __syncthreads();
+    if (warp_n == 0) {
+#pragma unroll
+      for (int wn = 1; wn < WN; ++wn) {
+        const int other = warp + wn * WM;
+        float f_self[2], f_other[2];
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const float m_other = slot(other, NTD * 4 + hf);
+          const float mx = fmaxf(sm.m[0][hf], m_other);
+          const float mb = mx == -INFINITY ? 0.f : mx * scale_log2;
+          f_self[hf] = fast_exp2(sm.m[0][hf] * scale_log2 - mb);  // -inf -> 0
+          f_other[hf] = fast_exp2(m_other * scale_log2 - mb);
+          sm.m[0][hf] = mx;
+          sm.l[0][hf] = sm.l[0][hf] * f_self[hf] + slot(other, NTD * 4 + 2 + hf) * f_other[hf];
+        }
+#pragma unroll
+        for (int nd = 0; nd < NTD; ++nd)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            o[0][nd][e] = o[0][nd][e] * f_self[e / 2] + slot(other, nd * 4 + e) * f_other[e / 2];
+      }
+    }
+  }
+  if (warp_n != 0) return;
+
+  float inv[1][2], lse[1][2];
+  sm.finalize(inv, lse, p.scale);
+  const int dv = p.head_dim_v;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const PackedRow &pr = prow[hf];
+    if (!pr.valid) continue;
+    const int r = warp_m * 16 + (lane >> 2) + 8 * hf;
+    if (o_part == nullptr) {
+      T *orow = reinterpret_cast<T *>(p.out_ptr) + (int64_t)batch * p.out_batch_stride +
+                (int64_t)pr.head * p.out_head_stride + (int64_t)pr.token * p.out_row_stride;
+      const bool pairs = ((p.out_ptr & 3) == 0) && ((p.out_batch_stride | p.out_head_stride | p.out_row_stride) & 1) == 0;
+#pragma unroll
+      for (int nd = 0; nd < NTD; ++nd) {
+        const int col = nd * 8 + 2 * (lane & 3);
+        const float v0 = o[0][nd][2 * hf] * inv[0][hf], v1 = o[0][nd][2 * hf + 1] * inv[0][hf];
+        if (pairs && col + 1 < dv) {
+          *reinterpret_cast<uint32_t *>(orow + col) = Elem<T>::pack2(v0, v1);
+        } else {
+          if (col < dv) orow[col] = Elem<T>::from_f32(v0);
+          if (col + 1 < dv) orow[col + 1] = Elem<T>::from_f32(v1);
+        }
+      }
+      if (p.lse_ptr != 0 && (lane & 3) == 0)
+        reinterpret_cast<float *>(p.lse_ptr)[((int64_t)batch * p.heads_q + pr.head) * p.seq_q + pr.token] = lse[0][hf];
+    } else {
+      const int64_t prow_idx = (((int64_t)batch * p.heads_kv + kv_head) * n_splits + split) * rows + r;
+      float *orow = o_part + prow_idx * dv;
+#pragma unroll
+      for (int nd = 0; nd < NTD; ++nd) {
+        const int col = nd * 8 + 2 * (lane & 3);
+        const float v0 = o[0][nd][2 * hf] * inv[0][hf], v1 = o[0][nd][2 * hf + 1] * inv[0][hf];
+        if ((dv & 1) == 0 && col + 1 < dv) {
+          *reinterpret_cast<float2 *>(orow + col) = make_float2(v0, v1);
+        } else {
+          if (col < dv) orow[col] = v0;
+          if (col + 1 < dv) orow[col + 1] = v1;
+        }
+      }
+      if ((lane & 3) == 0) lse_part[prow_idx] = lse[0][hf];
+    }
+  }
+}
+
+}  // namespace flashattn

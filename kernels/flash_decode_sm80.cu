@@ -1,0 +1,29 @@
+// Entry points of the split-KV decode kernel and its combine step (included from flash_fwd_sm80.cu, so
+// they land in the same fatbin). Names: flash_decode_sm80_{f16|bf16}_d{D}_r{ROWS} with ROWS = 16 * WM
+// packed query rows (decode_config.cuh), and flash_decode_combine_{f16|bf16}; src/gpu/decode.rs lists
+// the same set.
+#include "decode_combine.cuh"
+#include "decode_splitkv.cuh"
+
+#define FLASH_DECODE_ENTRY(TNAME, T, D, ROWS)                                                                 \
+  extern "C" __global__ void __launch_bounds__(128) flash_decode_sm80_##TNAME##_d##D##_r##ROWS(              \
+      const flashattn::AttnParams p, float *o_part, float *lse_part) {                                       \
+    flashattn::flash_decode_splitkv<T, flashattn::DecodeConfig<D, ROWS / 16>>(p, o_part, lse_part);          \
+  }
+
+#define FLASH_DECODE_ROWS(TNAME, T, D) \
+  FLASH_DECODE_ENTRY(TNAME, T, D, 16)  \
+  FLASH_DECODE_ENTRY(TNAME, T, D, 32)  \
+  FLASH_DECODE_ENTRY(TNAME, T, D, 64)
+
+#define FLASH_DECODE_DTYPE(TNAME, T) \
+  FLASH_DECODE_ROWS(TNAME, T, 64)    \
+  FLASH_DECODE_ROWS(TNAME, T, 128)   \
+  FLASH_DECODE_ROWS(TNAME, T, 256)   \
+  extern "C" __global__ void __launch_bounds__(flashattn::kCombineWarps * 32) flash_decode_combine_##TNAME( \
+      const flashattn::AttnParams p, const float *o_part, const float *lse_part, int n_splits) {            \
+    flashattn::flash_decode_combine<T>(p, o_part, lse_part, n_splits);                                     \
+  }
+
+FLASH_DECODE_DTYPE(f16, __half)
+FLASH_DECODE_DTYPE(bf16, __nv_bfloat16)

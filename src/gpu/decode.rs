@@ -1,0 +1,409 @@
+//! Split-KV decode (FlashDecoding, kernels/decode_splitkv.cuh + decode_combine.cuh): when it serves a
+//! problem, how many key splits, the workspace the splits need, and the launches.
+//!
+//! It serves problems with few query rows per KV head (seq_q * heads_q/heads_kv <= 64: decode steps,
+//! speculative/multi-token decode): all query heads of a GQA group are packed into one tile's rows, so every
+//! K/V tile is read once per KV head, and the keys are split across blocks so that a batch with few KV heads
+//! still streams the cache on every SM. With more than one split each split writes normalised partial O
+//! (f32) and lse into a caller-provided device workspace and a combine kernel merges them; one split writes
+//! the outputs directly and needs no workspace. No allocation and no host synchronisation here.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use cudarc::driver::sys;
+
+use super::driver::{check, GpuError};
+use super::module::DeviceKernels;
+use crate::params::{AttnParams, DType};
+
+/// Keys per pipeline stage (DecodeConfig::BN).
+pub const BLOCK_KEYS: i64 = 64;
+/// Most packed rows (query tokens x heads of a group) one block holds.
+pub const MAX_ROWS: i32 = 64;
+/// Most key splits: beyond this the combine step and the workspace grow for no bandwidth gain.
+pub const MAX_SPLITS: i32 = 128;
+const THREADS: u32 = 128;
+const COMBINE_ROWS_PER_BLOCK: u32 = 4; // kCombineWarps
+const PADDED_DIMS: [i32; 3] = [64, 128, 256];
+const PADDED_ROWS: [i32; 3] = [16, 32, 64];
+/// The lse part of the workspace starts at this alignment after the O part.
+const WORKSPACE_ALIGN: usize = 256;
+
+/// One compiled decode kernel: element type, padded head dim, packed rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeSpec {
+    pub dtype: DType,
+    pub d: i32,
+    pub rows: i32,
+}
+
+fn type_tag(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::F32 => "f32",
+    }
+}
+
+impl DecodeSpec {
+    pub fn name(&self) -> String {
+        format!("flash_decode_sm80_{}_d{}_r{}", type_tag(self.dtype), self.d, self.rows)
+    }
+    pub fn combine_name(&self) -> String {
+        combine_name(self.dtype)
+    }
+    /// kernels/decode_config.cuh: 3 stages up to d 128, 2 at d 256.
+    pub fn stages(&self) -> i32 {
+        if self.d <= 128 {
+            3
+        } else {
+            2
+        }
+    }
+    /// Dynamic shared memory: packed Q tile + STAGES K and V tiles, 2-byte elements (DecodeConfig::SMEM_BYTES).
+    pub fn smem_bytes(&self) -> u32 {
+        ((self.rows + 2 * self.stages() * BLOCK_KEYS as i32) * self.d * 2) as u32
+    }
+}
+
+fn combine_name(dtype: DType) -> String {
+    format!("flash_decode_combine_{}", type_tag(dtype))
+}
+
+/// Every decode entry point of the fatbin with its dynamic shared memory (kernels/flash_decode_sm80.cu).
+pub fn entry_points() -> Vec<(String, u32)> {
+    let mut v = Vec::new();
+    for dtype in [DType::F16, DType::BF16] {
+        for d in PADDED_DIMS {
+            for rows in PADDED_ROWS {
+                let s = DecodeSpec { dtype, d, rows };
+                v.push((s.name(), s.smem_bytes()));
+            }
+        }
+        v.push((combine_name(dtype), 0));
+    }
+    v
+}
+
+/// -1: automatic; 0: decode kernel off (the prefill kernel serves everything); n >= 1: exactly n splits
+/// (capped at the key tiles) wherever the decode kernel applies. A test/benchmark aid (ffi).
+static SPLITS_OVERRIDE: AtomicI32 = AtomicI32::new(-1);
+
+pub fn set_splits_override(n: i32) {
+    SPLITS_OVERRIDE.store(n.max(-1), Ordering::Relaxed);
+}
+
+/// What a plan needs to know about the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Device {
+    pub cc: i32,
+    pub max_smem_optin: i32,
+    pub num_sms: i32,
+}
+
+impl From<&DeviceKernels> for Device {
+    fn from(k: &DeviceKernels) -> Self {
+        Device { cc: k.cc, max_smem_optin: k.max_smem_optin, num_sms: k.num_sms }
+    }
+}
+
+/// How a problem runs on the decode kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodePlan {
+    pub spec: DecodeSpec,
+    pub splits: i32,
+    /// Device bytes the launch needs (0 with one split).
+    pub workspace_bytes: usize,
+}
+
+/// Packed rows per (batch, KV head) block.
+fn packed_rows(p: &AttnParams) -> i64 {
+    p.seq_q as i64 * (p.heads_q / p.heads_kv.max(1)) as i64
+}
+
+/// The decode kernel for `p`, if one is compiled for it (element type, packed rows, head dims).
+pub fn spec_for(p: &AttnParams) -> Option<DecodeSpec> {
+    let dtype = match p.dtype {
+        1 => DType::F16,
+        2 => DType::BF16,
+        _ => return None,
+    };
+    if p.heads_kv <= 0 || p.heads_q % p.heads_kv != 0 || p.heads_kv > 65535 || p.batch > 65535 {
+        return None;
+    }
+    let rows = packed_rows(p);
+    let need = p.head_dim.max(p.head_dim_v);
+    if rows < 1 || need < 1 {
+        return None;
+    }
+    let rows = PADDED_ROWS.into_iter().find(|&r| r as i64 >= rows)?;
+    let d = PADDED_DIMS.into_iter().find(|&d| d >= need)?;
+    Some(DecodeSpec { dtype, d, rows })
+}
+
+/// Resident blocks per SM that shared memory allows (an SM has the per-block opt-in limit plus the 1 KiB
+/// the driver reserves per block: 228 KiB on H100, 164 KiB on A100), at most 16 (2048 threads).
+pub fn blocks_per_sm(smem_bytes: u32, max_smem_optin: i32) -> i32 {
+    let per_sm = max_smem_optin as i64 + 1024;
+    (per_sm / (smem_bytes as i64 + 1024)).clamp(0, 16) as i32
+}
+
+/// Key tiles (BLOCK_KEYS keys) the rows of one block may see at most (key_seqlens can only shrink it).
+pub fn key_tiles(p: &AttnParams) -> i64 {
+    let (lo, _) = p.visible_keys(0);
+    let (_, hi) = p.visible_keys(p.seq_q as i64 - 1);
+    if hi <= lo {
+        0
+    } else {
+        (hi + BLOCK_KEYS - 1) / BLOCK_KEYS - lo / BLOCK_KEYS
+    }
+}
+
+/// Splits for `blocks` (batch x KV heads) blocks of `tiles` key tiles each: as many as fill one wave of
+/// resident blocks (more would only add a tail wave and combine work), never more than the tiles, then
+/// evened out so no split is left empty. 1 when the batch alone fills the GPU.
+pub fn choose_splits(blocks: i64, tiles: i64, num_sms: i32, blocks_per_sm: i32) -> i32 {
+    let wave = num_sms.max(1) as i64 * blocks_per_sm.max(1) as i64;
+    let by_wave = (wave / blocks.max(1)).max(1);
+    let splits = by_wave.min(tiles.max(1)).min(MAX_SPLITS as i64);
+    let per_split = (tiles.max(1) + splits - 1) / splits;
+    ((tiles.max(1) + per_split - 1) / per_split) as i32
+}
+
+/// Workspace layout for `splits`: O parts [batch, heads_kv, splits, rows, head_dim_v] f32, then (aligned)
+/// lse parts [batch, heads_kv, splits, rows] f32. Returns (total bytes, lse offset); (0, 0) for one split.
+pub fn workspace_layout(p: &AttnParams, splits: i32) -> (usize, usize) {
+    if splits <= 1 {
+        return (0, 0);
+    }
+    let rows = p.batch as usize * p.heads_kv as usize * splits as usize * packed_rows(p) as usize;
+    let o_bytes = rows * p.head_dim_v as usize * 4;
+    let lse_off = o_bytes.div_ceil(WORKSPACE_ALIGN) * WORKSPACE_ALIGN;
+    (lse_off + rows * 4, lse_off)
+}
+
+/// The decode plan for `p` on `dev` with `available` workspace bytes (usize::MAX when sizing), or None
+/// when the prefill kernel serves `p`. Automatic plans shrink to the splits the workspace holds; a forced
+/// split count that does not fit is an error (a test asked for a path it would not get).
+pub fn plan(p: &AttnParams, dev: Device, available: usize) -> Result<Option<DecodePlan>, GpuError> {
+    let forced = SPLITS_OVERRIDE.load(Ordering::Relaxed);
+    if forced == 0 || dev.cc < 80 {
+        return Ok(None);
+    }
+    let Some(spec) = spec_for(p) else { return Ok(None) };
+    let bps = blocks_per_sm(spec.smem_bytes(), dev.max_smem_optin);
+    if bps < 1 {
+        return Ok(None); // does not fit this GPU's shared memory: the prefill kernel serves it
+    }
+    let tiles = key_tiles(p);
+    let blocks = p.batch as i64 * p.heads_kv as i64;
+    let mut splits = if forced > 0 {
+        forced.min(tiles.clamp(1, MAX_SPLITS as i64) as i32)
+    } else {
+        choose_splits(blocks, tiles, dev.num_sms, bps)
+    };
+    let mut bytes = workspace_layout(p, splits).0;
+    if bytes > available {
+        if forced > 0 {
+            return Err(GpuError::new(format!(
+                "decode with {splits} forced splits needs {bytes} bytes of workspace, {available} given (query flashattn_ort_gpu_workspace_size)"
+            )));
+        }
+        let per_split = workspace_layout(p, 2).0 / 2 + WORKSPACE_ALIGN;
+        splits = (available / per_split).min(splits as usize) as i32;
+        if splits < 2 {
+            splits = 1;
+        }
+        bytes = workspace_layout(p, splits).0;
+        if bytes > available {
+            splits = 1;
+            bytes = 0;
+        }
+    }
+    Ok(Some(DecodePlan { spec, splits, workspace_bytes: bytes }))
+}
+
+/// Device memory a launch may use as scratch: address and size in bytes (0/0: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Workspace {
+    pub ptr: u64,
+    pub bytes: usize,
+}
+
+/// Queues the decode kernel (and, with splits, the combine kernel) for `plan` on `stream`. The caller has
+/// made the stream's context current.
+pub fn launch(plan: &DecodePlan, p: &AttnParams, kernels: &DeviceKernels, ws: Workspace, stream: sys::CUstream) -> Result<(), GpuError> {
+    let f = kernels.named(&plan.spec.name())?;
+    let mut arg = *p;
+    let (mut o_part, mut lse_part) = (0u64, 0u64);
+    if plan.splits > 1 {
+        let (bytes, lse_off) = workspace_layout(p, plan.splits);
+        if ws.ptr == 0 || ws.bytes < bytes {
+            return Err(GpuError::new(format!("decode workspace of {bytes} bytes needed, {} given", ws.bytes)));
+        }
+        if ws.ptr % 16 != 0 {
+            return Err(GpuError::new("the decode workspace must be 16-byte aligned"));
+        }
+        o_part = ws.ptr;
+        lse_part = ws.ptr + lse_off as u64;
+    }
+    let mut n_splits = plan.splits;
+    let grid = (plan.splits as u32, p.heads_kv as u32, p.batch as u32);
+    {
+        let mut args: [*mut c_void; 3] =
+            [(&mut arg as *mut AttnParams).cast(), (&mut o_part as *mut u64).cast(), (&mut lse_part as *mut u64).cast()];
+        check(
+            unsafe { sys::cuLaunchKernel(f, grid.0, grid.1, grid.2, THREADS, 1, 1, plan.spec.smem_bytes(), stream, args.as_mut_ptr(), std::ptr::null_mut()) },
+            &format!("launching {}", plan.spec.name()),
+        )?;
+    }
+    if plan.splits > 1 {
+        let fc = kernels.named(&plan.spec.combine_name())?;
+        let rows = p.batch as u64 * p.heads_kv as u64 * packed_rows(p) as u64;
+        let gx = rows.div_ceil(COMBINE_ROWS_PER_BLOCK as u64);
+        if gx > i32::MAX as u64 {
+            return Err(GpuError::new(format!("{rows} decode rows exceed one launch")));
+        }
+        let mut args: [*mut c_void; 4] = [
+            (&mut arg as *mut AttnParams).cast(),
+            (&mut o_part as *mut u64).cast(),
+            (&mut lse_part as *mut u64).cast(),
+            (&mut n_splits as *mut i32).cast(),
+        ];
+        check(
+            unsafe { sys::cuLaunchKernel(fc, gx as u32, 1, 1, COMBINE_ROWS_PER_BLOCK * 32, 1, 1, 0, stream, args.as_mut_ptr(), std::ptr::null_mut()) },
+            &format!("launching {}", plan.spec.combine_name()),
+        )?;
+    }
+    Ok(())
+}
+
+/// Workspace bytes a launch of `p` on `stream` would use (0: none), and the stream's device ordinal (for
+/// allocating it there).
+pub fn workspace_size(p: &AttnParams, stream: *mut c_void) -> Result<(usize, i32), GpuError> {
+    super::driver::available()?;
+    let (_, dev) = super::driver::stream_context(stream as sys::CUstream)?;
+    if p.batch == 0 || p.seq_q == 0 || p.heads_q == 0 {
+        return Ok((0, dev));
+    }
+    let kernels = super::module::device_kernels(dev)?;
+    Ok((plan(p, kernels.into(), usize::MAX)?.map_or(0, |pl| pl.workspace_bytes), dev))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H100: Device = Device { cc: 90, max_smem_optin: 227 * 1024, num_sms: 132 };
+    const A100: Device = Device { cc: 80, max_smem_optin: 163 * 1024, num_sms: 108 };
+    const SM86: Device = Device { cc: 86, max_smem_optin: 99 * 1024, num_sms: 84 };
+
+    fn decode(batch: i32, hq: i32, hkv: i32, sq: i32, skv: i32, d: i32) -> AttnParams {
+        AttnParams { dtype: 2, batch, heads_q: hq, heads_kv: hkv, seq_q: sq, seq_kv: skv, head_dim: d, head_dim_v: d, window_left: -1, window_right: -1, ..Default::default() }
+    }
+
+    // The override is process-wide: tests that read plans hold this lock.
+    static OVERRIDE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn applies_to_few_packed_rows_only() {
+        assert_eq!(spec_for(&decode(1, 32, 8, 1, 4096, 128)), Some(DecodeSpec { dtype: DType::BF16, d: 128, rows: 16 }));
+        assert_eq!(spec_for(&decode(1, 32, 1, 1, 4096, 128)).unwrap().rows, 32); // MQA: 32 heads in one tile
+        assert_eq!(spec_for(&decode(1, 32, 8, 16, 4096, 128)).unwrap().rows, 64); // 16 tokens x 4 heads
+        assert_eq!(spec_for(&decode(1, 32, 8, 17, 4096, 128)), None);
+        assert_eq!(spec_for(&decode(1, 8, 8, 64, 64, 64)).unwrap().rows, 64);
+        assert_eq!(spec_for(&AttnParams { head_dim_v: 200, ..decode(1, 4, 4, 1, 10, 17) }).unwrap().d, 256);
+        assert_eq!(spec_for(&decode(1, 4, 4, 1, 10, 300)), None);
+        assert_eq!(spec_for(&AttnParams { dtype: 0, ..decode(1, 4, 4, 1, 10, 64) }), None);
+        assert_eq!(spec_for(&decode(1, 6, 4, 1, 10, 64)), None);
+    }
+
+    #[test]
+    fn shared_memory_matches_the_kernel_config() {
+        // (rows*D + 2*STAGES*64*D) * 2 bytes
+        assert_eq!(DecodeSpec { dtype: DType::F16, d: 128, rows: 16 }.smem_bytes(), (16 * 128 + 2 * 3 * 64 * 128) * 2);
+        assert_eq!(DecodeSpec { dtype: DType::F16, d: 256, rows: 64 }.smem_bytes(), (64 * 256 + 2 * 2 * 64 * 256) * 2);
+        // two d128 blocks per H100 SM (two 64 KiB stages in flight each), one on A100
+        assert_eq!(blocks_per_sm(DecodeSpec { dtype: DType::F16, d: 128, rows: 64 }.smem_bytes(), H100.max_smem_optin), 2);
+        assert_eq!(blocks_per_sm(DecodeSpec { dtype: DType::F16, d: 128, rows: 16 }.smem_bytes(), A100.max_smem_optin), 1);
+        assert_eq!(blocks_per_sm(DecodeSpec { dtype: DType::F16, d: 256, rows: 64 }.smem_bytes(), SM86.max_smem_optin), 0);
+        assert_eq!(entry_points().len(), 2 * (9 + 1));
+    }
+
+    #[test]
+    fn splits_fill_one_wave_and_stay_even() {
+        // batch 1, 8 KV heads: 264 resident blocks on an H100 -> 33 per (batch, head), capped by tiles
+        assert_eq!(choose_splits(8, 32, 132, 2), 32); // 2k keys: one tile per split
+        assert_eq!(choose_splits(8, 128, 132, 2), 32); // 8k: 33 wanted, 4 tiles each -> 32 splits
+        assert_eq!(choose_splits(8, 512, 132, 2), 32); // 32k: 16 tiles each
+        assert_eq!(choose_splits(64, 512, 132, 2), 4); // batch 8
+        assert_eq!(choose_splits(512, 512, 132, 2), 1); // batch 64 fills the GPU alone
+        assert_eq!(choose_splits(1, 512, 132, 2), 128); // MQA batch 1: capped
+        assert_eq!(choose_splits(8, 0, 132, 2), 1);
+        assert_eq!(choose_splits(8, 1, 132, 2), 1);
+        for blocks in [1, 3, 8, 64, 200] {
+            for tiles in [1, 2, 7, 31, 32, 33, 100, 513] {
+                let s = choose_splits(blocks, tiles, 132, 2) as i64;
+                let per = (tiles + s - 1) / s;
+                assert!(s >= 1 && s <= tiles.max(1) && s <= MAX_SPLITS as i64);
+                assert!((s - 1) * per < tiles, "empty split: blocks {blocks} tiles {tiles} splits {s}");
+            }
+        }
+    }
+
+    #[test]
+    fn key_tiles_follow_the_visible_range() {
+        assert_eq!(key_tiles(&decode(1, 8, 8, 1, 4096, 64)), 64);
+        assert_eq!(key_tiles(&decode(1, 8, 8, 1, 4097, 64)), 65);
+        // causal, bottom-right aligned: the last query sees every key
+        assert_eq!(key_tiles(&AttnParams { window_right: 0, ..decode(1, 8, 8, 4, 4096, 64) }), 64);
+        // sliding window of 100 keys left of the diagonal: [3995, 4096) spans tiles 62..64
+        assert_eq!(key_tiles(&AttnParams { window_left: 100, window_right: 0, ..decode(1, 8, 8, 1, 4096, 64) }), 2);
+        assert_eq!(key_tiles(&AttnParams { window_right: 0, ..decode(1, 8, 8, 4, 2, 64) }), 1);
+    }
+
+    #[test]
+    fn workspace_holds_every_split_row() {
+        let p = decode(2, 32, 8, 3, 8192, 128);
+        assert_eq!(workspace_layout(&p, 1), (0, 0));
+        let rows = 2 * 8 * 5 * (3 * 4);
+        let (bytes, lse_off) = workspace_layout(&p, 5);
+        assert_eq!(lse_off, (rows * 128 * 4usize).div_ceil(256) * 256);
+        assert_eq!(bytes, lse_off + rows * 4);
+    }
+
+    #[test]
+    fn plans() {
+        let _g = OVERRIDE_LOCK.lock().unwrap();
+        set_splits_override(-1);
+        let p = decode(1, 32, 8, 1, 8192, 128);
+        let pl = plan(&p, H100, usize::MAX).unwrap().unwrap();
+        assert_eq!((pl.spec.name().as_str(), pl.splits), ("flash_decode_sm80_bf16_d128_r16", 32));
+        assert_eq!(pl.workspace_bytes, workspace_layout(&p, 32).0);
+        // no workspace: one split, straight to the outputs
+        let pl0 = plan(&p, H100, 0).unwrap().unwrap();
+        assert_eq!((pl0.splits, pl0.workspace_bytes), (1, 0));
+        // a workspace for 5 splits
+        let five = workspace_layout(&p, 5).0;
+        let pl5 = plan(&p, H100, five).unwrap().unwrap();
+        assert!(pl5.splits >= 2 && pl5.splits <= 5 && pl5.workspace_bytes <= five, "{pl5:?}");
+        // batch 64 fills the GPU: no workspace
+        assert_eq!(plan(&decode(64, 32, 8, 1, 8192, 128), H100, usize::MAX).unwrap().unwrap().workspace_bytes, 0);
+        // prefill-shaped and pre-Ampere problems are not decode
+        assert_eq!(plan(&decode(1, 32, 8, 512, 8192, 128), H100, usize::MAX).unwrap(), None);
+        assert_eq!(plan(&p, Device { cc: 75, ..H100 }, usize::MAX).unwrap(), None);
+        // d256 x 64 rows does not fit a 100 KiB SM: prefill kernel
+        assert_eq!(plan(&decode(1, 8, 8, 8, 1000, 256), SM86, usize::MAX).unwrap(), None);
+
+        set_splits_override(0);
+        assert_eq!(plan(&p, H100, usize::MAX).unwrap(), None);
+        set_splits_override(7);
+        assert_eq!(plan(&p, H100, usize::MAX).unwrap().unwrap().splits, 7);
+        assert!(plan(&p, H100, 100).unwrap_err().0.contains("workspace"));
+        assert_eq!(plan(&decode(1, 32, 8, 1, 100, 128), H100, usize::MAX).unwrap().unwrap().splits, 2); // capped by tiles
+        set_splits_override(1);
+        assert_eq!(plan(&p, H100, 0).unwrap().unwrap().splits, 1);
+        set_splits_override(-1);
+    }
+}
