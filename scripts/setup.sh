@@ -3,8 +3,10 @@
 #   - ONNX Runtime 1.31.1 (its libonnxruntime.so serves the Rust side through `ort`, the Python
 #     package serves the Python tests), onnx and numpy for building test models, pytest;
 #   - ONNX Runtime 1.17.3 + numpy 1.26.4 in .venv/ort-1.17, the oldest runtime we support (tests);
-#   - nvcc 13.0.88 and the CUTLASS/CuTe headers, with which build.rs compiles the CUDA kernels.
+#   - nvcc 13.0.88 and the CUTLASS/CuTe headers, with which build.rs compiles the CUDA kernels;
+#   - maturin, which builds the Python wheel (scripts/wheel.sh), and auditwheel, which checks it.
 # Idempotent: a stamp records the pinned set; a second run with the same pins returns at once.
+# .venv/ort-1.17 is rebuilt only when its own pins are not the ones installed there.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venv"
@@ -20,14 +22,22 @@ pins=(
   "nvidia-cuda-runtime==13.0.*"
   "nvidia-cuda-cccl==13.0.*"
   nvidia-cutlass==4.2.0.0
+  maturin==1.16.0
+  auditwheel==6.8.2
 )
 oldest=(onnxruntime==1.17.3 numpy==1.26.4)
 stamp="$venv/.flashattn-pins"
-want=$(printf '%s\n' "${pins[@]}" "${oldest[@]}")
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
+want=$(printf '%s\n' "${pins[@]}")
+oldest_installed() {
+  local pin
+  for pin in "${oldest[@]}"; do [ -d "$venv/ort-1.17/${pin/==/-}.dist-info" ] || return 1; done
+}
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && oldest_installed; then exit 0; fi
 echo "setup: installing the pinned toolchain into $venv" >&2
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "${pins[@]}"
-rm -rf "$venv/ort-1.17"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --target "$venv/ort-1.17" "${oldest[@]}"
+if ! oldest_installed; then
+  rm -rf "$venv/ort-1.17"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --target "$venv/ort-1.17" "${oldest[@]}"
+fi
 printf '%s\n' "$want" > "$stamp"
