@@ -15,6 +15,11 @@ pub mod schema;
 
 pub use op::register::RegisterCustomOps;
 
+/// docs/USAGE.md: its Rust example compiles as a doctest, so it stays true to the `ort` API.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/USAGE.md")]
+pub struct UsageDoc;
+
 /// The custom-op domain and op name, as they appear in ONNX graphs.
 pub const DOMAIN: &str = "ai.flashattn";
 pub const OP_NAME: &str = "FlashAttention";

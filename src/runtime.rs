@@ -15,17 +15,20 @@ pub const ORT_API_VERSION: u32 = ort::sys::ORT_API_VERSION;
 static LOADED: OnceLock<PathBuf> = OnceLock::new();
 static VERSION: OnceLock<String> = OnceLock::new();
 
-/// Where libonnxruntime.so is looked for: `ORT_DYLIB_PATH`, then the project's pinned `.venv`, then
-/// the `onnxruntime` Python package of `python3` on PATH.
+/// Where libonnxruntime.so is looked for: `ORT_DYLIB_PATH`; the `onnxruntime` Python package of the
+/// Python environment this executable is installed in (the wheel puts it in `<prefix>/bin`); the
+/// project's pinned `.venv`; the `onnxruntime` package of `python3` on PATH.
 pub fn find_onnxruntime() -> Result<PathBuf> {
     if let Ok(p) = std::env::var("ORT_DYLIB_PATH") {
         if !p.is_empty() {
             return Ok(PathBuf::from(p));
         }
     }
-    let venv_capi = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/lib");
-    if let Some(p) = glob_capi(&venv_capi) {
-        return Ok(p);
+    let prefixes = installed_prefix().into_iter().chain([Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv")]);
+    for prefix in prefixes {
+        if let Some(p) = site_packages(&prefix).iter().find_map(|sp| newest_lib_in(&sp.join("onnxruntime/capi"))) {
+            return Ok(p);
+        }
     }
     let out = std::process::Command::new("python3")
         .args(["-c", "import onnxruntime,os;print(os.path.dirname(onnxruntime.__file__))"])
@@ -38,17 +41,21 @@ pub fn find_onnxruntime() -> Result<PathBuf> {
             }
         }
     }
-    bail!("libonnxruntime.so not found: set ORT_DYLIB_PATH, or run scripts/setup.sh to create .venv")
+    bail!("libonnxruntime.so not found: set ORT_DYLIB_PATH, `pip install onnxruntime` next to flashattn-ort, or run scripts/setup.sh to create .venv")
 }
 
-fn glob_capi(venv_lib: &Path) -> Option<PathBuf> {
-    for py in std::fs::read_dir(venv_lib).ok()?.flatten() {
-        let capi = py.path().join("site-packages/onnxruntime/capi");
-        if let Some(p) = newest_lib_in(&capi) {
-            return Some(p);
-        }
-    }
-    None
+/// The Python environment a pip-installed executable lives in: `<prefix>` of `<prefix>/bin/flashattn-ort`.
+fn installed_prefix() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.to_path_buf())
+}
+
+/// `<prefix>/lib/python*/site-packages` of a Python environment (a venv, or `~/.local` for `pip install --user`).
+fn site_packages(prefix: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(prefix.join("lib")) else { return vec![] };
+    let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("site-packages")).filter(|p| p.is_dir()).collect();
+    dirs.sort();
+    dirs
 }
 
 fn newest_lib_in(dir: &Path) -> Option<PathBuf> {
@@ -105,10 +112,16 @@ pub fn version() -> Result<String> {
     Ok(VERSION.get().cloned().unwrap_or_default())
 }
 
-/// Path of the custom-op library built next to the running executable (target/{profile}/ or its deps/).
+/// Path of the custom-op library: `FLASHATTN_ORT_LIB`; the `flashattn_ort` Python package of the environment
+/// this executable is installed in (the wheel); else the one built next to it (target/{profile}/ or its deps/).
 pub fn default_library_path() -> Result<PathBuf> {
     if let Ok(p) = std::env::var("FLASHATTN_ORT_LIB") {
         return Ok(PathBuf::from(p));
+    }
+    if let Some(p) = installed_prefix().and_then(|prefix| {
+        site_packages(&prefix).into_iter().map(|sp| sp.join("flashattn_ort/libflashattn_ort.so")).find(|p| p.is_file())
+    }) {
+        return Ok(p);
     }
     let exe = std::env::current_exe()?;
     let mut dir = exe.parent().map(Path::to_path_buf);
