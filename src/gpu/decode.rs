@@ -23,6 +23,9 @@ pub const BLOCK_KEYS: i64 = 64;
 pub const MAX_ROWS: i32 = 64;
 /// Most key splits: beyond this the combine step and the workspace grow for no bandwidth gain.
 pub const MAX_SPLITS: i32 = 128;
+/// Key tiles a split streams at least: fewer leave its pipeline unfilled and make the partial outputs and
+/// their combine cost more than the keys (H100, batch 1: 1-tile splits ran 2-4x slower than cuDNN).
+pub const MIN_TILES_PER_SPLIT: i64 = 4;
 const THREADS: u32 = 128;
 const COMBINE_ROWS_PER_BLOCK: u32 = 4; // kCombineWarps
 const PADDED_DIMS: [i32; 3] = [64, 128, 256];
@@ -161,12 +164,12 @@ pub fn key_tiles(p: &AttnParams) -> i64 {
 }
 
 /// Splits for `blocks` (batch x KV heads) blocks of `tiles` key tiles each: as many as fill one wave of
-/// resident blocks (more would only add a tail wave and combine work), never more than the tiles, then
-/// evened out so no split is left empty. 1 when the batch alone fills the GPU.
+/// resident blocks (more would only add a tail wave and combine work), each with at least
+/// MIN_TILES_PER_SPLIT tiles, then evened out so no split is left empty. 1 when the batch alone fills the GPU.
 pub fn choose_splits(blocks: i64, tiles: i64, num_sms: i32, blocks_per_sm: i32) -> i32 {
     let wave = num_sms.max(1) as i64 * blocks_per_sm.max(1) as i64;
     let by_wave = (wave / blocks.max(1)).max(1);
-    let splits = by_wave.min(tiles.max(1)).min(MAX_SPLITS as i64);
+    let splits = by_wave.min((tiles / MIN_TILES_PER_SPLIT).max(1)).min(MAX_SPLITS as i64);
     let per_split = (tiles.max(1) + splits - 1) / splits;
     ((tiles.max(1) + per_split - 1) / per_split) as i32
 }
@@ -334,12 +337,13 @@ mod tests {
     #[test]
     fn splits_fill_one_wave_and_stay_even() {
         // batch 1, 8 KV heads: 264 resident blocks on an H100 -> 33 per (batch, head), capped by tiles
-        assert_eq!(choose_splits(8, 32, 132, 2), 32); // 2k keys: one tile per split
+        assert_eq!(choose_splits(8, 32, 132, 2), 8); // 2k keys: 4 tiles per split
         assert_eq!(choose_splits(8, 128, 132, 2), 32); // 8k: 33 wanted, 4 tiles each -> 32 splits
         assert_eq!(choose_splits(8, 512, 132, 2), 32); // 32k: 16 tiles each
         assert_eq!(choose_splits(64, 512, 132, 2), 4); // batch 8
         assert_eq!(choose_splits(512, 512, 132, 2), 1); // batch 64 fills the GPU alone
         assert_eq!(choose_splits(1, 512, 132, 2), 128); // MQA batch 1: capped
+        assert_eq!(choose_splits(1, 128, 132, 2), 32); // MQA 8k: 4 tiles per split
         assert_eq!(choose_splits(8, 0, 132, 2), 1);
         assert_eq!(choose_splits(8, 1, 132, 2), 1);
         for blocks in [1, 3, 8, 64, 200] {
@@ -347,6 +351,7 @@ mod tests {
                 let s = choose_splits(blocks, tiles, 132, 2) as i64;
                 let per = (tiles + s - 1) / s;
                 assert!(s >= 1 && s <= tiles.max(1) && s <= MAX_SPLITS as i64);
+                assert!(s == 1 || tiles / s >= MIN_TILES_PER_SPLIT - 1, "{blocks} blocks, {tiles} tiles: {s} splits");
                 assert!((s - 1) * per < tiles, "empty split: blocks {blocks} tiles {tiles} splits {s}");
             }
         }
