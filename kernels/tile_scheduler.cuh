@@ -9,7 +9,7 @@ namespace flashattn {
 
 struct BlockWork {
   int m_block, head, batch, kv_head;
-  int kv_len;          // keys that exist for this batch entry (key_seqlens applied)
+  int kv_len;          // keys that exist for this batch entry (key_seqlens / past lengths applied)
   int n_begin, n_end;  // key blocks [n_begin, n_end) holding every key some row of the block may see
   int lo_max, hi_min;  // a key tile [c0, c1) with c0 >= lo_max and c1 <= hi_min is visible to all rows
 };
@@ -23,7 +23,8 @@ template <int BM, int BN> __device__ __forceinline__ BlockWork schedule_block(co
   w.kv_head = w.head / (p.heads_q / p.heads_kv);
   int kv_len = p.seq_kv;
   if (p.has_seqlens) {
-    const int sl = reinterpret_cast<const int32_t *>(p.seqlens_ptr)[w.batch];
+    // seqlens_offset: the new tokens on top of a shared-buffer cache's past lengths (0 for key_seqlens).
+    const int sl = reinterpret_cast<const int32_t *>(p.seqlens_ptr)[w.batch] + p.seqlens_offset;
     kv_len = sl < 0 ? 0 : (sl < kv_len ? sl : kv_len);
   }
   w.kv_len = kv_len;
