@@ -20,3 +20,6 @@
 FLASH_FWD_SM80_BOTH(64, 128, 64, 4)
 FLASH_FWD_SM80_BOTH(128, 128, 64, 4)
 FLASH_FWD_SM80_BOTH(256, 64, 32, 4)
+
+// The KV-cache append step (issue #8), launched before attention by src/gpu/kv_append.rs.
+#include "kv_append.cuh"

@@ -6,11 +6,13 @@
 //! - [`module`]: the embedded fatbin, loaded lazily once per device;
 //! - [`dispatch`]: which kernel serves a problem on a device (compute capability, dtype, head_dim);
 //! - [`launch`]: grid/shared-memory set-up and the launch on a caller's stream;
+//! - [`kv_append`]: the KV-cache append step (present, rotary) queued before attention;
 //! - [`ffi`]: `extern "C"` entry points the GPU test/benchmark script drives through ctypes.
 
 pub mod dispatch;
 pub mod driver;
 pub mod ffi;
+pub mod kv_append;
 pub mod launch;
 pub mod module;
 
