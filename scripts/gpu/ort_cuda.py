@@ -1,7 +1,8 @@
 """ONNX Runtime CUDA EP sessions with libflashattn_ort (SessionOptions.register_custom_ops_library), on the
 GPU machine with onnxruntime-gpu: node placement on the CUDA EP (read from ORT's profile), results vs a
 float64 reference (fp16 and bf16, masks, key_seqlens, lse), float32 falling back to the CPU kernel, CUDA
-graph capture and replay, two sessions on two threads, and a bad input refused with a clear message.
+graph capture and replay, two sessions on two threads, a bad input refused with a clear message, and the KV
+cache (kv_cuda.py: concat, shared buffer in place, rotary).
 
 usage: python3 ort_cuda.py LIB"""
 import json
@@ -239,6 +240,13 @@ def main():
         check("TensorRT-first session: op on CUDA EP", prov == {"CUDAExecutionProvider"}, f"{prov}; session providers {sess.get_providers()}")
     except Exception as e:  # noqa: BLE001
         check("TensorRT-first session", False, f"exception {str(e)[:300]}")
+    # KV cache (#8): past/present, shared buffer in place, rotary (scripts/gpu/kv_cuda.py).
+    try:
+        import kv_cuda
+
+        kv_cuda.kv_checks(session, check)
+    except Exception as e:  # noqa: BLE001
+        check("kv cache checks", False, f"exception {str(e)[:300]}")
     print(f"ort: {len(FAILS)} failed" + (f": {FAILS}" if FAILS else ""), flush=True)
     sys.exit(1 if FAILS else 0)
 
