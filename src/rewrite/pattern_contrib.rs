@@ -8,8 +8,10 @@
 //!   in-op rotary: its projection is unpacked (`MatMul` + bias `Add` + `Split` by `qkv_hidden_sizes`) in
 //!   front of the op; `unidirectional` → `causal`; `mask_index` [B] (key lengths) → `key_seqlens`,
 //!   [B, S] (1 = keep) → bool `attn_mask`; `attention_bias` → additive `attn_mask`.
-//! - `GroupQueryAttention` without KV cache, rotary, smooth softmax, head sink or bias, and with
-//!   `local_window_size` = -1: causal, `key_seqlens` = seqlens_k + 1, `scale`/`softcap` copied.
+//! - `GroupQueryAttention` without smooth softmax, head sink or bias, and with `local_window_size` = -1:
+//!   causal, `scale`/`softcap` copied; without KV cache `key_seqlens` = seqlens_k + 1; with past_key/
+//!   past_value the op's shared-buffer mode (past_seqlens = max(seqlens_k + 1 − new, 0), present outputs
+//!   taken over), rotary (`do_rotary`, cos/sin caches, position_ids, interleaving) inside the op.
 //!
 //! MultiHeadAttention masks by adding `mask_filter_value` (-10000) while FlashAttention excludes keys
 //! exactly; both agree on every row that has at least one visible key.
@@ -18,7 +20,7 @@ use super::graph::{attr_f, attr_i, opt_input};
 use super::probe::Ctx;
 use super::report::Report;
 use super::tensor::dt;
-use super::{Fusion, Layout, MaskSrc, SeqlensSrc, Src};
+use super::{Fusion, KvFusion, Layout, MaskSrc, SeqlensSrc, Src};
 
 pub fn find(ctx: &Ctx, out: &mut Vec<Fusion>, report: &mut Report) {
     for (i, n) in ctx.gi.g.node.iter().enumerate() {
@@ -63,6 +65,7 @@ fn base_fusion(pattern: &'static str, ctx: &Ctx, i: usize, heads: i64) -> Fusion
     let n = ctx.gi.node(i);
     Fusion {
         pattern,
+        kv: None,
         q: Src::Tensor(n.input[0].clone()),
         k: Src::Tensor(n.input[1].clone()),
         v: Src::Tensor(n.input[2].clone()),
@@ -145,11 +148,14 @@ fn gqa(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
     if opt_input(n, 1).is_none() || opt_input(n, 2).is_none() {
         return Err("packed QKV input".into());
     }
-    if opt_input(n, 3).is_some() || opt_input(n, 4).is_some() {
-        return Err("has past_key/past_value (KV cache)".into());
-    }
-    if attr_i(n, "do_rotary").unwrap_or(0) != 0 || opt_input(n, 7).is_some() || opt_input(n, 9).is_some() {
-        return Err("rotary embedding inside the op".into());
+    let past = match (opt_input(n, 3), opt_input(n, 4)) {
+        (None, None) => None,
+        (Some(k), Some(v)) => Some((k.clone(), v.clone())),
+        _ => return Err("only one of past_key/past_value".into()),
+    };
+    let rotary = attr_i(n, "do_rotary").unwrap_or(0) != 0;
+    if past.is_none() && (rotary || opt_input(n, 7).is_some() || opt_input(n, 9).is_some()) {
+        return Err("rotary embedding inside the op without a KV cache".into());
     }
     if attr_i(n, "smooth_softmax").unwrap_or(0) != 0 || opt_input(n, 11).is_some() {
         return Err("smooth softmax / head sink".into());
@@ -160,7 +166,11 @@ fn gqa(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
     if attr_i(n, "local_window_size").unwrap_or(-1) != -1 {
         return Err("local_window_size (sliding window) is not mapped".into());
     }
-    extra_outputs_unused(ctx, n)?;
+    if past.is_none() {
+        extra_outputs_unused(ctx, n)?;
+    } else if n.output.get(3).is_some_and(|o| !o.is_empty() && ctx.gi.use_count(o) > 0) {
+        return Err("output_qk is used".into());
+    }
     if !same_len(ctx, &n.input[0], &n.input[1]) {
         return Err("query and key lengths may differ".into());
     }
@@ -169,8 +179,37 @@ fn gqa(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
     f.causal = true;
     f.window_right = 0;
     f.softcap = attr_f(n, "softcap").unwrap_or(0.0) as f64;
-    f.key_seqlens = Some(SeqlensSrc::LengthsMinusOne(seqlens.clone()));
-    f.mask_note = "causal, seqlens_k + 1 → key_seqlens".into();
+    let Some((past_key, past_value)) = past else {
+        f.key_seqlens = Some(SeqlensSrc::LengthsMinusOne(seqlens.clone()));
+        f.mask_note = "causal, seqlens_k + 1 → key_seqlens".into();
+        return Ok(f);
+    };
+    // With past: GQA's seqlens_k + 1 is each row's total; the new tokens go at total − new (0 on the first
+    // prompt, whose right padding only later pad rows see). That is the op's shared-buffer mode, exact when
+    // past is a buffer of capacity ≥ total (ORT GenAI's past_present_share_buffer).
+    let (cos, sin) = if rotary {
+        let c = opt_input(n, 7).ok_or("do_rotary without cos_cache")?;
+        let s = opt_input(n, 8).ok_or("do_rotary without sin_cache")?;
+        (Some(c.clone()), Some(s.clone()))
+    } else {
+        (None, None)
+    };
+    let out = |k: usize| n.output.get(k).filter(|o| !o.is_empty()).cloned().unwrap_or_default();
+    f.kv = Some(KvFusion {
+        past_key,
+        past_value,
+        past_lens_from: Some((seqlens.clone(), n.input[0].clone())),
+        cos_cache: cos,
+        sin_cache: sin,
+        position_ids: if rotary { opt_input(n, 9).cloned() } else { None },
+        rotary_interleaved: attr_i(n, "rotary_interleaved").unwrap_or(0) != 0,
+        present_key: out(1),
+        present_value: out(2),
+    });
+    f.mask_note = format!(
+        "causal, KV cache in shared-buffer mode: past_seqlens = max(seqlens_k + 1 − new, 0){}",
+        if rotary { ", rotary inside the op" } else { "" }
+    );
     Ok(f)
 }
 
