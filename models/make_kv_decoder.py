@@ -6,6 +6,11 @@ initializers), seqlens_k = ReduceSum(attention_mask) - 1 and total_sequence_leng
 a small MLP, an LM head. Graph interface as GenAI's: input_ids, attention_mask, past_key_values.{i}.key/value
 -> logits, present.{i}.key/value; caches [batch, kv_heads, seq, head_dim].
 
+Also ort_mha_decoder.onnx: the same decoder with com.microsoft MultiHeadAttention with past (as ONNX Runtime's
+transformer optimizer emits for GPT-2-style decoders): unidirectional, key_padding_mask int32 [batch,
+past + new] from attention_mask, past/present growing by concatenation (no rotary, no position embedding:
+the causal mask alone orders tokens in this toy).
+
 Writes genai_gqa_decoder.onnx and .io.json/.npz: one prefill step of a right-padded batch of 2 prompts into a
 cache buffer of capacity CAP (the shared-buffer form GenAI uses), with ONNX Runtime's logits as reference.
 
@@ -88,6 +93,51 @@ def build():
     return m
 
 
+def build_mha():
+    nodes, inits = [], []
+    inits.append(init("embed", [VOCAB, D], 1.0))
+    nodes += [
+        h.make_node("Cast", ["attention_mask"], ["key_padding_mask"], to=T.INT32),
+        h.make_node("Gather", ["embed", "input_ids"], ["x0"], axis=0),
+    ]
+    ins = [h.make_tensor_value_info("input_ids", T.INT64, ["batch", "seq"]),
+           h.make_tensor_value_info("attention_mask", T.INT64, ["batch", "total"])]
+    outs = [h.make_tensor_value_info("logits", T.FLOAT, ["batch", "seq", VOCAB])]
+    x = "x0"
+    for l in range(LAYERS):
+        p = f"layers.{l}"
+        for n in ("q", "k", "v"):
+            inits.append(init(f"{p}.{n}_proj", [D, NQ * HD], 0.4))
+            nodes.append(h.make_node("MatMul", [x, f"{p}.{n}_proj"], [f"{p}.{n}"]))
+        pk, pv = f"past_key_values.{l}.key", f"past_key_values.{l}.value"
+        ck, cv = f"present.{l}.key", f"present.{l}.value"
+        for n in (pk, pv):
+            ins.append(h.make_tensor_value_info(n, T.FLOAT, ["batch", NQ, "past_seq", HD]))
+        for n in (ck, cv):
+            outs.append(h.make_tensor_value_info(n, T.FLOAT, ["batch", NQ, "present_seq", HD]))
+        nodes.append(h.make_node("MultiHeadAttention", [f"{p}.q", f"{p}.k", f"{p}.v", "", "key_padding_mask", "", pk, pv],
+                                 [f"{p}.attn", ck, cv], domain="com.microsoft", name=f"/{p}/attn/MultiHeadAttention",
+                                 num_heads=NQ, unidirectional=1))
+        inits.append(init(f"{p}.o_proj", [NQ * HD, D], 0.3))
+        inits.append(init(f"{p}.up", [D, 2 * D], 0.3))
+        inits.append(init(f"{p}.down", [2 * D, D], 0.3))
+        nodes += [
+            h.make_node("MatMul", [f"{p}.attn", f"{p}.o_proj"], [f"{p}.o"]),
+            h.make_node("Add", [x, f"{p}.o"], [f"{p}.h"]),
+            h.make_node("MatMul", [f"{p}.h", f"{p}.up"], [f"{p}.u"]),
+            h.make_node("Tanh", [f"{p}.u"], [f"{p}.a"]),
+            h.make_node("MatMul", [f"{p}.a", f"{p}.down"], [f"{p}.m"]),
+            h.make_node("Add", [f"{p}.h", f"{p}.m"], [f"{p}.out"]),
+        ]
+        x = f"{p}.out"
+    inits.append(init("lm_head", [D, VOCAB], 0.5))
+    nodes.append(h.make_node("MatMul", [x, "lm_head"], ["logits"]))
+    g = h.make_graph(nodes, "ort_mha_decoder", ins, outs, inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)], ir_version=8)
+    onnx.checker.check_model(m)
+    return m
+
+
 def prefill_feeds(lens=(7, 4)):
     B, S = len(lens), max(lens)
     ids = rng.integers(0, VOCAB, (B, S)).astype(np.int64)
@@ -102,23 +152,41 @@ def prefill_feeds(lens=(7, 4)):
     return feeds
 
 
+def mha_prefill_feeds(lens=(7, 4)):
+    """Left-padded prompts (the concat-mode form: the key padding mask covers the whole cache)."""
+    B, S = len(lens), max(lens)
+    ids = rng.integers(0, VOCAB, (B, S)).astype(np.int64)
+    mask = np.zeros((B, S), np.int64)
+    for b, n in enumerate(lens):
+        mask[b, S - n:] = 1
+        ids[b, : S - n] = 0
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    for l in range(LAYERS):
+        for kv in ("key", "value"):
+            feeds[f"past_key_values.{l}.{kv}"] = np.zeros((B, NQ, 0, HD), np.float32)
+    return feeds
+
+
+def save(out, name, m, feeds):
+    path = os.path.join(out, name + ".onnx")
+    onnx.save(m, path)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    ref = sess.run(["logits"], feeds)[0].astype(np.float32)
+    # Padded rows: only the real positions are defined (the original and the fused op differ on the pads).
+    ref = np.where(feeds["attention_mask"][..., None] == 1, ref, 0.0).astype(np.float32)
+    np.savez(os.path.join(out, name + ".npz"), **feeds, **{"ref:output": ref})
+    enc = lambda x: {"dtype": str(x.dtype), "shape": list(x.shape), "data": x.reshape(-1).tolist()}
+    with open(os.path.join(out, name + ".io.json"), "w") as f:
+        json.dump({"inputs": {k: enc(v) for k, v in feeds.items()}, "output": enc(ref), "valid_rows": "attention_mask"}, f)
+    print("wrote", path)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "kv"))
     a = ap.parse_args()
-    m = build()
-    path = os.path.join(a.out, "genai_gqa_decoder.onnx")
-    onnx.save(m, path)
-    feeds = prefill_feeds()
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    ref = sess.run(["logits"], feeds)[0].astype(np.float32)
-    # Right-padded rows: only the real positions are defined (GQA and the fused op differ on the pads).
-    ref = np.where(feeds["attention_mask"][..., None] == 1, ref, 0.0).astype(np.float32)
-    np.savez(os.path.join(a.out, "genai_gqa_decoder.npz"), **feeds, **{"ref:output": ref})
-    enc = lambda x: {"dtype": str(x.dtype), "shape": list(x.shape), "data": x.reshape(-1).tolist()}
-    with open(os.path.join(a.out, "genai_gqa_decoder.io.json"), "w") as f:
-        json.dump({"inputs": {k: enc(v) for k, v in feeds.items()}, "output": enc(ref), "valid_rows": "attention_mask"}, f)
-    print("wrote", path)
+    save(a.out, "genai_gqa_decoder", build(), prefill_feeds())
+    save(a.out, "ort_mha_decoder", build_mha(), mha_prefill_feeds())
 
 
 if __name__ == "__main__":

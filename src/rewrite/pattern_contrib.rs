@@ -1,6 +1,6 @@
 //! ONNX Runtime's `com.microsoft` attention ops, where the mapping is exact:
 //!
-//! - `MultiHeadAttention` with separate 3-D query/key/value, no bias, no KV cache: `num_heads`, `scale`
+//! - `MultiHeadAttention` with separate 3-D query/key/value, no bias (KV cache: below): `num_heads`, `scale`
 //!   copied; `unidirectional` → `causal` (only where every probe has Sq = Skv); `key_padding_mask` [B]
 //!   (key lengths) → `key_seqlens`, [B, Skv] (1 = keep) → bool `attn_mask`; `attention_bias` → additive
 //!   `attn_mask` (not together with a [B, Skv] key_padding_mask).
@@ -8,6 +8,8 @@
 //!   in-op rotary: its projection is unpacked (`MatMul` + bias `Add` + `Split` by `qkv_hidden_sizes`) in
 //!   front of the op; `unidirectional` → `causal`; `mask_index` [B] (key lengths) → `key_seqlens`,
 //!   [B, S] (1 = keep) → bool `attn_mask`; `attention_bias` → additive `attn_mask`.
+//! - `MultiHeadAttention` with past_key/past_value (3-D query/key/value, no past_sequence_length): the op's
+//!   concat mode, present outputs taken over;
 //! - `GroupQueryAttention` without smooth softmax, head sink or bias, and with `local_window_size` = -1:
 //!   causal, `scale`/`softcap` copied; without KV cache `key_seqlens` = seqlens_k + 1; with past_key/
 //!   past_value the op's shared-buffer mode (past_seqlens = max(seqlens_k + 1 − new, 0), present outputs
@@ -96,10 +98,19 @@ fn mha(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
     if opt_input(n, 3).is_some() {
         return Err("has a projection bias input".into());
     }
-    if opt_input(n, 6).is_some() || opt_input(n, 7).is_some() || opt_input(n, 8).is_some() || opt_input(n, 9).is_some() {
-        return Err("has KV cache inputs".into());
+    if opt_input(n, 8).is_some() || opt_input(n, 9).is_some() {
+        return Err("past_sequence_length / cache_indirection (shared buffer, beam search) inputs".into());
     }
-    extra_outputs_unused(ctx, n)?;
+    let past = match (opt_input(n, 6), opt_input(n, 7)) {
+        (None, None) => None,
+        (Some(k), Some(v)) => Some((k.clone(), v.clone())),
+        _ => return Err("only one of past_key/past_value".into()),
+    };
+    if past.is_none() {
+        extra_outputs_unused(ctx, n)?;
+    } else if n.output.get(3).is_some_and(|o| !o.is_empty() && ctx.gi.use_count(o) > 0) {
+        return Err("qk output is used".into());
+    }
     for t in 0..3 {
         if ctx.rank(&n.input[t]) != Some(3) {
             return Err("query/key/value are not all 3-D".into());
@@ -137,6 +148,22 @@ fn mha(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
         let r = ctx.rank(b).ok_or("attention_bias shape unknown")?;
         f.attn_mask = Some(if r == 4 { MaskSrc::Tensor(b.clone()) } else { MaskSrc::ToRank4(b.clone(), 4 - r) });
         notes.push("attention_bias → additive attn_mask".into());
+    }
+    if let Some((past_key, past_value)) = past {
+        // present = past ++ new over [B, N, S, H]: the op's concat mode; the mask covers past + new keys.
+        let out = |k: usize| n.output.get(k).filter(|o| !o.is_empty()).cloned().unwrap_or_default();
+        f.kv = Some(KvFusion {
+            past_key,
+            past_value,
+            past_lens_from: None,
+            cos_cache: None,
+            sin_cache: None,
+            position_ids: None,
+            rotary_interleaved: false,
+            present_key: out(1),
+            present_value: out(2),
+        });
+        notes.push("KV cache: past ++ new → present (concat mode)".into());
     }
     f.mask_note = if notes.is_empty() { "no mask".into() } else { notes.join(", ") };
     Ok(f)
