@@ -11,7 +11,7 @@ transformer optimizer emits for GPT-2-style decoders): unidirectional, key_paddi
 past + new] from attention_mask, past/present growing by concatenation (no rotary, no position embedding:
 the causal mask alone orders tokens in this toy).
 
-Writes genai_gqa_decoder.onnx and .io.json/.npz: one prefill step of a right-padded batch of 2 prompts into a
+Also float16 twins (*_fp16.onnx) for the CUDA EP generation check. Writes genai_gqa_decoder.onnx and .io.json/.npz: one prefill step of a right-padded batch of 2 prompts into a
 cache buffer of capacity CAP (the shared-buffer form GenAI uses), with ONNX Runtime's logits as reference.
 
     python models/make_kv_decoder.py --out models/kv
@@ -181,12 +181,32 @@ def save(out, name, m, feeds):
     print("wrote", path)
 
 
+def to_fp16(m):
+    """The same model in float16 end to end (weights, caches, logits), for the CUDA EP (our CUDA kernel and
+    ORT's GroupQueryAttention serve float16)."""
+    m = onnx.ModelProto.FromString(m.SerializeToString())
+    for t in m.graph.initializer:
+        if t.data_type == T.FLOAT:
+            t.CopyFrom(nh.from_array(nh.to_array(t).astype(np.float16), t.name))
+    for v in list(m.graph.input) + list(m.graph.output):
+        if v.type.tensor_type.elem_type == T.FLOAT:
+            v.type.tensor_type.elem_type = T.FLOAT16
+    m.graph.name += "_fp16"
+    onnx.checker.check_model(m)
+    return m
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "kv"))
     a = ap.parse_args()
-    save(a.out, "genai_gqa_decoder", build(), prefill_feeds())
-    save(a.out, "ort_mha_decoder", build_mha(), mha_prefill_feeds())
+    gqa, mha = build(), build_mha()
+    save(a.out, "genai_gqa_decoder", gqa, prefill_feeds())
+    save(a.out, "ort_mha_decoder", mha, mha_prefill_feeds())
+    # float16 twins for the GPU generation check (scripts/gpu/kv_cuda.py); ORT's CPU EP lacks some float16
+    # kernels (Tanh), so they have no CPU reference here.
+    onnx.save(to_fp16(gqa), os.path.join(a.out, "genai_gqa_decoder_fp16.onnx"))
+    onnx.save(to_fp16(mha), os.path.join(a.out, "ort_mha_decoder_fp16.onnx"))
 
 
 if __name__ == "__main__":
