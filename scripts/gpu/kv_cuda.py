@@ -2,8 +2,12 @@
 the shared-buffer mode (past and present bound to one device buffer: in place, ragged per-row lengths) and
 a separate present buffer, rotary (half-split / interleaved / explicit position_ids), fp16 and bf16, against
 a float64 reference computed here with torch (fa_lib.reference per batch row). Unused cache capacity is
-poisoned with NaN, outputs too. NOT YET RUN on a GPU (written without one)."""
+poisoned with NaN, outputs too. Then greedy generation through the bundled float16 KV-cache decoders, original
+vs rewritten, on the CUDA EP. NOT YET RUN on a GPU (written without one)."""
 import math
+import os
+import pathlib
+import sys
 
 import numpy as np
 import torch
@@ -139,10 +143,43 @@ def one_case(session, check, dtype, mode, rotary, S_new, D=64, B=2, Nq=8, Nkv=2,
     check(name, ok, f"max err {max(errs):.2e}, present {'ok' if ok_present else 'WRONG'}")
 
 
-def kv_checks(session, check):
+def generation_checks(lib, check):
+    """Greedy generation (prefill + 32 steps, batch 2 ragged) through the bundled float16 decoders on the CUDA
+    EP: ORT's GroupQueryAttention/MultiHeadAttention vs the rewritten model (carried in .gpu/kv/ by pack.sh),
+    GQA in both cache modes with device buffers (shared: one buffer bound as past and present)."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "tests" / "python"))
+    import kv_generation as kg
+
+    prov = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    for name, modes in (("genai_gqa_decoder_fp16", ("shared", "copy")), ("ort_mha_decoder_fp16", ("concat",))):
+        flash = root / ".gpu" / "kv" / f"{name}.flash.onnx"
+        if not flash.exists():
+            check(f"generation {name}", False, f"{flash} missing (run scripts/gpu/pack.sh)")
+            continue
+        for mode in modes:
+            try:
+                s0, s1 = kg.session(kg.KV_DIR / f"{name}.onnx", None, prov), kg.session(flash, lib, prov)
+                if mode == "concat":
+                    prompt = kg.prompts(6, left_pad=True)
+                    t0, l0 = kg.generate_concat(s0, prompt)
+                    t1, l1 = kg.generate_concat(s1, prompt)
+                else:
+                    prompt = kg.prompts(5, left_pad=False)
+                    t0, l0 = kg.generate_buffer(s0, mode, prompt, device="cuda")
+                    t1, l1 = kg.generate_buffer(s1, mode, prompt, device="cuda")
+                why = kg.compare(t0, l0, t1, l1, 5e-2)
+                check(f"generation {name} {mode} (CUDA EP)", why is None, why or f"{t0.shape[1]} tokens equal")
+            except Exception as e:  # noqa: BLE001
+                check(f"generation {name} {mode} (CUDA EP)", False, f"exception {str(e)[:300]}")
+
+
+def kv_checks(session, check, lib=None):
     for dtype in (torch.float16, torch.bfloat16):
         for mode in ("concat", "shared_inplace", "shared_copy"):
             for rotary in (None, "half", "interleaved", "position_ids"):
                 for S_new in (1, 7):
                     one_case(session, check, dtype, mode, rotary, S_new)
     one_case(session, check, torch.float16, "shared_inplace", "half", 1, D=128)
+    if lib:
+        generation_checks(lib, check)

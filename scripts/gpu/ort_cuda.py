@@ -244,7 +244,7 @@ def main():
     try:
         import kv_cuda
 
-        kv_cuda.kv_checks(session, check)
+        kv_cuda.kv_checks(session, check, LIB)
     except Exception as e:  # noqa: BLE001
         check("kv cache checks", False, f"exception {str(e)[:300]}")
     print(f"ort: {len(FAILS)} failed" + (f": {FAILS}" if FAILS else ""), flush=True)

@@ -10,6 +10,11 @@ exe=$(cd "$root" && cargo test --release --test gpu_ort --no-run --message-forma
   python3 -c "import json,sys; print([j['executable'] for j in map(json.loads, sys.stdin) if j.get('executable') and j['target']['name'] == 'gpu_ort'][-1])")
 objcopy --strip-debug "$exe" "$root/.gpu/gpu_ort"
 objcopy --strip-debug "$root/target/release/libflashattn_ort.so" "$root/.gpu/libflashattn_ort.so"
+# The float16 KV-cache decoders rewritten here (no Rust there), for kv_cuda.py's generation check.
+mkdir -p "$root/.gpu/kv"
+for m in "$root"/models/kv/*_fp16.onnx; do
+  "$root/target/release/flashattn-ort" rewrite "$m" -o "$root/.gpu/kv/$(basename "${m%.onnx}").flash.onnx" >/dev/null
+done
 
 if [ -n "${1:-}" ]; then cp "$1"/* "$root/.gpu/stage/"; fi
 du -sh "$root/.gpu"
