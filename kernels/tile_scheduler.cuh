@@ -21,12 +21,7 @@ template <int BM, int BN> __device__ __forceinline__ BlockWork schedule_block(co
   w.head = blockIdx.y;
   w.batch = blockIdx.z;
   w.kv_head = w.head / (p.heads_q / p.heads_kv);
-  int kv_len = p.seq_kv;
-  if (p.has_seqlens) {
-    // seqlens_offset: the new tokens on top of a shared-buffer cache's past lengths (0 for key_seqlens).
-    const int sl = reinterpret_cast<const int32_t *>(p.seqlens_ptr)[w.batch] + p.seqlens_offset;
-    kv_len = sl < 0 ? 0 : (sl < kv_len ? sl : kv_len);
-  }
+  const int kv_len = batch_kv_len(p, w.batch);
   w.kv_len = kv_len;
   const int row_first = w.m_block * BM;
   const int row_last = min(row_first + BM, p.seq_q) - 1;

@@ -2,8 +2,8 @@
 //! fatbin holds every kernel the dispatch table names for every target, and the library's GPU entry point
 //! fails cleanly (no panic, no crash) on a machine without a usable GPU.
 
-use flashattn_ort::gpu::{self, dispatch::all_kernels};
-use flashattn_ort::params::AttnParams;
+use flashattn_ort::gpu::{self, dispatch::all_kernels, kv_append};
+use flashattn_ort::params::{AttnParams, KvAppendParams};
 
 #[test]
 fn kernels_are_embedded_when_nvcc_was_found() {
@@ -25,15 +25,17 @@ fn every_dispatched_kernel_was_compiled_for_every_target() {
     let mut compiled = 0;
     for line in text.lines().filter(|l| l.contains("Compiling entry function")) {
         compiled += 1;
-        assert!(all_kernels().any(|k| line.contains(&format!("'{}'", k.name()))), "kernel not in the dispatch table: {line}");
+        let known = all_kernels().any(|k| line.contains(&format!("'{}'", k.name()))) || kv_append::KERNEL_NAMES.iter().any(|n| line.contains(&format!("'{n}'")));
+        assert!(known, "kernel not in the dispatch table nor the KV append step: {line}");
     }
-    for k in all_kernels() {
+    let names: Vec<String> = all_kernels().map(|k| k.name()).chain(kv_append::KERNEL_NAMES.iter().map(|n| n.to_string())).collect();
+    for name in &names {
         for arch in ["sm_80", "sm_90a", "sm_100a"] {
-            let needle = format!("'{}' for '{arch}'", k.name());
-            assert!(text.contains(&needle), "{} was not compiled for {arch}", k.name());
+            let needle = format!("'{name}' for '{arch}'");
+            assert!(text.contains(&needle), "{name} was not compiled for {arch}");
         }
     }
-    assert_eq!(compiled, all_kernels().count() * 3);
+    assert_eq!(compiled, names.len() * 3);
 }
 
 #[test]
@@ -46,4 +48,7 @@ fn launch_without_gpu_is_a_clean_error() {
     assert!(err.to_string().contains("CUDA"), "{err}");
     let rc = unsafe { gpu::ffi::flashattn_ort_gpu_launch(&p, std::ptr::null_mut()) };
     assert_ne!(rc, 0);
+    let kp = KvAppendParams { batch: 1, heads_q: 1, heads_kv: 1, seq_q: 1, seq_new: 1, present_seq: 1, head_dim: 64, head_dim_v: 64, dtype: 1, new_k_ptr: 16, new_v_ptr: 16, present_k_ptr: 16, present_v_ptr: 16, ..Default::default() };
+    let err = kv_append::launch_append(&kp, std::ptr::null_mut()).unwrap_err();
+    assert!(err.to_string().contains("CUDA"), "{err}");
 }

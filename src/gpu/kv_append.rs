@@ -14,6 +14,9 @@ use crate::params::{DType, KvAppendParams};
 
 const THREADS: u32 = 128;
 
+/// The append step's entry points in the fatbin (kernels/kv_append.cuh).
+pub const KERNEL_NAMES: [&str; 2] = ["kv_append_f16", "kv_append_bf16"];
+
 struct AppendKernels {
     ctx: sys::CUcontext,
     f16: sys::CUfunction,
@@ -42,7 +45,7 @@ fn load(dev: sys::CUdevice) -> Result<AppendKernels, GpuError> {
         check(unsafe { sys::cuModuleGetFunction(&mut f, module, c.as_ptr()) }, &format!("finding kernel {name}"))?;
         Ok(f)
     };
-    Ok(AppendKernels { ctx, f16: get("kv_append_f16")?, bf16: get("kv_append_bf16")? })
+    Ok(AppendKernels { ctx, f16: get(KERNEL_NAMES[0])?, bf16: get(KERNEL_NAMES[1])? })
 }
 
 /// Queues the append step for `p` (device addresses inside) on `stream`.
