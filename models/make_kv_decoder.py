@@ -6,6 +6,9 @@ initializers), seqlens_k = ReduceSum(attention_mask) - 1 and total_sequence_leng
 a small MLP, an LM head. Graph interface as GenAI's: input_ids, attention_mask, past_key_values.{i}.key/value
 -> logits, present.{i}.key/value; caches [batch, kv_heads, seq, head_dim].
 
+Also genai_gqa_packed_decoder.onnx: the same with one packed QKV projection (GQA's key/value inputs absent, the
+model builder's default) and interleaved rotary.
+
 Also ort_mha_decoder.onnx: the same decoder with com.microsoft MultiHeadAttention with past (as ONNX Runtime's
 transformer optimizer emits for GPT-2-style decoders): unidirectional, key_padding_mask int32 [batch,
 past + new] from attention_mask, past/present growing by concatenation (no rotary, no position embedding:
@@ -35,7 +38,7 @@ def init(name, shape, scale):
     return nh.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
 
 
-def build():
+def build(packed=False, interleaved=0, name="genai_gqa_decoder"):
     nodes, inits = [], []
     inits.append(init("embed", [VOCAB, D], 1.0))
     # GenAI's seqlens_k / total_sequence_length from the attention mask.
@@ -60,9 +63,15 @@ def build():
     x = "x0"
     for l in range(LAYERS):
         p = f"layers.{l}"
-        for n, w in (("q", NQ * HD), ("k", NKV * HD), ("v", NKV * HD)):
-            inits.append(init(f"{p}.{n}_proj", [D, w], 0.4))
-            nodes.append(h.make_node("MatMul", [x, f"{p}.{n}_proj"], [f"{p}.{n}"]))
+        if packed:  # one QKV projection, the packed GQA input (key/value absent)
+            inits.append(init(f"{p}.qkv_proj", [D, (NQ + 2 * NKV) * HD], 0.4))
+            nodes.append(h.make_node("MatMul", [x, f"{p}.qkv_proj"], [f"{p}.qkv"]))
+            qkv = [f"{p}.qkv", "", ""]
+        else:
+            for n, w in (("q", NQ * HD), ("k", NKV * HD), ("v", NKV * HD)):
+                inits.append(init(f"{p}.{n}_proj", [D, w], 0.4))
+                nodes.append(h.make_node("MatMul", [x, f"{p}.{n}_proj"], [f"{p}.{n}"]))
+            qkv = [f"{p}.q", f"{p}.k", f"{p}.v"]
         pk, pv = f"past_key_values.{l}.key", f"past_key_values.{l}.value"
         ck, cv = f"present.{l}.key", f"present.{l}.value"
         for n in (pk, pv):
@@ -70,9 +79,9 @@ def build():
         for n in (ck, cv):
             outs.append(h.make_tensor_value_info(n, T.FLOAT, ["batch", NKV, "present_seq", HD]))
         nodes.append(h.make_node("GroupQueryAttention",
-                                 [f"{p}.q", f"{p}.k", f"{p}.v", pk, pv, "seqlens_k", "total_sequence_length", "cos_cache", "sin_cache"],
+                                 qkv + [pk, pv, "seqlens_k", "total_sequence_length", "cos_cache", "sin_cache"],
                                  [f"{p}.attn", ck, cv], domain="com.microsoft", name=f"/model/{p}/attn/GroupQueryAttention",
-                                 num_heads=NQ, kv_num_heads=NKV, do_rotary=1, rotary_interleaved=0, scale=HD ** -0.5))
+                                 num_heads=NQ, kv_num_heads=NKV, do_rotary=1, rotary_interleaved=interleaved, scale=HD ** -0.5))
         inits.append(init(f"{p}.o_proj", [NQ * HD, D], 0.3))
         inits.append(init(f"{p}.up", [D, 2 * D], 0.3))
         inits.append(init(f"{p}.down", [2 * D, D], 0.3))
@@ -87,7 +96,7 @@ def build():
         x = f"{p}.out"
     inits.append(init("lm_head", [D, VOCAB], 0.5))
     nodes.append(h.make_node("MatMul", [x, "lm_head"], ["logits"]))
-    g = h.make_graph(nodes, "genai_gqa_decoder", ins, outs, inits)
+    g = h.make_graph(nodes, name, ins, outs, inits)
     m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)], ir_version=8)
     onnx.checker.check_model(m)
     return m
@@ -207,6 +216,8 @@ def main():
     # kernels (Tanh), so they have no CPU reference here.
     onnx.save(to_fp16(gqa), os.path.join(a.out, "genai_gqa_decoder_fp16.onnx"))
     onnx.save(to_fp16(mha), os.path.join(a.out, "ort_mha_decoder_fp16.onnx"))
+    # The model builder's default packed-QKV form, with interleaved rotary.
+    save(a.out, "genai_gqa_packed_decoder", build(packed=True, interleaved=1, name="genai_gqa_packed_decoder"), prefill_feeds())
 
 
 if __name__ == "__main__":

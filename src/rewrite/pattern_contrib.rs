@@ -11,7 +11,7 @@
 //! - `MultiHeadAttention` with past_key/past_value (3-D query/key/value, no past_sequence_length): the op's
 //!   concat mode, present outputs taken over;
 //! - `GroupQueryAttention` without smooth softmax, head sink or bias, and with `local_window_size` = -1:
-//!   causal, `scale`/`softcap` copied; without KV cache `key_seqlens` = seqlens_k + 1; with past_key/
+//!   causal, `scale`/`softcap` copied; packed QKV (key/value absent) split in front of the op; without KV cache `key_seqlens` = seqlens_k + 1; with past_key/
 //!   past_value the op's shared-buffer mode (past_seqlens = max(seqlens_k + 1 − new, 0), present outputs
 //!   taken over), rotary (`do_rotary`, cos/sin caches, position_ids, interleaving) inside the op.
 //!
@@ -63,14 +63,26 @@ fn same_len(ctx: &Ctx, q: &str, k: &str) -> bool {
     })
 }
 
+/// [`base_fusion`] for a node whose key/value inputs may be absent (set them afterwards).
+fn base_fusion_q(pattern: &'static str, ctx: &Ctx, i: usize, heads: i64) -> Fusion {
+    let n = ctx.gi.node(i);
+    let q = Src::Tensor(n.input[0].clone());
+    Fusion { q: q.clone(), k: q.clone(), v: q, ..base_fusion_any(pattern, ctx, i, heads) }
+}
+
 fn base_fusion(pattern: &'static str, ctx: &Ctx, i: usize, heads: i64) -> Fusion {
+    let n = ctx.gi.node(i);
+    Fusion { k: Src::Tensor(n.input[1].clone()), v: Src::Tensor(n.input[2].clone()), ..base_fusion_any(pattern, ctx, i, heads) }
+}
+
+fn base_fusion_any(pattern: &'static str, ctx: &Ctx, i: usize, heads: i64) -> Fusion {
     let n = ctx.gi.node(i);
     Fusion {
         pattern,
         kv: None,
         q: Src::Tensor(n.input[0].clone()),
-        k: Src::Tensor(n.input[1].clone()),
-        v: Src::Tensor(n.input[2].clone()),
+        k: Src::Tensor(n.input[0].clone()),
+        v: Src::Tensor(n.input[0].clone()),
         layout: Layout::ThreeD(heads),
         scale: attr_f(n, "scale").map(|s| s as f64).filter(|&s| s != 0.0),
         softcap: 0.0,
@@ -169,12 +181,48 @@ fn mha(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
     Ok(f)
 }
 
+/// GroupQueryAttention's packed form (query = [B, S, (heads + 2·kv_heads)·H], key/value absent, as ORT
+/// GenAI's model builder emits): a `Split` along the last axis in front of the op. Returns the prelude and
+/// the q/k/v tensor names.
+fn unpack_qkv(ctx: &Ctx, n: &onnx_protobuf::NodeProto, heads: i64) -> Result<(Vec<onnx_protobuf::NodeProto>, Vec<onnx_protobuf::TensorProto>, [String; 3]), String> {
+    use onnx_protobuf::{attribute_proto::AttributeType, AttributeProto, NodeProto};
+    let gi = ctx.gi;
+    let kv_heads = attr_i(n, "kv_num_heads").ok_or("packed QKV without kv_num_heads")?;
+    let shapes = ctx.shapes(&n.input[0]).ok_or("packed QKV shape unknown")?;
+    let w = shapes[0].last().copied().unwrap_or(-1);
+    if shapes.iter().any(|s| s.len() != 3 || s[2] != w) || w <= 0 || w % (heads + 2 * kv_heads) != 0 {
+        return Err("packed QKV width unknown or not (num_heads + 2·kv_num_heads)·head_size".into());
+    }
+    let hd = w / (heads + 2 * kv_heads);
+    let base = format!("{}/flashattn_qkv", n.output[0]);
+    let taken = |t: &str| gi.producer.contains_key(t) || gi.inits.contains_key(t) || gi.inputs.contains_key(t);
+    let name = |suffix: &str| -> Result<String, String> {
+        let t = format!("{base}/{suffix}");
+        if taken(&t) { Err(format!("tensor name {t} already in use")) } else { Ok(t) }
+    };
+    let (sizes, q, k, v) = (name("split_sizes")?, name("q")?, name("k")?, name("v")?);
+    let mut axis = AttributeProto::new();
+    axis.name = "axis".into();
+    axis.type_ = AttributeType::INT.into();
+    axis.i = 2;
+    let mut split = NodeProto::new();
+    split.op_type = "Split".into();
+    split.name = format!("{base}/Split");
+    split.input = vec![n.input[0].clone(), sizes.clone()];
+    split.output = vec![q.clone(), k.clone(), v.clone()];
+    split.attribute = vec![axis];
+    let init = super::tensor::make_i64(&sizes, &[3], &[heads * hd, kv_heads * hd, kv_heads * hd]);
+    Ok((vec![split], vec![init], [q, k, v]))
+}
+
 fn gqa(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
     let n = ctx.gi.node(i);
     let heads = attr_i(n, "num_heads").ok_or("no num_heads")?;
-    if opt_input(n, 1).is_none() || opt_input(n, 2).is_none() {
-        return Err("packed QKV input".into());
-    }
+    let packed = match (opt_input(n, 1), opt_input(n, 2)) {
+        (Some(_), Some(_)) => false,
+        (None, None) => true,
+        _ => return Err("only one of key/value".into()),
+    };
     let past = match (opt_input(n, 3), opt_input(n, 4)) {
         (None, None) => None,
         (Some(k), Some(v)) => Some((k.clone(), v.clone())),
@@ -198,11 +246,20 @@ fn gqa(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
     } else if n.output.get(3).is_some_and(|o| !o.is_empty() && ctx.gi.use_count(o) > 0) {
         return Err("output_qk is used".into());
     }
-    if !same_len(ctx, &n.input[0], &n.input[1]) {
+    if !packed && !same_len(ctx, &n.input[0], &n.input[1]) {
         return Err("query and key lengths may differ".into());
     }
     let seqlens = opt_input(n, 5).ok_or("no seqlens_k")?;
-    let mut f = base_fusion("ms-GroupQueryAttention", ctx, i, heads);
+    let mut f = if packed {
+        let (prelude, inits, [q, k, v]) = unpack_qkv(ctx, n, heads)?;
+        let mut f = Fusion { k: Src::Tensor(String::new()), v: Src::Tensor(String::new()), ..base_fusion_q("ms-GroupQueryAttention", ctx, i, heads) };
+        (f.q, f.k, f.v) = (Src::Tensor(q), Src::Tensor(k), Src::Tensor(v));
+        f.prelude = prelude;
+        f.prelude_inits = inits;
+        f
+    } else {
+        base_fusion("ms-GroupQueryAttention", ctx, i, heads)
+    };
     f.causal = true;
     f.window_right = 0;
     f.softcap = attr_f(n, "softcap").unwrap_or(0.0) as f64;

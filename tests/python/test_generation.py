@@ -1,7 +1,7 @@
 """Greedy generation through the bundled KV-cache decoders (models/kv/, made by models/make_kv_decoder.py),
 original vs rewritten by `flashattn-ort rewrite`, in ONNX Runtime (CPU EP): prefill of a batch of 2 prompts of
 different lengths + 32 decode steps; same tokens, logits within tolerance (loops: kv_generation.py).
-- genai_gqa_decoder (GenAI-style com.microsoft GroupQueryAttention with past and rotary; right-padded
+- genai_gqa_decoder and genai_gqa_packed_decoder (packed QKV, interleaved rotary) (GenAI-style com.microsoft GroupQueryAttention with past and rotary; right-padded
   prompts): both cache modes — one buffer per cache bound as past and present (in place, as ORT GenAI's
   past_present_share_buffer) and separate past/present buffers swapped each step;
 - ort_mha_decoder (com.microsoft MultiHeadAttention with past, as ORT's transformer optimizer emits;
@@ -28,7 +28,7 @@ RTOL = {"": 1e-4, "_fp16": 5e-2}
 def rewritten(tmp_path_factory):
     d = tmp_path_factory.mktemp("kv")
     out = {}
-    for name in ("genai_gqa_decoder", "ort_mha_decoder", "genai_gqa_decoder_fp16", "ort_mha_decoder_fp16"):
+    for name in ("genai_gqa_decoder", "genai_gqa_packed_decoder", "ort_mha_decoder", "genai_gqa_decoder_fp16", "ort_mha_decoder_fp16"):
         dst = d / f"{name}.flash.onnx"
         r = subprocess.run([CLI, "rewrite", str(kg.KV_DIR / f"{name}.onnx"), "-o", str(dst)], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -36,7 +36,7 @@ def rewritten(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name,op", [("genai_gqa_decoder", "GroupQueryAttention"), ("ort_mha_decoder", "MultiHeadAttention")])
+@pytest.mark.parametrize("name,op", [("genai_gqa_decoder", "GroupQueryAttention"), ("genai_gqa_packed_decoder", "GroupQueryAttention"), ("ort_mha_decoder", "MultiHeadAttention")])
 def test_every_layer_is_fused_with_its_cache(rewritten, name, op):
     m = onnx.load(str(rewritten[name]))
     assert op not in [n.op_type for n in m.graph.node]
@@ -55,14 +55,13 @@ def test_every_layer_is_fused_with_its_cache(rewritten, name, op):
     assert r.returncode == 0 and onnx.load(str(again)).SerializeToString() == m.SerializeToString(), "second rewrite changed the model"
 
 
-@pytest.mark.parametrize("suffix", ["", "_fp16"])
+@pytest.mark.parametrize("name,rtol", [("genai_gqa_decoder", RTOL[""]), ("genai_gqa_packed_decoder", RTOL[""]), ("genai_gqa_decoder_fp16", RTOL["_fp16"])])
 @pytest.mark.parametrize("mode", ["shared", "copy"])
-def test_gqa_generation_same_tokens(rewritten, mode, suffix):
-    name = "genai_gqa_decoder" + suffix
+def test_gqa_generation_same_tokens(rewritten, mode, name, rtol):
     prompt = kg.prompts(5, left_pad=False)
     t0, l0 = kg.generate_buffer(kg.session(kg.KV_DIR / f"{name}.onnx"), mode, prompt)
     t1, l1 = kg.generate_buffer(kg.session(rewritten[name], LIB), mode, prompt)
-    why = kg.compare(t0, l0, t1, l1, RTOL[suffix])
+    why = kg.compare(t0, l0, t1, l1, rtol)
     assert why is None, f"{name} {mode}: {why}"
 
 
@@ -76,7 +75,7 @@ def test_mha_generation_same_tokens(rewritten, suffix):
     assert why is None, f"{name}: {why}"
 
 
-@pytest.mark.parametrize("name", ["genai_gqa_decoder", "ort_mha_decoder"])
+@pytest.mark.parametrize("name", ["genai_gqa_decoder", "genai_gqa_packed_decoder", "ort_mha_decoder"])
 def test_bundled_prefill_reference(rewritten, name):
     """The bundled io: one prefill step; the rewritten model's logits on the real (unpadded) positions."""
     d = np.load(kg.KV_DIR / f"{name}.npz")
