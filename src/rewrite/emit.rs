@@ -237,7 +237,11 @@ pub fn apply(g: &mut GraphProto, fusions: &[Fusion], opset: i64) -> Result<()> {
     let mut b = Builder { namer: Namer { used }, cache: HashMap::new(), opset, inits: &mut inits };
     let old = std::mem::take(&mut g.node);
     let mut nodes = Vec::with_capacity(old.len());
+    let dropped: HashSet<usize> = fusions.iter().filter_map(|f| f.kv.as_ref()).flat_map(|kv| kv.drop.iter().copied()).collect();
     for (i, n) in old.into_iter().enumerate() {
+        if dropped.contains(&i) {
+            continue; // the fused node produces its outputs (present) now
+        }
         let Some(f) = by_node.get(&i) else {
             nodes.push(n);
             continue;

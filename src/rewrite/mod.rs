@@ -12,6 +12,7 @@
 
 pub mod cleanup;
 pub mod emit;
+pub mod kv_concat;
 pub mod eval;
 pub mod graph;
 pub mod io;
@@ -84,6 +85,8 @@ pub struct KvFusion {
     pub rotary_interleaved: bool,
     pub present_key: String,
     pub present_value: String,
+    /// Nodes whose outputs the op's present outputs take over (the `Concat(past, new)` of an export).
+    pub drop: Vec<usize>,
 }
 
 /// One attention to replace.
@@ -166,6 +169,9 @@ pub fn rewrite_model(model: &mut ModelProto, model_dir: Option<&std::path::Path>
         let ctx = probe::Ctx::new(&gi, &reader);
         let mut found = Vec::new();
         pattern_sdpa::find(&ctx, &mut found, &mut report);
+        for f in found.iter_mut() {
+            kv_concat::absorb(&ctx, f);
+        }
         pattern_onnx::find(&ctx, &mut found, &mut report);
         pattern_contrib::find(&ctx, &mut found, &mut report);
         // Never let two matches claim the same node.

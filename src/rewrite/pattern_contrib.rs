@@ -174,6 +174,7 @@ fn mha(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
             rotary_interleaved: false,
             present_key: out(1),
             present_value: out(2),
+            drop: vec![],
         });
         notes.push("KV cache: past ++ new → present (concat mode)".into());
     }
@@ -289,6 +290,7 @@ fn gqa(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
         rotary_interleaved: attr_i(n, "rotary_interleaved").unwrap_or(0) != 0,
         present_key: out(1),
         present_value: out(2),
+        drop: vec![],
     });
     f.mask_note = format!(
         "causal, KV cache in shared-buffer mode: past_seqlens = max(seqlens_k + 1 − new, 0){}",
