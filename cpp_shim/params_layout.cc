@@ -23,13 +23,16 @@ const FieldLayout kFields[] = {
     FIELD(out_row_stride), FIELD(mask_batch_stride), FIELD(mask_head_stride), FIELD(mask_row_stride),
     FIELD(mask_col_stride), FIELD(batch), FIELD(heads_q), FIELD(heads_kv), FIELD(seq_q), FIELD(seq_kv),
     FIELD(head_dim), FIELD(head_dim_v), FIELD(window_left), FIELD(window_right), FIELD(mask_kind),
-    FIELD(dtype), FIELD(has_seqlens), FIELD(scale), FIELD(softcap),
+    FIELD(dtype), FIELD(has_seqlens), FIELD(scale), FIELD(softcap), FIELD(seqlens_offset),
+    FIELD(diag_per_batch),
 };
 }  // namespace
 
 extern "C" {
 std::size_t flashattn_cxx_params_size() { return sizeof(AttnParams); }
 std::size_t flashattn_cxx_params_align() { return alignof(AttnParams); }
+std::size_t flashattn_cxx_kv_params_size() { return sizeof(flashattn::KvAppendParams); }
+std::size_t flashattn_cxx_kv_params_align() { return alignof(flashattn::KvAppendParams); }
 std::size_t flashattn_cxx_params_field_count() { return sizeof(kFields) / sizeof(kFields[0]); }
 // Returns the name (NUL-terminated) of field i and writes its offset and size; null when i is out of range.
 const char *flashattn_cxx_params_field(std::size_t i, std::size_t *offset, std::size_t *size) {

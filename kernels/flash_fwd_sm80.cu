@@ -23,3 +23,5 @@ FLASH_FWD_SM80_BOTH(256, 64, 32, 4)
 
 // The split-KV decode kernels share this fatbin.
 #include "flash_decode_sm80.cu"
+// The KV-cache append step (issue #8), launched before attention by src/gpu/kv_append.rs.
+#include "kv_append.cuh"

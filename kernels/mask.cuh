@@ -10,9 +10,20 @@
 
 namespace flashattn {
 
-// Key columns [lo, hi) that query `row` may see under window/causal and key-length limits alone.
+// Keys that exist for batch entry b: seq_kv, or key_seqlens / a shared KV cache's past lengths plus
+// seqlens_offset (the new tokens), clamped to [0, seq_kv]. Every kernel takes its kv_len from here (through
+// schedule_block or directly) and passes it to visible_cols. AttnParams::kv_len is the Rust twin.
+__device__ __forceinline__ int batch_kv_len(const AttnParams &p, int b) {
+  if (!p.has_seqlens) return p.seq_kv;
+  const int sl = reinterpret_cast<const int32_t *>(p.seqlens_ptr)[b] + p.seqlens_offset;
+  return sl < 0 ? 0 : (sl < p.seq_kv ? sl : p.seq_kv);
+}
+
+// Key columns [lo, hi) that query `row` may see under window/causal and key-length limits alone. `kv_len` is
+// the batch entry's own key count (schedule_block's w.kv_len). The diagonal is bottom-right aligned to seq_kv,
+// or, with p.diag_per_batch (a ragged KV cache), to the entry's own kv_len.
 __device__ __forceinline__ void visible_cols(const AttnParams &p, int row, int kv_len, int &lo, int &hi) {
-  const long long diag = (long long)row + p.seq_kv - p.seq_q;
+  const long long diag = (long long)row + (p.diag_per_batch ? kv_len : p.seq_kv) - p.seq_q;
   long long l = 0, h = kv_len;
   if (p.window_left >= 0) l = diag - p.window_left > 0 ? diag - p.window_left : 0;
   if (p.window_right >= 0 && diag + p.window_right + 1 < h) h = diag + p.window_right + 1;

@@ -10,24 +10,14 @@ namespace flashattn {
 
 // The keys a run of query rows [row_first, row_last] of batch entry `batch` needs, in BN-key blocks.
 struct KeyRange {
-  int kv_len;          // keys that exist for this batch entry (key_seqlens applied)
+  int kv_len;          // keys that exist for this batch entry (key_seqlens / past lengths applied)
   int n_begin, n_end;  // key blocks [n_begin, n_end) holding every key some row may see
   int lo_max, hi_min;  // a key tile [c0, c1) with c0 >= lo_max and c1 <= hi_min is visible to all rows
 };
 
-// key_seqlens[batch] clamped to [0, seq_kv] (seq_kv without key_seqlens).
-__device__ __forceinline__ int key_len(const AttnParams &p, int batch) {
-  int kv_len = p.seq_kv;
-  if (p.has_seqlens) {
-    const int sl = reinterpret_cast<const int32_t *>(p.seqlens_ptr)[batch];
-    kv_len = sl < 0 ? 0 : (sl < kv_len ? sl : kv_len);
-  }
-  return kv_len;
-}
-
 template <int BN> __device__ __forceinline__ KeyRange key_range(const AttnParams &p, int batch, int row_first, int row_last) {
   KeyRange r;
-  r.kv_len = key_len(p, batch);
+  r.kv_len = batch_kv_len(p, batch);
   int lo_first, hi_first, lo_last, hi_last;
   visible_cols(p, row_first, r.kv_len, lo_first, hi_first);
   visible_cols(p, row_last, r.kv_len, lo_last, hi_last);
@@ -45,7 +35,7 @@ template <int BN> __device__ __forceinline__ KeyRange key_range(const AttnParams
 
 struct BlockWork {
   int m_block, head, batch, kv_head;
-  int kv_len;          // keys that exist for this batch entry (key_seqlens applied)
+  int kv_len;          // keys that exist for this batch entry (key_seqlens / past lengths applied)
   int n_begin, n_end;  // key blocks [n_begin, n_end) holding every key some row of the block may see
   int lo_max, hi_min;  // a key tile [c0, c1) with c0 >= lo_max and c1 <= hi_min is visible to all rows
 };

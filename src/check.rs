@@ -152,6 +152,7 @@ impl Case {
             softcap: self.softcap,
             window_left: self.window.0,
             window_right: self.window.1,
+            ..Default::default()
         }
     }
 
@@ -192,7 +193,7 @@ impl Case {
     pub fn params(&self) -> Result<AttnParams> {
         let (q, k, v, m) = (self.query_dims(), self.key_dims(), self.value_dims(), self.mask_dims());
         let seqlens = [self.batch];
-        let shapes = InputShapes { query: &q, key: &k, value: &v, attn_mask: m.as_deref(), key_seqlens: self.seqlens.then_some(&seqlens[..]) };
+        let shapes = InputShapes { query: &q, key: &k, value: &v, attn_mask: m.as_deref(), key_seqlens: self.seqlens.then_some(&seqlens[..]), ..Default::default() };
         Ok(schema::plan(&self.attributes(), &shapes, self.dtype, self.mask_kind())?.0)
     }
 

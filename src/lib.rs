@@ -6,6 +6,7 @@ pub mod check;
 pub mod cli;
 pub mod cpu;
 pub mod gpu;
+pub mod kv_schema;
 pub mod model;
 pub mod op;
 pub mod params;

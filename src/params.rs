@@ -54,8 +54,74 @@ pub mod ffi {
         pub scale: f32,
         /// 0 = off.
         pub softcap: f32,
+
+        // KV cache (appended for #8). With has_seqlens, the keys of batch b are
+        // clamp(seqlens[b] + seqlens_offset, 0, seq_kv): the shared-buffer mode passes the past lengths
+        // and the number of new tokens here.
+        pub seqlens_offset: i32,
+        /// 1: causal/window are aligned bottom-right per batch row, to that row's own key count
+        /// (diagonal = kv_len_b - seq_q) instead of to seq_kv - seq_q.
+        pub diag_per_batch: i32,
+    }
+
+    /// The KV-cache append that runs before attention (kernels/kv_append.cuh, src/cpu/kv.rs): writes the
+    /// new keys/values into the present cache — after a copy of the past in concat mode, in place at each
+    /// row's own length in shared-buffer mode — applying rotary embedding to them and to the query.
+    /// Caches are [batch, heads_kv, cache_seq, head_dim] (row-major); strides in elements.
+    #[derive(Debug, Clone, Copy, PartialEq, Default)]
+    pub struct KvAppendParams {
+        pub new_k_ptr: u64,
+        pub new_v_ptr: u64,
+        pub past_k_ptr: u64,
+        pub past_v_ptr: u64,
+        pub present_k_ptr: u64,
+        pub present_v_ptr: u64,
+        /// int32 [batch]: past lengths (shared-buffer mode); 0 = every row has past_seq keys (concat).
+        pub past_lens_ptr: u64,
+        pub q_ptr: u64,
+        /// Rotated query, laid out with q's strides; 0 = no rotary.
+        pub q_rot_ptr: u64,
+        /// [max_pos, rotary_dim / 2] each, of the cache's type.
+        pub cos_ptr: u64,
+        pub sin_ptr: u64,
+        /// int64 [batch, seq_q]; 0 = position of new token i of row b is past_len_b + i.
+        pub pos_ids_ptr: u64,
+
+        pub q_batch_stride: i64,
+        pub q_head_stride: i64,
+        pub q_row_stride: i64,
+        pub new_k_batch_stride: i64,
+        pub new_k_head_stride: i64,
+        pub new_k_row_stride: i64,
+        pub new_v_batch_stride: i64,
+        pub new_v_head_stride: i64,
+        pub new_v_row_stride: i64,
+
+        pub batch: i32,
+        pub heads_q: i32,
+        pub heads_kv: i32,
+        pub seq_q: i32,
+        /// New tokens (key/value rows).
+        pub seq_new: i32,
+        /// past_key's sequence axis: the past length (concat) or the capacity (shared buffer).
+        pub past_seq: i32,
+        /// present_key's sequence axis.
+        pub present_seq: i32,
+        pub head_dim: i32,
+        pub head_dim_v: i32,
+        /// 0 = no rotary; otherwise even, ≤ head_dim.
+        pub rotary_dim: i32,
+        pub rotary_interleaved: i32,
+        /// Rows of the cos/sin caches.
+        pub rotary_max_pos: i32,
+        /// One of `DType`'s values.
+        pub dtype: i32,
+        /// 1: shared buffer (append in place at past_lens); 0: concat (present = past ++ new).
+        pub shared_buffer: i32,
     }
 }
+
+pub use ffi::KvAppendParams;
 
 pub use ffi::AttnParams;
 
@@ -100,15 +166,27 @@ impl AttnParams {
         self.seq_kv as i64 - self.seq_q as i64
     }
 
+    /// Keys that exist for batch entry `b`: seq_kv, or `key_seqlens`/past lengths (+ seqlens_offset)
+    /// clamped to [0, seq_kv]. The same rule as `schedule_block` in kernels/tile_scheduler.cuh.
+    pub fn kv_len(&self, seqlens: Option<&[i32]>, b: usize) -> i64 {
+        match seqlens {
+            Some(l) if self.has_seqlens != 0 => (l[b] as i64 + self.seqlens_offset as i64).clamp(0, self.seq_kv as i64),
+            _ => self.seq_kv as i64,
+        }
+    }
+
     /// Key columns [lo, hi) that query row `row` may see under causal/window masking alone.
     pub fn visible_keys(&self, row: i64) -> (i64, i64) {
-        let diag = row + self.diagonal_offset();
+        self.visible_keys_in(row, self.seq_kv as i64)
+    }
+
+    /// Key columns [lo, hi) that query row `row` of a batch entry with `kv_len` keys may see under
+    /// causal/window masking and the key count: `visible_cols` in kernels/mask.cuh.
+    pub fn visible_keys_in(&self, row: i64, kv_len: i64) -> (i64, i64) {
+        let diag = if self.diag_per_batch != 0 { row + kv_len - self.seq_q as i64 } else { row + self.diagonal_offset() };
         let lo = if self.window_left >= 0 { (diag - self.window_left as i64).max(0) } else { 0 };
-        let hi = if self.window_right >= 0 {
-            (diag + self.window_right as i64 + 1).min(self.seq_kv as i64)
-        } else {
-            self.seq_kv as i64
-        };
+        let hi = if self.window_right >= 0 { (diag + self.window_right as i64 + 1).min(kv_len) } else { kv_len };
+        let lo = lo.min(kv_len);
         (lo, hi.max(lo))
     }
 

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::params::{AttnParams, DType, MaskKind};
+use crate::params::{AttnParams, DType, KvAppendParams, MaskKind};
 
 pub const MAX_HEAD_DIM: i64 = 256;
 
@@ -16,7 +16,21 @@ pub const KEY: usize = 1;
 pub const VALUE: usize = 2;
 pub const ATTN_MASK: usize = 3;
 pub const KEY_SEQLENS: usize = 4;
-pub const INPUT_NAMES: [&str; 5] = ["query", "key", "value", "attn_mask", "key_seqlens"];
+pub const PAST_KEY: usize = 5;
+pub const PAST_VALUE: usize = 6;
+pub const PAST_SEQLENS: usize = 7;
+pub const COS_CACHE: usize = 8;
+pub const SIN_CACHE: usize = 9;
+pub const POSITION_IDS: usize = 10;
+pub const NUM_INPUTS: usize = 11;
+pub const INPUT_NAMES: [&str; NUM_INPUTS] =
+    ["query", "key", "value", "attn_mask", "key_seqlens", "past_key", "past_value", "past_seqlens", "cos_cache", "sin_cache", "position_ids"];
+/// Output indices.
+pub const OUTPUT: usize = 0;
+pub const SOFTMAX_LSE: usize = 1;
+pub const PRESENT_KEY: usize = 2;
+pub const PRESENT_VALUE: usize = 3;
+pub const OUTPUT_NAMES: [&str; 4] = ["output", "softmax_lse", "present_key", "present_value"];
 
 /// A contract violation, worded for the user: it names the input or attribute and the problem.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,9 +44,10 @@ impl fmt::Display for SchemaError {
 
 impl std::error::Error for SchemaError {}
 
-macro_rules! bail {
-    ($($arg:tt)*) => { return Err(SchemaError(format!($($arg)*))) };
+macro_rules! bail_ {
+    ($($arg:tt)*) => { return Err($crate::schema::SchemaError(format!($($arg)*))) };
 }
+pub(crate) use bail_ as bail;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -59,11 +74,22 @@ pub struct OpAttributes {
     pub softcap: f32,
     pub window_left: i64,
     pub window_right: i64,
+    /// Rotary embedding pairs (x[2i], x[2i+1]) instead of halves (x[i], x[i + rotary_dim/2]).
+    pub rotary_interleaved: bool,
 }
 
 impl Default for OpAttributes {
     fn default() -> Self {
-        OpAttributes { layout: Layout::Bsnh, num_heads: None, causal: false, scale: None, softcap: 0.0, window_left: -1, window_right: -1 }
+        OpAttributes {
+            layout: Layout::Bsnh,
+            num_heads: None,
+            causal: false,
+            scale: None,
+            softcap: 0.0,
+            window_left: -1,
+            window_right: -1,
+            rotary_interleaved: false,
+        }
     }
 }
 
@@ -102,7 +128,12 @@ impl OpAttributes {
                 bail!("attribute '{name}' must be -1 (unbounded) or a non-negative key count, got {w}");
             }
         }
-        Ok(OpAttributes { layout, num_heads, causal, scale, softcap, window_left, window_right })
+        let rotary_interleaved = match src.int("rotary_interleaved").unwrap_or(0) {
+            0 => false,
+            1 => true,
+            c => bail!("attribute 'rotary_interleaved' must be 0 or 1, got {c}"),
+        };
+        Ok(OpAttributes { layout, num_heads, causal, scale, softcap, window_left, window_right, rotary_interleaved })
     }
 
     /// window_right with `causal` folded in (causal = nothing to the right of the diagonal).
@@ -125,6 +156,25 @@ pub struct Geometry {
     pub seq_kv: i64,
     pub head_dim: i64,
     pub head_dim_v: i64,
+    /// The KV cache: how the keys attention sees (`seq_kv`) are made of past and new ones.
+    pub kv: KvGeometry,
+}
+
+/// KV-cache geometry. Without a cache, seq_kv = seq_new and past_seq = 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KvGeometry {
+    /// past_key is given.
+    pub has_past: bool,
+    /// Shared-buffer mode (past_seqlens given): past_seq is the capacity, present aliases past.
+    pub shared: bool,
+    /// Keys/values in the `key`/`value` inputs.
+    pub seq_new: i64,
+    /// past_key's sequence axis (0 without past).
+    pub past_seq: i64,
+    /// 0 = no rotary.
+    pub rotary_dim: i64,
+    /// Rows of cos_cache/sin_cache.
+    pub rotary_max_pos: i64,
 }
 
 /// The output shapes that follow from the inputs.
@@ -132,41 +182,57 @@ pub struct Geometry {
 pub struct OutputShapes {
     pub output: Vec<i64>,
     pub softmax_lse: Vec<i64>,
+    /// [batch, heads_kv, present_seq, head_dim] and [.., head_dim_v].
+    pub present_key: Vec<i64>,
+    pub present_value: Vec<i64>,
 }
 
 /// Shapes of the present inputs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct InputShapes<'a> {
     pub query: &'a [i64],
     pub key: &'a [i64],
     pub value: &'a [i64],
     pub attn_mask: Option<&'a [i64]>,
     pub key_seqlens: Option<&'a [i64]>,
+    pub past_key: Option<&'a [i64]>,
+    pub past_value: Option<&'a [i64]>,
+    pub past_seqlens: Option<&'a [i64]>,
+    pub cos_cache: Option<&'a [i64]>,
+    pub sin_cache: Option<&'a [i64]>,
+    pub position_ids: Option<&'a [i64]>,
 }
 
 impl<'a> InputShapes<'a> {
     /// From per-input shapes in the op's input order (absent = None); None when query, key or value
     /// is unknown.
-    pub fn from_slots(slots: [Option<&'a [i64]>; 5]) -> Option<Self> {
-        let [Some(query), Some(key), Some(value), attn_mask, key_seqlens] = slots else { return None };
-        Some(InputShapes { query, key, value, attn_mask, key_seqlens })
+    pub fn from_slots(slots: [Option<&'a [i64]>; NUM_INPUTS]) -> Option<Self> {
+        let [Some(query), Some(key), Some(value), attn_mask, key_seqlens, past_key, past_value, past_seqlens, cos_cache, sin_cache, position_ids] = slots else {
+            return None;
+        };
+        Some(InputShapes { query, key, value, attn_mask, key_seqlens, past_key, past_value, past_seqlens, cos_cache, sin_cache, position_ids })
+    }
+
+    /// Whether attention reads its keys/values from the present cache (past, rotary or present asked for).
+    pub fn uses_cache(&self) -> bool {
+        self.past_key.is_some() || self.cos_cache.is_some()
     }
 }
 
-fn known(d: i64) -> bool {
+pub(crate) fn known(d: i64) -> bool {
     d >= 0
 }
 
 /// Equal, or one side unknown.
-fn compatible(a: i64, b: i64) -> bool {
+pub(crate) fn compatible(a: i64, b: i64) -> bool {
     !known(a) || !known(b) || a == b
 }
 
-fn merge(a: i64, b: i64) -> i64 {
+pub(crate) fn merge(a: i64, b: i64) -> i64 {
     if known(a) { a } else { b }
 }
 
-fn fmt_shape(s: &[i64]) -> String {
+pub(crate) fn fmt_shape(s: &[i64]) -> String {
     let dims: Vec<String> = s.iter().map(|d| if *d < 0 { "?".into() } else { d.to_string() }).collect();
     format!("[{}]", dims.join(", "))
 }
@@ -203,7 +269,7 @@ pub fn geometry(attrs: &OpAttributes, shapes: &InputShapes) -> Result<Geometry, 
             bail!("input '{name}' has an empty dimension ({d}) in shape {}: every dimension must be at least 1", fmt_shape(s));
         }
     }
-    let g = if rank == 4 {
+    let mut g = if rank == 4 {
         let (bq, sq, nq, dq) = split4(q, attrs.layout);
         let (bk, sk, nk, dk) = split4(k, attrs.layout);
         let (bv, sv, nv, dv) = split4(v, attrs.layout);
@@ -227,6 +293,7 @@ pub fn geometry(attrs: &OpAttributes, shapes: &InputShapes) -> Result<Geometry, 
             seq_kv: merge(sk, sv),
             head_dim: merge(dq, dk),
             head_dim_v: dv,
+            kv: KvGeometry::default(),
         }
     } else {
         let Some(nq) = attrs.num_heads else {
@@ -264,7 +331,7 @@ pub fn geometry(attrs: &OpAttributes, shapes: &InputShapes) -> Result<Geometry, 
         } else {
             -1
         };
-        Geometry { batch: merge(merge(bq, bk), bv), heads_q: nq, heads_kv: nk, seq_q: sq, seq_kv: merge(sk, sv), head_dim: d, head_dim_v: dv }
+        Geometry { batch: merge(merge(bq, bk), bv), heads_q: nq, heads_kv: nk, seq_q: sq, seq_kv: merge(sk, sv), head_dim: d, head_dim_v: dv, kv: KvGeometry::default() }
     };
     if known(g.heads_q) && known(g.heads_kv) && g.heads_q % g.heads_kv != 0 {
         bail!("query heads ({}) must be a multiple of key/value heads ({})", g.heads_q, g.heads_kv);
@@ -274,6 +341,7 @@ pub fn geometry(attrs: &OpAttributes, shapes: &InputShapes) -> Result<Geometry, 
             bail!("{what} is {d}; at most {MAX_HEAD_DIM} is supported");
         }
     }
+    g.kv = crate::kv_schema::kv_geometry(shapes, &mut g)?;
     if let Some(m) = shapes.attn_mask {
         check_mask_shape(m, &g)?;
     }
@@ -314,11 +382,16 @@ pub fn output_shapes(shapes: &InputShapes, g: &Geometry, attrs: &OpAttributes) -
         let _ = attrs;
         vec![q[0], q[1], q[2], g.head_dim_v]
     };
-    OutputShapes { output, softmax_lse: vec![g.batch, g.heads_q, g.seq_q] }
+    OutputShapes {
+        output,
+        softmax_lse: vec![g.batch, g.heads_q, g.seq_q],
+        present_key: vec![g.batch, g.heads_kv, g.seq_kv, g.head_dim],
+        present_value: vec![g.batch, g.heads_kv, g.seq_kv, g.head_dim_v],
+    }
 }
 
 /// Row-major strides of a 4D tensor in `layout` ([batch, head, row] for head_dim-contiguous data).
-fn strides(layout: Layout, heads: i64, seq: i64, dim: i64) -> (i64, i64, i64) {
+pub(crate) fn strides(layout: Layout, heads: i64, seq: i64, dim: i64) -> (i64, i64, i64) {
     match layout {
         Layout::Bsnh => (seq * heads * dim, dim, heads * dim),
         Layout::Bnsh => (heads * seq * dim, seq * dim, dim),
@@ -344,15 +417,17 @@ pub fn plan(attrs: &OpAttributes, shapes: &InputShapes, dtype: DType, mask_kind:
         bail!("internal: mask kind without a mask");
     }
     let g = geometry(attrs, shapes)?;
-    let dims = [g.batch, g.heads_q, g.heads_kv, g.seq_q, g.seq_kv, g.head_dim, g.head_dim_v];
+    let dims = [g.batch, g.heads_q, g.heads_kv, g.seq_q, g.seq_kv, g.head_dim, g.head_dim_v, g.kv.past_seq, g.kv.rotary_max_pos];
     if dims.iter().any(|d| !known(*d)) || dims.iter().any(|d| *d > i32::MAX as i64) {
         bail!("input shapes must be concrete and fit in 32 bits, got query {} key {} value {}", fmt_shape(shapes.query), fmt_shape(shapes.key), fmt_shape(shapes.value));
     }
     // 3D inputs are BSNH with heads folded into the width: same strides as 4D BSNH.
     let layout = if shapes.query.len() == 3 { Layout::Bsnh } else { attrs.layout };
     let (qb, qh, qr) = strides(layout, g.heads_q, g.seq_q, g.head_dim);
-    let (kb, kh, kr) = strides(layout, g.heads_kv, g.seq_kv, g.head_dim);
-    let (vb, vh, vr) = strides(layout, g.heads_kv, g.seq_kv, g.head_dim_v);
+    // With a cache, attention reads keys/values from present ([batch, heads_kv, seq_kv, dim]).
+    let kv_layout = if shapes.uses_cache() { Layout::Bnsh } else { layout };
+    let (kb, kh, kr) = strides(kv_layout, g.heads_kv, g.seq_kv, g.head_dim);
+    let (vb, vh, vr) = strides(kv_layout, g.heads_kv, g.seq_kv, g.head_dim_v);
     let (ob, oh, or) = strides(layout, g.heads_q, g.seq_q, g.head_dim_v);
     let ms = shapes.attn_mask.map(|m| mask_strides(m, &g)).unwrap_or([0; 4]);
     let scale = attrs.scale.unwrap_or(1.0 / (g.head_dim as f32).sqrt());
@@ -384,12 +459,25 @@ pub fn plan(attrs: &OpAttributes, shapes: &InputShapes, dtype: DType, mask_kind:
         window_right: attrs.effective_window_right() as i32,
         mask_kind: mask_kind as i32,
         dtype: dtype as i32,
-        has_seqlens: shapes.key_seqlens.is_some() as i32,
+        // Shared buffer: row b has past_seqlens[b] + seq_new keys, causal aligned to that row's end.
+        has_seqlens: (shapes.key_seqlens.is_some() || g.kv.shared) as i32,
+        seqlens_offset: if g.kv.shared { g.kv.seq_new as i32 } else { 0 },
+        diag_per_batch: g.kv.shared as i32,
         scale,
         softcap: attrs.softcap,
         ..Default::default()
     };
     Ok((params, output_shapes(shapes, &g, attrs)))
+}
+
+/// [`plan`] plus the KV append step (None when the call has no cache input and asks for no present).
+pub fn plan_kv(attrs: &OpAttributes, shapes: &InputShapes, dtype: DType, mask_kind: MaskKind, present: bool) -> Result<(AttnParams, Option<KvAppendParams>, OutputShapes), SchemaError> {
+    let (params, out) = plan(attrs, shapes, dtype, mask_kind)?;
+    if shapes.uses_cache() && !present {
+        bail!("outputs 'present_key' and 'present_value' are required with 'past_key' or rotary ('cos_cache'): attention reads the keys from them");
+    }
+    let kv = if present { Some(crate::kv_schema::append_params(attrs, shapes, &geometry(attrs, shapes)?, dtype)) } else { None };
+    Ok((params, kv, out))
 }
 
 /// Checks `key_seqlens` values (they are data, so only known at compute time).
@@ -407,7 +495,7 @@ mod tests {
     use super::*;
 
     fn shapes<'a>(q: &'a [i64], k: &'a [i64], v: &'a [i64]) -> InputShapes<'a> {
-        InputShapes { query: q, key: k, value: v, attn_mask: None, key_seqlens: None }
+        InputShapes { query: q, key: k, value: v, attn_mask: None, key_seqlens: None, ..Default::default() }
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! fatbin holds every kernel the dispatch and decode tables name for every target, and the library's GPU entry point
 //! fails cleanly (no panic, no crash) on a machine without a usable GPU.
 
-use flashattn_ort::gpu::{self, module::entry_points};
-use flashattn_ort::params::AttnParams;
+use flashattn_ort::gpu::{self, kv_append, module::entry_points};
+use flashattn_ort::params::{AttnParams, KvAppendParams};
 
 #[test]
 fn kernels_are_embedded_when_nvcc_was_found() {
@@ -47,4 +47,7 @@ fn launch_without_gpu_is_a_clean_error() {
     assert!(err.to_string().contains("CUDA"), "{err}");
     let rc = unsafe { gpu::ffi::flashattn_ort_gpu_launch(&p, std::ptr::null_mut()) };
     assert_ne!(rc, 0);
+    let kp = KvAppendParams { batch: 1, heads_q: 1, heads_kv: 1, seq_q: 1, seq_new: 1, present_seq: 1, head_dim: 64, head_dim_v: 64, dtype: 1, new_k_ptr: 16, new_v_ptr: 16, present_k_ptr: 16, present_v_ptr: 16, ..Default::default() };
+    let err = kv_append::launch_append(&kp, std::ptr::null_mut()).unwrap_err();
+    assert!(err.to_string().contains("CUDA"), "{err}");
 }

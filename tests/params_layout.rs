@@ -2,7 +2,7 @@
 //! This checks that C++ (compiled against that header in cpp_shim/) and Rust agree on its layout, and that
 //! the field table the GPU test script builds its ctypes mirror from covers every byte.
 
-use flashattn_ort::gpu::ffi::{cxx_params_layout, rust_params_layout};
+use flashattn_ort::gpu::ffi::{cxx_kv_params_layout, cxx_params_layout, rust_params_layout};
 use flashattn_ort::params::AttnParams;
 
 #[test]
@@ -15,6 +15,14 @@ fn cxx_header_and_rust_agree_on_attn_params() {
     for ((cn, co, cs), (rn, ro, rs)) in cxx.iter().zip(rust.iter()) {
         assert_eq!((cn.as_str(), *co, *cs), (*rn, *ro, *rs), "field layout differs");
     }
+}
+
+#[test]
+fn cxx_header_and_rust_agree_on_kv_append_params() {
+    use flashattn_ort::params::KvAppendParams;
+    let (size, align) = cxx_kv_params_layout();
+    assert_eq!(size, std::mem::size_of::<KvAppendParams>(), "sizeof(KvAppendParams) differs between C++ and Rust");
+    assert_eq!(align, std::mem::align_of::<KvAppendParams>(), "alignof(KvAppendParams) differs between C++ and Rust");
 }
 
 #[test]

@@ -2,7 +2,8 @@
 GPU machine with onnxruntime-gpu: node placement on the CUDA EP (read from ORT's profile), results vs a
 float64 reference (fp16 and bf16, masks, key_seqlens, lse; decode steps on the split-KV kernel with its
 workspace from ORT's allocator), float32 falling back to the CPU kernel, CUDA graph capture and replay (prefill
-and a split-KV decode step), two sessions on two threads, and a bad input refused with a clear message.
+and a split-KV decode step), two sessions on two threads, a bad input refused with a clear message, and the KV
+cache (kv_cuda.py: concat, shared buffer in place, rotary).
 
 usage: python3 ort_cuda.py LIB"""
 import json
@@ -275,6 +276,13 @@ def main():
         check("TensorRT-first session: op on CUDA EP", prov == {"CUDAExecutionProvider"}, f"{prov}; session providers {sess.get_providers()}")
     except Exception as e:  # noqa: BLE001
         check("TensorRT-first session", False, f"exception {str(e)[:300]}")
+    # KV cache (#8): past/present, shared buffer in place, rotary (scripts/gpu/kv_cuda.py).
+    try:
+        import kv_cuda
+
+        kv_cuda.kv_checks(session, check, LIB)
+    except Exception as e:  # noqa: BLE001
+        check("kv cache checks", False, f"exception {str(e)[:300]}")
     print(f"ort: {len(FAILS)} failed" + (f": {FAILS}" if FAILS else ""), flush=True)
     sys.exit(1 if FAILS else 0)
 

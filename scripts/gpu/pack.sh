@@ -16,6 +16,11 @@ objcopy --strip-debug "$exe" "$root/.gpu/gpu_ort"
 objcopy --strip-debug "$root/target/release/libflashattn_ort.so" "$root/.gpu/libflashattn_ort.so"
 # The CLI rewrites the end-to-end benchmark's exports there (`run.sh e2e`).
 objcopy --strip-all "$root/target/release/flashattn-ort" "$root/.gpu/flashattn-ort"
+# The float16 KV-cache decoders rewritten here (no Rust there), for kv_cuda.py's generation check.
+mkdir -p "$root/.gpu/kv"
+for m in "$root"/models/kv/*_fp16.onnx; do
+  "$root/target/release/flashattn-ort" rewrite "$m" -o "$root/.gpu/kv/$(basename "${m%.onnx}").flash.onnx" >/dev/null
+done
 
 if [ -n "${1:-}" ]; then cp "$1"/* "$root/.gpu/stage/"; fi
 du -sh "$root/.gpu"

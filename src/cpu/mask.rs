@@ -22,11 +22,8 @@ pub struct RowMasker<'a, T> {
 impl<T: Element> RowMasker<'_, T> {
     /// Keys [lo, hi) row `row` of batch `b` may see before `attn_mask` is consulted.
     pub fn band(&self, b: usize, row: usize) -> (usize, usize) {
-        let (lo, mut hi) = self.p.visible_keys(row as i64);
-        if let Some(lens) = self.seqlens {
-            hi = hi.min(lens[b] as i64);
-        }
-        (lo as usize, hi.max(lo) as usize)
+        let (lo, hi) = self.p.visible_keys_in(row as i64, self.p.kv_len(self.seqlens, b));
+        (lo as usize, hi as usize)
     }
 
     /// Masks `scores` (keys col0 .. col0+len of row `row`) in place: -inf where the key is hidden.

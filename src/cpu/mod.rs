@@ -2,6 +2,7 @@
 //! float/float16/bfloat16 storage, parallel over (batch, kv head, query tile).
 
 pub mod element;
+pub mod kv;
 pub mod mask;
 pub mod reference;
 pub mod softmax;

@@ -17,8 +17,7 @@ pub fn attention_f64<T: Element>(p: &AttnParams, q: &[T], k: &[T], v: &[T], mask
             let hk = h / group;
             for i in 0..sq {
                 let qa = (b as i64 * p.q_batch_stride + h as i64 * p.q_head_stride + i as i64 * p.q_row_stride) as usize;
-                let (lo, hi) = p.visible_keys(i as i64);
-                let hi = seqlens.map_or(hi, |l| hi.min(l[b] as i64));
+                let (lo, hi) = p.visible_keys_in(i as i64, p.kv_len(seqlens, b));
                 for (j, sj) in s.iter_mut().enumerate() {
                     let ka = (b as i64 * p.k_batch_stride + hk as i64 * p.k_head_stride + j as i64 * p.k_row_stride) as usize;
                     let mut dot = 0.0f64;

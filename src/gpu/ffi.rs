@@ -24,7 +24,7 @@ fields!(
     k_batch_stride, k_head_stride, k_row_stride, v_batch_stride, v_head_stride, v_row_stride, out_batch_stride,
     out_head_stride, out_row_stride, mask_batch_stride, mask_head_stride, mask_row_stride, mask_col_stride, batch,
     heads_q, heads_kv, seq_q, seq_kv, head_dim, head_dim_v, window_left, window_right, mask_kind, dtype,
-    has_seqlens, scale, softcap,
+    has_seqlens, scale, softcap, seqlens_offset, diag_per_batch,
 );
 
 extern "C" {
@@ -32,6 +32,13 @@ extern "C" {
     fn flashattn_cxx_params_align() -> usize;
     fn flashattn_cxx_params_field_count() -> usize;
     fn flashattn_cxx_params_field(i: usize, offset: *mut usize, size: *mut usize) -> *const c_char;
+    fn flashattn_cxx_kv_params_size() -> usize;
+    fn flashattn_cxx_kv_params_align() -> usize;
+}
+
+/// (size, align) of `KvAppendParams` as C++ sees it (the struct kernels/kv_append.cuh takes).
+pub fn cxx_kv_params_layout() -> (usize, usize) {
+    unsafe { (flashattn_cxx_kv_params_size(), flashattn_cxx_kv_params_align()) }
 }
 
 /// (size, align, fields) of `AttnParams` as C++ sees it through the header cxx generates — the header the

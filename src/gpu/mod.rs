@@ -8,12 +8,14 @@
 //! - [`dispatch`]: which kernel serves a problem on a device (compute capability, dtype, head_dim);
 //! - [`launch`]: grid/shared-memory set-up and the launch on a caller's stream;
 //! - [`tensor_map`]: TMA descriptors of Q/K/V for the Hopper kernel;
+//! - [`kv_append`]: the KV-cache append step (present, rotary) queued before attention;
 //! - [`ffi`]: `extern "C"` entry points the GPU test/benchmark script drives through ctypes.
 
 pub mod decode;
 pub mod dispatch;
 pub mod driver;
 pub mod ffi;
+pub mod kv_append;
 pub mod launch;
 pub mod module;
 pub mod tensor_map;

@@ -48,9 +48,13 @@ impl DeviceKernels {
 }
 
 /// Every entry point of the fatbin with its dynamic shared memory: the forward kernels of the dispatch
-/// table and the split-KV decode kernels.
+/// table, the split-KV decode kernels and the KV-cache append step.
 pub fn entry_points() -> Vec<(String, u32)> {
-    all_kernels().map(|k| (k.name(), k.smem_bytes())).chain(super::decode::entry_points()).collect()
+    all_kernels()
+        .map(|k| (k.name(), k.smem_bytes()))
+        .chain(super::decode::entry_points())
+        .chain(super::kv_append::KERNEL_NAMES.iter().map(|n| (n.to_string(), 0)))
+        .collect()
 }
 
 static DEVICES: [OnceLock<Result<DeviceKernels, GpuError>>; MAX_DEVICES] = [const { OnceLock::new() }; MAX_DEVICES];

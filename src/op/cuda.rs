@@ -6,7 +6,11 @@
 //! places float32 nodes on the CPU kernel (copying the tensors).
 //!
 //! On the GPU, `key_seqlens` values are clamped to [0, seq_kv] inside the kernel (the CPU kernel rejects
-//! out-of-range values; reading them here would need a device-to-host copy and a stream sync).
+//! out-of-range values; reading them here would need a device-to-host copy and a stream sync); so are
+//! `past_seqlens` (to [0, capacity - new tokens]) and rotary positions (to the cos/sin rows).
+//!
+//! KV cache (#8): the append step (src/gpu/kv_append.rs) writes present_key/present_value and rotates the
+//! query into a scratch buffer from ORT's allocator for this kernel, then attention reads the cache.
 
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::operator::ComputeContext;
@@ -17,7 +21,7 @@ use super::invalid;
 use super::operator::{missing, Backend};
 use super::signature::MaskType;
 use crate::cpu::Element;
-use crate::schema::{self, InputShapes, OpAttributes, INPUT_NAMES};
+use crate::schema::{self, InputShapes, OpAttributes, INPUT_NAMES, OUTPUT_NAMES};
 
 pub const CUDA_EP: &str = "CUDAExecutionProvider";
 
@@ -76,31 +80,102 @@ impl Backend for Cuda {
             None => None,
             Some(s) => Some(device_tensor(&s, schema::KEY_SEQLENS, TensorElementType::Int32)?),
         };
+        let n_in = ctx.num_inputs()?;
+        let opt = |i: usize, want: TensorElementType| -> ort::Result<Option<DeviceTensor>> {
+            if n_in <= i {
+                return Ok(None);
+            }
+            match ctx.input(i)? {
+                None => Ok(None),
+                Some(x) => Ok(Some(device_tensor(&x, i, want)?)),
+            }
+        };
+        let past_k = opt(schema::PAST_KEY, t)?;
+        let past_v = opt(schema::PAST_VALUE, t)?;
+        let past_lens = opt(schema::PAST_SEQLENS, TensorElementType::Int32)?;
+        let cos = opt(schema::COS_CACHE, t)?;
+        let sin = opt(schema::SIN_CACHE, t)?;
+        let pos_ids = opt(schema::POSITION_IDS, TensorElementType::Int64)?;
+        let sh = |x: &Option<DeviceTensor>| -> Option<Vec<i64>> { x.as_ref().map(|d| d.shape.clone()) };
+        let (pks, pvs, pls, cs, ss, ps) = (sh(&past_k), sh(&past_v), sh(&past_lens), sh(&cos), sh(&sin), sh(&pos_ids));
         let shapes = InputShapes {
             query: &q.shape,
             key: &k.shape,
             value: &v.shape,
             attn_mask: mask.as_ref().map(|m| m.shape.as_slice()),
             key_seqlens: seqlens.as_ref().map(|s| s.shape.as_slice()),
+            past_key: pks.as_deref(),
+            past_value: pvs.as_deref(),
+            past_seqlens: pls.as_deref(),
+            cos_cache: cs.as_deref(),
+            sin_cache: ss.as_deref(),
+            position_ids: ps.as_deref(),
         };
-        let (mut params, out_shapes) = schema::plan(attrs, &shapes, T::DTYPE, mask_type.kind(mask.is_some())).map_err(invalid)?;
-        let out = ctx
-            .output(0, Shape::new(out_shapes.output.iter().copied()))?
-            .ok_or_else(|| invalid("ai.flashattn::FlashAttention: output 'output' could not be allocated"))?;
-        let lse = if ctx.num_outputs()? > 1 { ctx.output(1, Shape::new(out_shapes.softmax_lse.iter().copied()))? } else { None };
+        let n_out = ctx.num_outputs()?;
+        if n_out == schema::PRESENT_VALUE {
+            return Err(invalid("ai.flashattn::FlashAttention: output 'present_key' needs 'present_value' too"));
+        }
+        let (mut params, kv_params, out_shapes) = schema::plan_kv(attrs, &shapes, T::DTYPE, mask_type.kind(mask.is_some()), n_out > schema::PRESENT_VALUE).map_err(invalid)?;
+        let alloc = |i: usize, shape: &[i64]| -> ort::Result<ort::value::ValueRefMut<'_>> {
+            ctx.output(i, Shape::new(shape.iter().copied()))?.ok_or_else(|| invalid(format!("ai.flashattn::FlashAttention: output '{}' could not be allocated", OUTPUT_NAMES[i])))
+        };
+        let out = alloc(schema::OUTPUT, &out_shapes.output)?;
+        let lse = if n_out > 1 { ctx.output(1, Shape::new(out_shapes.softmax_lse.iter().copied()))? } else { None };
+        let stream = ctx
+            .stream()?
+            .ok_or_else(|| ort::Error::new("ai.flashattn::FlashAttention: ONNX Runtime gave the CUDA kernel no compute stream"))?;
         params.q_ptr = q.addr;
         params.k_ptr = k.addr;
         params.v_ptr = v.addr;
+        // The append step; `_scratch` (the rotated query) lives until attention is queued.
+        let allocator;
+        let mut _scratch = None;
+        if let Some(mut kp) = kv_params {
+            let pk = alloc(schema::PRESENT_KEY, &out_shapes.present_key)?;
+            let pv = alloc(schema::PRESENT_VALUE, &out_shapes.present_value)?;
+            kp.present_k_ptr = data_address(pk.ptr())?;
+            kp.present_v_ptr = data_address(pv.ptr())?;
+            kp.new_k_ptr = k.addr;
+            kp.new_v_ptr = v.addr;
+            // No copy when the caller bound present to past's own buffer (shared-buffer mode).
+            kp.past_k_ptr = past_k.as_ref().map_or(0, |x| if x.addr == kp.present_k_ptr { 0 } else { x.addr });
+            kp.past_v_ptr = past_v.as_ref().map_or(0, |x| if x.addr == kp.present_v_ptr { 0 } else { x.addr });
+            if (kp.past_k_ptr == 0) != (kp.past_v_ptr == 0) && past_k.is_some() {
+                return Err(invalid("ai.flashattn::FlashAttention: present_key and present_value must both share past's buffers or neither"));
+            }
+            kp.past_lens_ptr = past_lens.as_ref().map_or(0, |x| x.addr);
+            kp.cos_ptr = cos.as_ref().map_or(0, |x| x.addr);
+            kp.sin_ptr = sin.as_ref().map_or(0, |x| x.addr);
+            kp.pos_ids_ptr = pos_ids.as_ref().map_or(0, |x| x.addr);
+            kp.q_ptr = q.addr;
+            if kp.rotary_dim > 0 {
+                let numel: i64 = q.shape.iter().product();
+                let (_, dev) = crate::gpu::driver::stream_context(stream.as_ptr().cast()).map_err(|e| ort::Error::new(e.to_string()))?;
+                let info = MemoryInfo::new(AllocationDevice::CUDA, dev, AllocatorType::Device, MemoryType::Default)?;
+                allocator = ctx.allocator(&info)?;
+                let block = allocator.alloc::<T>(numel as usize)?;
+                kp.q_rot_ptr = block.as_ptr() as u64;
+                params.q_ptr = kp.q_rot_ptr;
+                _scratch = Some(block);
+            }
+            crate::gpu::kv_append::launch_append(&kp, stream.as_ptr().cast()).map_err(|e| ort::Error::new(e.to_string()))?;
+            if shapes.uses_cache() {
+                params.k_ptr = kp.present_k_ptr;
+                params.v_ptr = kp.present_v_ptr;
+            }
+            if kp.shared_buffer != 0 {
+                params.seqlens_ptr = kp.past_lens_ptr;
+            }
+        }
         params.out_ptr = data_address(out.ptr())?;
         params.lse_ptr = match &lse {
             Some(l) => data_address(l.ptr())?,
             None => 0,
         };
         params.mask_ptr = mask.as_ref().map_or(0, |m| m.addr);
-        params.seqlens_ptr = seqlens.as_ref().map_or(0, |s| s.addr);
-        let stream = ctx
-            .stream()?
-            .ok_or_else(|| ort::Error::new("ai.flashattn::FlashAttention: ONNX Runtime gave the CUDA kernel no compute stream"))?;
+        if params.seqlens_ptr == 0 {
+            params.seqlens_ptr = seqlens.as_ref().map_or(0, |s| s.addr);
+        }
         let stream = stream.as_ptr().cast();
         let gpu_err = |e: crate::gpu::GpuError| ort::Error::new(e.to_string());
         let (ws_bytes, device) = crate::gpu::decode::workspace_size(&params, stream).map_err(gpu_err)?;
@@ -111,8 +186,8 @@ impl Backend for Cuda {
         // Freed when Compute returns, before the kernels have run: like the CUDA EP's own scratch buffers
         // this relies on the next user of the block being queued on the same compute stream.
         let info = MemoryInfo::new(AllocationDevice::CUDA, device, AllocatorType::Device, MemoryType::Default)?;
-        let allocator = ctx.allocator(&info)?;
-        let block = allocator.alloc::<u8>(ws_bytes)?;
+        let ws_allocator = ctx.allocator(&info)?;
+        let block = ws_allocator.alloc::<u8>(ws_bytes)?;
         let ws = crate::gpu::decode::Workspace { ptr: block.as_ptr() as u64, bytes: ws_bytes };
         crate::gpu::launch_with_workspace(&params, stream, ws).map_err(gpu_err)
     }

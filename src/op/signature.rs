@@ -43,11 +43,24 @@ pub fn inputs(t: TensorElementType, mask: MaskType) -> Vec<OperatorInput> {
         OperatorInput::required(t),
         OperatorInput::optional(mask_t),
         OperatorInput::optional(TensorElementType::Int32),
+        // KV cache (#8): past_key, past_value, past_seqlens, cos_cache, sin_cache, position_ids.
+        OperatorInput::optional(t),
+        OperatorInput::optional(t),
+        OperatorInput::optional(TensorElementType::Int32),
+        OperatorInput::optional(t),
+        OperatorInput::optional(t),
+        OperatorInput::optional(TensorElementType::Int64),
     ]
 }
 
 pub fn outputs(t: TensorElementType) -> Vec<OperatorOutput> {
-    vec![OperatorOutput::required(t), OperatorOutput::optional(TensorElementType::Float32)]
+    vec![
+        OperatorOutput::required(t),
+        OperatorOutput::optional(TensorElementType::Float32),
+        // present_key, present_value
+        OperatorOutput::optional(t),
+        OperatorOutput::optional(t),
+    ]
 }
 
 /// One input's type and shape as ORT knows it at graph-build time.
@@ -123,14 +136,18 @@ pub fn infer_shape(ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
         unsafe { (ort::api().ReleaseStatus)(st.0) };
         return Ok(());
     }
-    let info: Vec<Option<InputInfo>> = (0..5).map(|i| if i < count { input_info(ctx, i) } else { None }).collect();
-    let [Some(q), Some(k), Some(v), ..] = &info[..] else {
+    let info: Vec<Option<InputInfo>> = (0..schema::NUM_INPUTS).map(|i| if i < count { input_info(ctx, i) } else { None }).collect();
+    let [Some(q), Some(_), Some(_), ..] = &info[..] else {
         // ORT could not tell us the types yet; the kernel validates at run time.
         return Ok(());
     };
-    for (name, x) in [("key", k), ("value", v)] {
-        if x.ty != q.ty {
-            return Err(invalid(format!("ai.flashattn::FlashAttention: input '{name}' has element type {:?} but 'query' has {:?}; they must match", x.ty, q.ty)));
+    let same_type = [schema::KEY, schema::VALUE, schema::PAST_KEY, schema::PAST_VALUE, schema::COS_CACHE, schema::SIN_CACHE];
+    for i in same_type {
+        if let Some(x) = &info[i] {
+            if x.ty != q.ty {
+                let name = schema::INPUT_NAMES[i];
+                return Err(invalid(format!("ai.flashattn::FlashAttention: input '{name}' has element type {:?} but 'query' has {:?}; they must match", x.ty, q.ty)));
+            }
         }
     }
     let Some(shapes) = InputShapes::from_slots(std::array::from_fn(|i| info[i].as_ref().map(|x| x.dims.as_slice()))) else { return Ok(()) };
@@ -154,6 +171,12 @@ pub fn infer_shape(ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
     // there the lse shape is left for run time.
     if super::register::runtime_at_least(1, 31) {
         let _ = ctx.set_output(1, &lse);
+        // present: [batch, heads_kv, seq, dim]; the sequence is past's (shared buffer) or a new symbol.
+        let past_sym = |j: usize| info[schema::PAST_KEY].as_ref().and_then(|p| p.symbols.get(j).cloned()).unwrap_or_default();
+        let seq_sym = if g.kv.shared { past_sym(2) } else { String::new() };
+        let heads_sym = past_sym(1);
+        let _ = ctx.set_output(2, &tensor_type(q.ty, &out.present_key, vec![sym(0), heads_sym.clone(), seq_sym.clone(), String::new()]));
+        let _ = ctx.set_output(3, &tensor_type(q.ty, &out.present_value, vec![sym(0), heads_sym, seq_sym, String::new()]));
     }
     Ok(())
 }
@@ -163,7 +186,7 @@ pub fn infer_shape(ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
 pub fn check_static_shapes(kctx: &ort::operator::KernelContext, attrs: &OpAttributes) -> ort::Result<()> {
     // Absent optional inputs make ORT's input listing fail: then there is nothing static to check.
     let Ok(inputs) = kctx.inputs() else { return Ok(()) };
-    let dims: Vec<Option<Vec<i64>>> = (0..5)
+    let dims: Vec<Option<Vec<i64>>> = (0..schema::NUM_INPUTS)
         .map(|i| match inputs.get(i).map(|o| o.dtype()) {
             // Rank 0 here means "shape unknown" (every input of the op has rank ≥ 1): check at run time.
             Some(ValueType::Tensor { shape, .. }) if !shape.is_empty() => Some(shape.to_vec()),

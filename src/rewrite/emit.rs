@@ -180,6 +180,52 @@ impl Builder<'_> {
     }
 }
 
+impl Builder<'_> {
+    fn const_i32(&mut self, base: &str, v: i32) -> String {
+        let key = format!("const_i32_{v}");
+        if let Some(c) = self.cache.get(&key) {
+            return c.clone();
+        }
+        let name = self.namer.fresh(&format!("flashattn/{base}"));
+        let mut t = onnx_protobuf::TensorProto::new();
+        t.name = name.clone();
+        t.data_type = dt::INT32;
+        t.int32_data = vec![v];
+        self.inits.push(t);
+        self.cache.insert(key, name.clone());
+        name
+    }
+
+    /// past_seqlens = max(seqlens_k + 1 − new, 0), new = query's axis 1 (GroupQueryAttention's past lengths:
+    /// 0 on the first prompt, total − new afterwards).
+    fn past_lens(&mut self, seqlens_k: &str, query: &str, out: &mut Vec<NodeProto>) -> String {
+        let one = self.const_i32("one", 1);
+        let zero = self.const_i32("zero", 0);
+        let axis1 = match self.cache.get("const_i64_1") {
+            Some(c) => c.clone(),
+            None => {
+                let c = self.namer.fresh("flashattn/axis1");
+                self.inits.push(make_i64(&c, &[], &[1]));
+                self.cache.insert("const_i64_1".into(), c.clone());
+                c
+            }
+        };
+        self.helper(format!("{seqlens_k}/{query}/past_lens"), out, |b, y| {
+            let f = |b: &mut Self, s: &str| b.namer.fresh(&format!("{y}/{s}"));
+            let (shape, new, new32, sk, total, diff) = (f(b, "shape"), f(b, "new"), f(b, "new_i32"), f(b, "seqlens_k_i32"), f(b, "total"), f(b, "diff"));
+            vec![
+                node("Shape", "", f(b, "Shape"), vec![query.to_string()], vec![shape.clone()], vec![]),
+                node("Gather", "", f(b, "Gather"), vec![shape, axis1], vec![new.clone()], vec![a_int("axis", 0)]),
+                node("Cast", "", f(b, "CastNew"), vec![new], vec![new32.clone()], vec![a_int("to", dt::INT32 as i64)]),
+                node("Cast", "", f(b, "CastSeqlens"), vec![seqlens_k.to_string()], vec![sk.clone()], vec![a_int("to", dt::INT32 as i64)]),
+                node("Add", "", f(b, "Add"), vec![sk, one], vec![total.clone()], vec![]),
+                node("Sub", "", f(b, "Sub"), vec![total, new32], vec![diff.clone()], vec![]),
+                node("Max", "", f(b, "Max"), vec![diff, zero], vec![y], vec![]),
+            ]
+        })
+    }
+}
+
 /// Replaces each fusion's `replaces` node by the fused node (plus helpers placed just before it).
 pub fn apply(g: &mut GraphProto, fusions: &[Fusion], opset: i64) -> Result<()> {
     let mut used: HashSet<String> = g.node.iter().flat_map(|n| n.output.iter().cloned().chain([n.name.clone()])).collect();
@@ -191,7 +237,11 @@ pub fn apply(g: &mut GraphProto, fusions: &[Fusion], opset: i64) -> Result<()> {
     let mut b = Builder { namer: Namer { used }, cache: HashMap::new(), opset, inits: &mut inits };
     let old = std::mem::take(&mut g.node);
     let mut nodes = Vec::with_capacity(old.len());
+    let dropped: HashSet<usize> = fusions.iter().filter_map(|f| f.kv.as_ref()).flat_map(|kv| kv.drop.iter().copied()).collect();
     for (i, n) in old.into_iter().enumerate() {
+        if dropped.contains(&i) {
+            continue; // the fused node produces its outputs (present) now
+        }
         let Some(f) = by_node.get(&i) else {
             nodes.push(n);
             continue;
@@ -204,6 +254,13 @@ pub fn apply(g: &mut GraphProto, fusions: &[Fusion], opset: i64) -> Result<()> {
         let mask = f.attn_mask.as_ref().map(|m| b.mask(m, &mut nodes)).unwrap_or_default();
         let lens = f.key_seqlens.as_ref().map(|s| b.seqlens(s, &mut nodes)).unwrap_or_default();
         let mut inputs = vec![q, k, v, mask, lens];
+        let mut outputs = vec![f.output.clone()];
+        if let Some(kv) = &f.kv {
+            let lens = kv.past_lens_from.as_ref().map(|(sk, q)| b.past_lens(sk, q, &mut nodes)).unwrap_or_default();
+            let opt = |x: &Option<String>| x.clone().unwrap_or_default();
+            inputs.extend([kv.past_key.clone(), kv.past_value.clone(), lens, opt(&kv.cos_cache), opt(&kv.sin_cache), opt(&kv.position_ids)]);
+            outputs.extend([String::new(), kv.present_key.clone(), kv.present_value.clone()]);
+        }
         while inputs.last().is_some_and(|s| s.is_empty()) {
             inputs.pop();
         }
@@ -228,12 +285,16 @@ pub fn apply(g: &mut GraphProto, fusions: &[Fusion], opset: i64) -> Result<()> {
         if f.window_right >= 0 && !(f.causal && f.window_right == 0) {
             attrs.push(a_int("window_right", f.window_right));
         }
+        if f.kv.as_ref().is_some_and(|kv| kv.rotary_interleaved) {
+            attrs.push(a_int("rotary_interleaved", 1));
+        }
         let name = b.namer.fresh(&format!("{}/FlashAttention", if n.name.is_empty() { &f.output } else { &n.name }));
         match f.out_cast {
-            None => nodes.push(node("FlashAttention", crate::DOMAIN, name, inputs, vec![f.output.clone()], attrs)),
+            None => nodes.push(node("FlashAttention", crate::DOMAIN, name, inputs, outputs, attrs)),
             Some(t) => {
                 let tmp = b.namer.fresh(&format!("{}/flashattn", f.output));
-                nodes.push(node("FlashAttention", crate::DOMAIN, name.clone(), inputs, vec![tmp.clone()], attrs));
+                outputs[0] = tmp.clone();
+                nodes.push(node("FlashAttention", crate::DOMAIN, name.clone(), inputs, outputs, attrs));
                 nodes.push(node("Cast", "", b.namer.fresh(&format!("{name}/Cast")), vec![tmp], vec![f.output.clone()], vec![a_int("to", t as i64)]));
             }
         }

@@ -12,6 +12,7 @@
 
 pub mod cleanup;
 pub mod emit;
+pub mod kv_concat;
 pub mod eval;
 pub mod graph;
 pub mod io;
@@ -69,6 +70,25 @@ pub enum SeqlensSrc {
     LengthsMinusOne(String),
 }
 
+/// The KV cache of a fused attention (com.microsoft GroupQueryAttention with past): the op's cache inputs
+/// and its present outputs, which take over the replaced node's present outputs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KvFusion {
+    pub past_key: String,
+    pub past_value: String,
+    /// Shared-buffer mode: past lengths max(seqlens_k + 1 − new tokens, 0), from GQA's seqlens_k and the
+    /// query (whose axis 1 counts the new tokens).
+    pub past_lens_from: Option<(String, String)>,
+    pub cos_cache: Option<String>,
+    pub sin_cache: Option<String>,
+    pub position_ids: Option<String>,
+    pub rotary_interleaved: bool,
+    pub present_key: String,
+    pub present_value: String,
+    /// Nodes whose outputs the op's present outputs take over (the `Concat(past, new)` of an export).
+    pub drop: Vec<usize>,
+}
+
 /// One attention to replace.
 #[derive(Clone, Debug)]
 pub struct Fusion {
@@ -97,6 +117,8 @@ pub struct Fusion {
     pub mask_note: String,
     /// Nodes the match covered (for overlap checks and the report).
     pub covered: Vec<usize>,
+    /// KV cache inputs/outputs (None: no cache).
+    pub kv: Option<KvFusion>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -147,6 +169,9 @@ pub fn rewrite_model(model: &mut ModelProto, model_dir: Option<&std::path::Path>
         let ctx = probe::Ctx::new(&gi, &reader);
         let mut found = Vec::new();
         pattern_sdpa::find(&ctx, &mut found, &mut report);
+        for f in found.iter_mut() {
+            kv_concat::absorb(&ctx, f);
+        }
         pattern_onnx::find(&ctx, &mut found, &mut report);
         pattern_contrib::find(&ctx, &mut found, &mut report);
         // Never let two matches claim the same node.

@@ -142,6 +142,7 @@ fn match_at(ctx: &Ctx, i: usize) -> Result<Fusion, String> {
     }
     Ok(Fusion {
         pattern: NAME,
+        kv: None,
         q: qsrc,
         k: ksrc,
         v: vsrc,

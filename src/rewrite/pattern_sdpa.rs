@@ -173,6 +173,7 @@ fn match_at(ctx: &Ctx, si: usize) -> Result<Fusion, String> {
     }
     Ok(Fusion {
         pattern: NAME,
+        kv: None,
         q: src(&q),
         k: src(&k),
         v: src(&v),

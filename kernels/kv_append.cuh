@@ -1,0 +1,103 @@
+// The KV-cache append step (issue #8), queued before attention on the same stream: writes present_key/
+// present_value — a copy of the past (unless present is past's own buffer, the shared-buffer mode bound
+// twice), then the new keys/values at each row's past length — and applies rotary embedding to the new keys
+// and to the query (into a separate buffer). src/cpu/kv.rs is the CPU twin; src/gpu/kv_append.rs launches it.
+// One warp per cache/query row; rows are independent, so one launch covers copy, append and rotation (in
+// shared-buffer mode the copy skips the rows the append writes). Out-of-range lengths/positions (the CPU
+// refuses them) are clamped here: reading them on the host would need a device sync.
+#pragma once
+#include "common.cuh"
+#include "params.cuh"
+
+namespace flashattn {
+
+__device__ __forceinline__ int kv_past_len(const KvAppendParams &p, int b) {
+  if (!p.shared_buffer || p.past_lens_ptr == 0) return p.past_seq;
+  int l = reinterpret_cast<const int32_t *>(p.past_lens_ptr)[b];
+  const int cap = p.past_seq - p.seq_new;
+  return l < 0 ? 0 : (l > cap ? cap : l);
+}
+
+__device__ __forceinline__ int kv_position(const KvAppendParams &p, int b, int i, int past_len) {
+  long long pos = p.pos_ids_ptr ? reinterpret_cast<const int64_t *>(p.pos_ids_ptr)[(int64_t)b * p.seq_q + i]
+                                : (long long)past_len + i;
+  if (pos < 0) pos = 0;
+  if (pos >= p.rotary_max_pos) pos = p.rotary_max_pos - 1;
+  return (int)pos;
+}
+
+// dst[0..dim) = src[0..dim), the first rotary_dim elements rotated for `pos` (rot = false: plain copy).
+template <typename T>
+__device__ __forceinline__ void kv_row(const KvAppendParams &p, T *dst, const T *src, int dim, bool rot, int pos,
+                                       int lane) {
+  const int half = rot ? p.rotary_dim / 2 : 0;
+  const T *cs = reinterpret_cast<const T *>(p.cos_ptr) + (int64_t)pos * half;
+  const T *sn = reinterpret_cast<const T *>(p.sin_ptr) + (int64_t)pos * half;
+  for (int i = lane; i < half; i += 32) {
+    const int a = p.rotary_interleaved ? 2 * i : i, b = p.rotary_interleaved ? 2 * i + 1 : i + half;
+    const float c = Elem<T>::to_f32(cs[i]), s = Elem<T>::to_f32(sn[i]);
+    const float xa = Elem<T>::to_f32(src[a]), xb = Elem<T>::to_f32(src[b]);
+    dst[a] = Elem<T>::from_f32(xa * c - xb * s);
+    dst[b] = Elem<T>::from_f32(xb * c + xa * s);
+  }
+  for (int i = 2 * half + lane; i < dim; i += 32) dst[i] = src[i];
+}
+
+template <typename T> __device__ __forceinline__ void kv_append(const KvAppendParams &p) {
+  const int nkv = p.heads_kv;
+  const bool copy = p.past_k_ptr != 0;  // 0: no past, or present is past's buffer
+  const long long n_copy = copy ? (long long)p.batch * nkv * p.past_seq : 0;
+  const long long n_new = (long long)p.batch * nkv * p.seq_new;
+  const long long n_q = p.q_rot_ptr ? (long long)p.batch * p.heads_q * p.seq_q : 0;
+  const long long total = n_copy + n_new + n_q;
+  const int lane = threadIdx.x & 31;
+  const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
+  T *pk = reinterpret_cast<T *>(p.present_k_ptr);
+  T *pv = reinterpret_cast<T *>(p.present_v_ptr);
+  for (long long t = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); t < total; t += warps) {
+    if (t < n_copy) {
+      const int j = (int)(t % p.past_seq);
+      const long long bh = t / p.past_seq;
+      const int b = (int)(bh / nkv);
+      const int pl = kv_past_len(p, b);
+      if (p.shared_buffer && j >= pl && j < pl + p.seq_new) continue;  // the append writes this row
+      const T *sk = reinterpret_cast<const T *>(p.past_k_ptr) + (bh * p.past_seq + j) * p.head_dim;
+      const T *sv = reinterpret_cast<const T *>(p.past_v_ptr) + (bh * p.past_seq + j) * p.head_dim_v;
+      kv_row<T>(p, pk + (bh * p.present_seq + j) * p.head_dim, sk, p.head_dim, false, 0, lane);
+      kv_row<T>(p, pv + (bh * p.present_seq + j) * p.head_dim_v, sv, p.head_dim_v, false, 0, lane);
+    } else if (t < n_copy + n_new) {
+      const long long u = t - n_copy;
+      const int i = (int)(u % p.seq_new);
+      const long long bh = u / p.seq_new;
+      const int b = (int)(bh / nkv), h = (int)(bh % nkv);
+      const int pl = kv_past_len(p, b);
+      const bool rot = p.rotary_dim > 0;
+      const int pos = rot ? kv_position(p, b, i, pl) : 0;
+      const T *sk = reinterpret_cast<const T *>(p.new_k_ptr) + (int64_t)b * p.new_k_batch_stride +
+                    (int64_t)h * p.new_k_head_stride + (int64_t)i * p.new_k_row_stride;
+      const T *sv = reinterpret_cast<const T *>(p.new_v_ptr) + (int64_t)b * p.new_v_batch_stride +
+                    (int64_t)h * p.new_v_head_stride + (int64_t)i * p.new_v_row_stride;
+      kv_row<T>(p, pk + (bh * p.present_seq + pl + i) * p.head_dim, sk, p.head_dim, rot, pos, lane);
+      kv_row<T>(p, pv + (bh * p.present_seq + pl + i) * p.head_dim_v, sv, p.head_dim_v, false, 0, lane);
+    } else {
+      const long long u = t - n_copy - n_new;
+      const int i = (int)(u % p.seq_q);
+      const long long bh = u / p.seq_q;
+      const int b = (int)(bh / p.heads_q), h = (int)(bh % p.heads_q);
+      const int64_t at = (int64_t)b * p.q_batch_stride + (int64_t)h * p.q_head_stride + (int64_t)i * p.q_row_stride;
+      const int pos = kv_position(p, b, i, kv_past_len(p, b));
+      kv_row<T>(p, reinterpret_cast<T *>(p.q_rot_ptr) + at, reinterpret_cast<const T *>(p.q_ptr) + at, p.head_dim, true,
+                pos, lane);
+    }
+  }
+}
+
+}  // namespace flashattn
+
+// Entry points (src/gpu/kv_append.rs): 128 threads per block, one warp per row.
+extern "C" __global__ void __launch_bounds__(128) kv_append_f16(const flashattn::KvAppendParams p) {
+  flashattn::kv_append<__half>(p);
+}
+extern "C" __global__ void __launch_bounds__(128) kv_append_bf16(const flashattn::KvAppendParams p) {
+  flashattn::kv_append<__nv_bfloat16>(p);
+}

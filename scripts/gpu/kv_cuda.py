@@ -1,0 +1,185 @@
+"""KV-cache checks (issue #8) of the op on the CUDA EP, called by ort_cuda.py: past/present in concat mode,
+the shared-buffer mode (past and present bound to one device buffer: in place, ragged per-row lengths) and
+a separate present buffer, rotary (half-split / interleaved / explicit position_ids), fp16 and bf16, against
+a float64 reference computed here with torch (fa_lib.reference per batch row). Unused cache capacity is
+poisoned with NaN, outputs too. Then greedy generation through the bundled float16 KV-cache decoders, original
+vs rewritten, on the CUDA EP. NOT YET RUN on a GPU (written without one)."""
+import math
+import os
+import pathlib
+import sys
+
+import numpy as np
+import torch
+from onnx import TensorProto, helper
+
+import fa_lib
+
+INPUTS = ["query", "key", "value", "attn_mask", "key_seqlens", "past_key", "past_value", "past_seqlens", "cos_cache", "sin_cache", "position_ids"]
+TT = {torch.float16: TensorProto.FLOAT16, torch.bfloat16: TensorProto.BFLOAT16}
+
+
+def kv_model(dtype, present_inputs, attrs):
+    last = max(INPUTS.index(n) for n in present_inputs)
+    ins = [n if n in present_inputs else "" for n in INPUTS[: last + 1]]
+    outs = ["output", "softmax_lse", "present_key", "present_value"]
+    node = helper.make_node("FlashAttention", ins, outs, domain="ai.flashattn", **attrs)
+    t = TT[dtype]
+    types = {"past_seqlens": TensorProto.INT32, "position_ids": TensorProto.INT64}
+    vi = [helper.make_tensor_value_info(n, types.get(n, t), None) for n in present_inputs]
+    ov = [helper.make_tensor_value_info(o, TensorProto.FLOAT if o == "softmax_lse" else t, None) for o in outs]
+    m = helper.make_model(helper.make_graph([node], "kv", vi, ov), opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.flashattn", 1)])
+    m.ir_version = 9
+    return m.SerializeToString()
+
+
+def bind(binding, name, t, output=False):
+    et = {torch.float16: np.float16, torch.float32: np.float32, torch.int32: np.int32, torch.int64: np.int64}.get(t.dtype, TensorProto.BFLOAT16)
+    (binding.bind_output if output else binding.bind_input)(name, "cuda", 0, et, list(t.shape), t.data_ptr())
+
+
+def rotate(x, cos, sin, pos, interleaved):
+    """x [B, N, S, D] float64, cos/sin [P, R/2] float64, pos [B, S] long."""
+    half = cos.shape[1]
+    c, s = cos[pos][:, None], sin[pos][:, None]
+    out = x.clone()
+    if interleaved:
+        a, b = x[..., 0 : 2 * half : 2], x[..., 1 : 2 * half : 2]
+        out[..., 0 : 2 * half : 2] = a * c - b * s
+        out[..., 1 : 2 * half : 2] = b * c + a * s
+    else:
+        a, b = x[..., :half], x[..., half : 2 * half]
+        out[..., :half] = a * c - b * s
+        out[..., half : 2 * half] = b * c + a * s
+    return out
+
+
+def one_case(session, check, dtype, mode, rotary, S_new, D=64, B=2, Nq=8, Nkv=2, cap=300, past=100):
+    name = f"kv {str(dtype)[6:]} {mode} rotary={rotary} S_new={S_new} D={D}"
+    dev = "cuda"
+    q = torch.randn(B, S_new, Nq, D, device=dev).to(dtype)
+    k = torch.randn(B, S_new, Nkv, D, device=dev).to(dtype)
+    v = torch.randn(B, S_new, Nkv, D, device=dev).to(dtype)
+    shared = mode.startswith("shared")
+    lens = torch.tensor([37, cap - S_new] if shared else [past, past], device=dev)
+    ps = cap if shared else past
+    pk = torch.randn(B, Nkv, ps, D, device=dev).to(dtype)
+    pv = torch.randn(B, Nkv, ps, D, device=dev).to(dtype)
+    if shared:
+        for b in range(B):
+            pk[b, :, lens[b]:] = float("nan")
+            pv[b, :, lens[b]:] = float("nan")
+    feeds = {"query": q, "key": k, "value": v, "past_key": pk, "past_value": pv}
+    attrs = {"causal": 1}
+    if shared:
+        feeds["past_seqlens"] = lens.to(torch.int32)
+    pos = lens.view(-1, 1) + torch.arange(S_new, device=dev).view(1, -1)
+    qr, kr = q.double().transpose(1, 2), k.double().transpose(1, 2)
+    if rotary:
+        P = cap + 8
+        ang = torch.rand(P, D // 4, device=dev, dtype=torch.float64) * 2 * math.pi
+        cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
+        feeds["cos_cache"], feeds["sin_cache"] = cos, sin
+        if rotary == "position_ids":
+            pos = torch.randint(0, P, (B, S_new), device=dev)
+            feeds["position_ids"] = pos.to(torch.int64)
+        inter = rotary != "half"
+        attrs["rotary_interleaved"] = int(inter)
+        qr = rotate(qr, cos.double(), sin.double(), pos, inter).to(dtype).double()
+        kr = rotate(kr, cos.double(), sin.double(), pos, inter).to(dtype).double()
+    vr = v.double().transpose(1, 2)
+    if shared:
+        ek, ev = pk.double().clone(), pv.double().clone()
+        for b in range(B):
+            ek[b, :, lens[b] : lens[b] + S_new] = kr[b]
+            ev[b, :, lens[b] : lens[b] + S_new] = vr[b]
+    else:
+        ek, ev = torch.cat([pk.double(), kr], 2), torch.cat([pv.double(), vr], 2)
+    sess = session(kv_model(dtype, list(feeds), attrs))
+    binding = sess.io_binding()
+    for n, t in feeds.items():
+        if mode == "shared_inplace" and n in ("past_key", "past_value"):
+            continue
+        bind(binding, n, t)
+    out = torch.full((B, S_new, Nq, D), float("nan"), dtype=dtype, device=dev)
+    lse = torch.full((B, Nq, S_new), float("nan"), device=dev)
+    if mode == "shared_inplace":
+        present_k, present_v = pk.clone(), pv.clone()
+        bind(binding, "past_key", present_k)
+        bind(binding, "past_value", present_v)
+    else:
+        present_k = torch.full(ek.shape, float("nan"), dtype=dtype, device=dev)
+        present_v = torch.full(ev.shape, float("nan"), dtype=dtype, device=dev)
+    bind(binding, "output", out, True)
+    bind(binding, "softmax_lse", lse, True)
+    bind(binding, "present_key", present_k, True)
+    bind(binding, "present_value", present_v, True)
+    try:
+        binding.synchronize_inputs()
+        sess.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        torch.cuda.synchronize()
+    except Exception as e:  # noqa: BLE001
+        check(name, False, f"exception {str(e)[:300]}")
+        return
+    ok_present = True
+    for g, e in ((present_k, ek), (present_v, ev)):
+        gd = g.double()
+        same = (torch.isnan(gd) & torch.isnan(e)) | ((gd - e).abs() <= 2 ** -7 * e.abs() + 1e-6)
+        ok_present = ok_present and bool(same.all().item())
+    errs, ok = [], ok_present
+    for b in range(B):
+        n = int(lens[b]) + S_new if shared else ek.shape[2]
+        qb = qr[b : b + 1].to(dtype)
+        kb, vb = ek[b : b + 1, :, :n].to(dtype), ev[b : b + 1, :, :n].to(dtype)
+        ref, ref_lse = fa_lib.reference(qb, kb, vb, layout="BNSH", causal=True)
+        naive, _ = fa_lib.reference(qb, kb, vb, layout="BNSH", causal=True, dtype=dtype)
+        got = out[b : b + 1].double().transpose(1, 2)
+        err = (got - ref).abs().max().item()
+        tol = 2 * (naive.double() - ref).abs().max().item() + (1e-2 if dtype == torch.bfloat16 else 2e-3)
+        errs.append(err)
+        ok = ok and not torch.isnan(got).any().item() and err <= tol
+        ok = ok and (lse[b : b + 1].double() - ref_lse).abs().max().item() < 1e-3 * max(1.0, ref_lse.abs().max().item())
+    check(name, ok, f"max err {max(errs):.2e}, present {'ok' if ok_present else 'WRONG'}")
+
+
+def generation_checks(lib, check):
+    """Greedy generation (prefill + 32 steps, batch 2 ragged) through the bundled float16 decoders on the CUDA
+    EP: ORT's GroupQueryAttention/MultiHeadAttention vs the rewritten model (carried in .gpu/kv/ by pack.sh),
+    GQA in both cache modes with device buffers (shared: one buffer bound as past and present)."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "tests" / "python"))
+    import kv_generation as kg
+
+    prov = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    for name, modes in (("genai_gqa_decoder_fp16", ("shared", "copy")), ("ort_mha_decoder_fp16", ("concat",))):
+        flash = root / ".gpu" / "kv" / f"{name}.flash.onnx"
+        if not flash.exists():
+            check(f"generation {name}", False, f"{flash} missing (run scripts/gpu/pack.sh)")
+            continue
+        for mode in modes:
+            try:
+                s0, s1 = kg.session(kg.KV_DIR / f"{name}.onnx", None, prov), kg.session(flash, lib, prov)
+                if mode == "concat":
+                    prompt = kg.prompts(6, left_pad=True)
+                    t0, l0 = kg.generate_concat(s0, prompt)
+                    t1, l1 = kg.generate_concat(s1, prompt)
+                else:
+                    prompt = kg.prompts(5, left_pad=False)
+                    t0, l0 = kg.generate_buffer(s0, mode, prompt, device="cuda")
+                    t1, l1 = kg.generate_buffer(s1, mode, prompt, device="cuda")
+                why = kg.compare(t0, l0, t1, l1, 5e-2)
+                check(f"generation {name} {mode} (CUDA EP)", why is None, why or f"{t0.shape[1]} tokens equal")
+            except Exception as e:  # noqa: BLE001
+                check(f"generation {name} {mode} (CUDA EP)", False, f"exception {str(e)[:300]}")
+
+
+def kv_checks(session, check, lib=None):
+    for dtype in (torch.float16, torch.bfloat16):
+        for mode in ("concat", "shared_inplace", "shared_copy"):
+            for rotary in (None, "half", "interleaved", "position_ids"):
+                for S_new in (1, 7):
+                    one_case(session, check, dtype, mode, rotary, S_new)
+    one_case(session, check, torch.float16, "shared_inplace", "half", 1, D=128)
+    if lib:
+        generation_checks(lib, check)
