@@ -142,7 +142,7 @@ def main():
                 res[name], outs[name] = time_session(sess, ids, a.reps)
             except Exception as e:  # noqa: BLE001  (e.g. the decomposed export running out of memory)
                 res[name] = None
-                print(f"  {name} at {seq}: {str(e).splitlines()[0][:160]}", flush=True)
+                print(f"  {name} at {seq}: {' '.join(str(e).split())[:700]}", flush=True)
         ref = outs.get("original", outs.get("opset23", outs.get("optimizer")))
         err = float(np.abs(outs["ours"].astype(np.float32) - ref.astype(np.float32)).max()) if ref is not None and "ours" in outs else None
         rows.append((seq, res, err))

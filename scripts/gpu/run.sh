@@ -3,7 +3,7 @@
 # built here and carried in .gpu/ (scripts/gpu/pack.sh), with staged wheel parts.
 #
 #   bash scripts/gpu/run.sh stage [DIR...]     # copy this call's wheel parts (.gpu/stage/*, or DIRs) to /tmp/fa-stage
-#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-decode e2e
+#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-decode e2e profile
 #                                              # (default: numerics sanitize ort rust-ort bench)
 #
 # Logs and the benchmark table go to $OUT (or /tmp/fa-out). Exit status: nonzero if any step failed.
@@ -70,6 +70,13 @@ for s in "${steps[@]}"; do
       { python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 4 --out "$out/e2e-gqa.md" &&
         python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 16 --out "$out/e2e-mha.md"; } 2>&1 |
         grep -v "^\[torch.onnx\]\|Warning\|return cls\|^ *warnings.warn" | tee "$out/e2e.log" ;;
+    profile)
+      # ncu on the rows below the goal: where the Hopper kernel's time goes (one launch each)
+      for cfg in "64 8192 0" "128 8192 0" "128 2048 1"; do
+        echo "== profile d/seq/causal: $cfg"
+        ncu --clock-control none -k regex:flash_fwd -c 1 --section SpeedOfLight --section WarpStateStats \
+          --section ComputeWorkloadAnalysis python3 profile_one.py "$lib" $cfg
+      done 2>&1 | grep -E "^== |^kernel|Duration|Throughput|Stall|Issued|Eligible|Active Warps|Pipe" | tee "$out/profile.log" ;;
     bench-quick) python3 bench.py "$lib" --quick --variants "${FA_VARIANTS:-}" --out "$out/bench.md" 2>&1 | tee "$out/bench.log" ;;
     *) echo "unknown step $s"; false ;;
   esac
