@@ -88,22 +88,52 @@ __device__ __forceinline__ void apply_score_mods(float (&s)[MT][NTN][4], const A
 namespace flashattn {
 
 // apply_score_mods for a mask tensor whose one row serves every query row of the tile (mask_row_stride 0:
-// key padding [B,1,1,S], a [S] column mask). Each thread reads its columns' mask values once per tile, two
-// adjacent columns per load where the layout allows, and applies them to both of its rows: a key-padding
-// mask then costs a few percent instead of a global load per score.
+// key padding [B,1,1,S], a [S] column mask). Each thread loads its columns' mask values once per tile, all
+// of them before any is used (two adjacent columns per load where the layout allows), and applies them to
+// both of its rows: a key-padding mask then costs loads per tile, not a dependent load per score.
+// Returns false, having done nothing, when every entry the warp loaded is neutral (true, or +0): the caller
+// then treats the tile as if there were no mask (the common case of a key-padding mask).
 template <typename T, int MT, int NTN, bool SOFTCAP = true>
-__device__ __forceinline__ void apply_row_mask_mods(float (&s)[MT][NTN][4], const AttnParams &p, int b, int h,
+__device__ __forceinline__ bool apply_row_mask_mods(float (&s)[MT][NTN][4], const AttnParams &p, int b, int h,
                                                     int row_base, int col_base, int kv_len, int lane) {
   const float scale = p.scale, inv_scale = 1.f / p.scale;
   const bool has_softcap = SOFTCAP && p.softcap > 0.f;
   const float softcap = p.softcap, inv_softcap = has_softcap ? 1.f / p.softcap : 0.f;
   const bool additive = p.mask_kind == kMaskAdditive;
   const int64_t row_off = (int64_t)b * p.mask_batch_stride + (int64_t)h * p.mask_head_stride;
-  const bool unit_cols = p.mask_col_stride == 1;
   const uint8_t *bool_row = reinterpret_cast<const uint8_t *>(p.mask_ptr) + row_off;
   const T *add_row = reinterpret_cast<const T *>(p.mask_ptr) + row_off;
-  const bool pairs = unit_cols && (additive ? (reinterpret_cast<uintptr_t>(add_row) & 3) == 0
-                                            : (reinterpret_cast<uintptr_t>(bool_row) & 1) == 0);
+  const int col0 = col_base + 2 * (lane & 3);  // the thread's first column in each 8-column tile
+  // raw[nt]: the mask entries of columns col0 + 8nt and +1: two bool bytes, or two T bit patterns.
+  uint32_t raw[NTN];
+  const bool pairs = p.mask_col_stride == 1 && col_base + NTN * 8 <= p.seq_kv &&
+                     (additive ? (reinterpret_cast<uintptr_t>(add_row) & 3) == 0
+                               : (reinterpret_cast<uintptr_t>(bool_row) & 1) == 0);
+  if (pairs) {
+#pragma unroll
+    for (int nt = 0; nt < NTN; ++nt)
+      raw[nt] = additive ? *reinterpret_cast<const uint32_t *>(add_row + col0 + nt * 8)
+                         : *reinterpret_cast<const uint16_t *>(bool_row + col0 + nt * 8);
+  } else {
+#pragma unroll
+    for (int nt = 0; nt < NTN; ++nt) {
+      raw[nt] = additive ? 0u : 0x0101u;  // columns past seq_kv: no mask entry (bounds hide them anyway)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int col = col0 + nt * 8 + e;
+        if (col >= p.seq_kv) continue;
+        const int64_t at = (int64_t)col * p.mask_col_stride;
+        const uint32_t v = additive ? *reinterpret_cast<const uint16_t *>(add_row + at) : bool_row[at];
+        raw[nt] = (raw[nt] & ~((additive ? 0xffffu : 0xffu) << (e * (additive ? 16 : 8)))) |
+                  (v << (e * (additive ? 16 : 8)));
+      }
+    }
+  }
+  bool neutral = true;
+#pragma unroll
+  for (int nt = 0; nt < NTN; ++nt)
+    neutral &= additive ? raw[nt] == 0u : ((raw[nt] & 0xffu) != 0 && (raw[nt] & 0xff00u) != 0);
+  if (__all_sync(0xffffffffu, neutral)) return false;
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
     int lo[2], hi[2];
@@ -115,31 +145,16 @@ __device__ __forceinline__ void apply_row_mask_mods(float (&s)[MT][NTN][4], cons
     }
 #pragma unroll
     for (int nt = 0; nt < NTN; ++nt) {
-      const int col = col_base + nt * 8 + 2 * (lane & 3);
-      // The mask values of columns col and col + 1 (columns past seq_kv do not exist in the mask).
+      const int col = col0 + nt * 8;
       float add[2] = {0.f, 0.f};
       bool keep[2] = {true, true};
-      if (pairs && col + 1 < p.seq_kv) {
-        if (additive) {
-          const uint32_t two = *reinterpret_cast<const uint32_t *>(add_row + col);
-          const T *t = reinterpret_cast<const T *>(&two);
-          add[0] = Elem<T>::to_f32(t[0]);
-          add[1] = Elem<T>::to_f32(t[1]);
-        } else {
-          const uint16_t two = *reinterpret_cast<const uint16_t *>(bool_row + col);
-          keep[0] = (two & 0xff) != 0;
-          keep[1] = (two >> 8) != 0;
-        }
+      if (additive) {
+        const uint16_t lo_bits = raw[nt] & 0xffffu, hi_bits = raw[nt] >> 16;
+        add[0] = Elem<T>::to_f32(*reinterpret_cast<const T *>(&lo_bits));
+        add[1] = Elem<T>::to_f32(*reinterpret_cast<const T *>(&hi_bits));
       } else {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          if (col + e >= p.seq_kv) continue;
-          const int64_t at = (int64_t)(col + e) * p.mask_col_stride;
-          if (additive)
-            add[e] = Elem<T>::to_f32(add_row[at]);
-          else
-            keep[e] = bool_row[at] != 0;
-        }
+        keep[0] = (raw[nt] & 0xffu) != 0;
+        keep[1] = (raw[nt] & 0xff00u) != 0;
       }
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
@@ -159,10 +174,12 @@ __device__ __forceinline__ void apply_row_mask_mods(float (&s)[MT][NTN][4], cons
       }
     }
   }
+  return true;
 }
 
 // The modifications one S tile of BN key columns starting at c0 needs: the full path with a mask tensor
-// (a cheaper one when one mask row serves all rows),
+// (a cheaper one when one mask row serves all rows, and none beyond the bounds/softcap below where that
+// row's entries for the tile are all neutral),
 // bounds-only where the tile crosses some row's visible range [lo_max, hi_min) (see BlockWork), softcap
 // alone inside it, nothing for the common interior tile.
 template <typename T, int MT, int NTN, bool MODS>
@@ -170,9 +187,10 @@ __device__ __forceinline__ void apply_tile_mods(float (&s)[MT][NTN][4], const At
                                                 int c0, int kv_len, int lo_max, int hi_min, int lane) {
   constexpr int BN = NTN * 8;
   const bool bounds = c0 < lo_max || c0 + BN > hi_min;
-  if (MODS && p.mask_kind != kMaskNone && p.mask_row_stride == 0)
-    apply_row_mask_mods<T, MT, NTN, MODS>(s, p, b, h, row_base, c0, kv_len, lane);
-  else if (MODS && p.mask_kind != kMaskNone)
+  if (MODS && p.mask_kind != kMaskNone && p.mask_row_stride == 0 &&
+      apply_row_mask_mods<T, MT, NTN, MODS>(s, p, b, h, row_base, c0, kv_len, lane))
+    return;
+  if (MODS && p.mask_kind != kMaskNone && p.mask_row_stride != 0)
     apply_score_mods<T, MT, NTN, true, MODS>(s, p, b, h, row_base, c0, kv_len, lane);
   else if (bounds)
     apply_score_mods<T, MT, NTN, true, false, MODS>(s, p, b, h, row_base, c0, kv_len, lane);

@@ -64,11 +64,12 @@ def optimize(path, out):
         return None, f"failed: {str(e).splitlines()[0][:160]}"
 
 
-def session(path, lib=None):
+def session(path, lib=None, profile=False):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.enable_profiling = profile
     if lib:
         so.register_custom_ops_library(lib)
     return ort.InferenceSession(path, so, providers=["CUDAExecutionProvider"])
@@ -96,6 +97,26 @@ def time_session(sess, ids_np, reps):
     return statistics.median(times), io.copy_outputs_to_cpu()[0]
 
 
+def op_profile(path, lib, ids_np, runs=3, top=12):
+    """Where a model's time goes: ORT's profiler, node time summed per op type, per run (µs)."""
+    import json
+
+    sess = session(path, lib, profile=True)
+    time_session(sess, ids_np, runs)
+    with open(sess.end_profiling()) as f:
+        events = json.load(f)
+    per_op = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e.get("args", {}).get("op_name", "?")
+            per_op[op] = per_op.get(op, 0) + e["dur"]
+    total = sum(per_op.values())
+    runs_total = runs + 2  # time_session's warm-up runs are profiled too
+    ranked = sorted(per_op.items(), key=lambda kv: -kv[1])[:top]
+    return f"{total / runs_total / 1e3:.2f} ms of kernels per run: " + ", ".join(
+        f"{op} {us / runs_total / 1e3:.2f}" for op, us in ranked)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("lib")
@@ -105,6 +126,8 @@ def main():
     ap.add_argument("--kv-heads", type=int, default=4)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--profile", type=int, default=0, help="also profile each model's ops at this prefill length")
+    ap.add_argument("--runs", default="ours,opset23,optimizer,original", help="which of the four to time")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="e2e-")
     paths = {k: os.path.join(tmp, f"{k}.onnx") for k in ("original", "opset23", "optimizer", "ours")}
@@ -123,12 +146,15 @@ def main():
     print(f"ORT transformers optimizer fused: {fused}", flush=True)
     # ours first, the decomposed ones last: past 2^31 score elements (16 heads x 16k x 16k) ORT's decomposed
     # MatMul faults, which poisons the CUDA context for whatever runs after it in this process.
-    sessions = {"ours": session(paths["ours"], a.lib)}
-    if paths["opset23"]:
-        sessions["opset23"] = session(paths["opset23"])
-    if opt_path:
-        sessions["optimizer"] = session(opt_path)
-    sessions["original"] = session(paths["original"])
+    paths["optimizer"] = opt_path
+    wanted = a.runs.split(",")
+    sessions = {k: session(paths[k], a.lib if k == "ours" else None) for k in ("ours", "opset23", "optimizer", "original")
+                if k in wanted and paths[k]}
+    if a.profile:  # first: a fault at the longest length would lose the CUDA context for what follows
+        ids = np.random.default_rng(a.profile).integers(0, VOCAB, (1, a.profile)).astype(np.int64)
+        for name in ("ours", "opset23", "original"):
+            if paths[name]:
+                print(f"ORT profile at {a.profile}, {name}: {op_profile(paths[name], a.lib if name == 'ours' else None, ids)}", flush=True)
     rows = []
     for seq in [int(s) for s in a.seqs.split(",")]:
         res, outs = {}, {}
@@ -142,7 +168,8 @@ def main():
                 res[name], outs[name] = time_session(sess, ids, a.reps)
             except Exception as e:  # noqa: BLE001  (e.g. the decomposed export running out of memory)
                 res[name] = None
-                print(f"  {name} at {seq}: {' '.join(str(e).split())[:700]}", flush=True)
+                msg = " ".join(str(e).split())
+                print(f"  {name} at {seq}: {msg if len(msg) < 900 else msg[:450] + ' ... ' + msg[-450:]}", flush=True)
         ref = outs.get("original", outs.get("opset23", outs.get("optimizer")))
         err = float(np.abs(outs["ours"].astype(np.float32) - ref.astype(np.float32)).max()) if ref is not None and "ours" in outs else None
         rows.append((seq, res, err))

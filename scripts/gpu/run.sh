@@ -3,7 +3,7 @@
 # built here and carried in .gpu/ (scripts/gpu/pack.sh), with staged wheel parts.
 #
 #   bash scripts/gpu/run.sh stage [DIR...]     # copy this call's wheel parts (.gpu/stage/*, or DIRs) to /tmp/fa-stage
-#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-decode e2e profile
+#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-decode e2e gen-bench profile
 #                                              # (default: numerics sanitize ort rust-ort bench)
 #
 # Logs and the benchmark table go to $OUT (or /tmp/fa-out). Exit status: nonzero if any step failed.
@@ -68,8 +68,11 @@ for s in "${steps[@]}"; do
     bench-decode) python3 bench.py "$lib" --no-prefill --out "$out/bench-decode.md" 2>&1 | tee "$out/bench-decode.log" ;;
     e2e)
       { python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 4 --out "$out/e2e-gqa.md" &&
-        python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 16 --out "$out/e2e-mha.md"; } 2>&1 |
+        python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 16 --profile 4096 --out "$out/e2e-mha.md"; } 2>&1 |
         grep -v "^\[torch.onnx\]\|Warning\|return cls\|^ *warnings.warn" | tee "$out/e2e.log" ;;
+    gen-bench)
+      python3 gen_bench.py "$lib" "$root/.gpu/flashattn-ort" --out "$out/gen-bench.md" 2>&1 |
+        grep -v "^\[torch.onnx\]\|Warning\|return cls\|^ *warnings.warn" | tee "$out/gen-bench.log" ;;
     profile)
       # ncu on the rows below the goal: where the Hopper kernel's time goes (one launch each)
       for cfg in "64 8192 0" "128 8192 0" "128 2048 1"; do
