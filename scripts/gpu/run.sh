@@ -3,7 +3,7 @@
 # built here and carried in .gpu/ (scripts/gpu/pack.sh), with staged wheel parts.
 #
 #   bash scripts/gpu/run.sh stage [DIR...]     # copy this call's wheel parts (.gpu/stage/*, or DIRs) to /tmp/fa-stage
-#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-decode e2e gen-bench profile
+#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-decode e2e e2e-profile e2e-memcheck gen-bench profile
 #                                              # (default: numerics sanitize ort rust-ort bench)
 #
 # Logs and the benchmark table go to $OUT (or /tmp/fa-out). Exit status: nonzero if any step failed.
@@ -70,6 +70,14 @@ for s in "${steps[@]}"; do
       { python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 4 --out "$out/e2e-gqa.md" &&
         python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 16 --profile 4096 --out "$out/e2e-mha.md"; } 2>&1 |
         grep -v "^\[torch.onnx\]\|Warning\|return cls\|^ *warnings.warn" | tee "$out/e2e.log" ;;
+    e2e-profile)
+      # where the rewritten model's time goes against ORT's own opset-23 Attention (ORT's profiler, per op type)
+      python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 16 --seqs 8192 --runs ours,opset23 --profile 8192 2>&1 |
+        grep -v "^\[torch.onnx\]\|Warning\|return cls\|^ *warnings.warn" | tee "$out/e2e-profile.log" ;;
+    e2e-memcheck)
+      # the rewritten model alone at 16k under compute-sanitizer (every kernel: ours and ORT's)
+      compute-sanitizer --tool memcheck --print-limit 5 python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 4 --seqs 16384 \
+        --runs ours --reps 1 2>&1 | grep -v "^\[torch.onnx\]\|Warning\|return cls\|^ *warnings.warn" | tail -60 | tee "$out/e2e-memcheck.log" ;;
     gen-bench)
       python3 gen_bench.py "$lib" "$root/.gpu/flashattn-ort" --out "$out/gen-bench.md" 2>&1 |
         grep -v "^\[torch.onnx\]\|Warning\|return cls\|^ *warnings.warn" | tee "$out/gen-bench.log" ;;
