@@ -124,7 +124,7 @@ __device__ __forceinline__ void mma_warp(const BlockWork &w, unsigned char *smem
     commit(&bar.k_empty[st]);
   };
 
-  sm90::mbar_wait(bar.q_full, 0);
+  mbar_wait_or_trap(bar.q_full, 0);
   issue_qk(0);
   for (int i = 0; i < n_blocks; ++i) {
     if (i + 1 < n_blocks) issue_qk(i + 1);
@@ -168,6 +168,7 @@ __device__ __forceinline__ void softmax_warps(const AttnParams &p, const BlockWo
     const int sb = i & 1, c0 = (w.n_begin + i) * BN;
     mbar_wait_or_trap(&bar.s_full[sb], ring_phase<2>(i));
     fence_after_sync();
+    __syncwarp();  // tcgen05.ld/st are warp-wide (.sync.aligned): the warp must be converged
     uint32_t raw[BN];
 #pragma unroll
     for (int c = 0; c < BN; c += 16) tmem_ld16(lane_addr + Cfg::TMEM_S + sb * BN + c, *reinterpret_cast<uint32_t(*)[16]>(&raw[c]));
@@ -210,6 +211,7 @@ __device__ __forceinline__ void softmax_warps(const AttnParams &p, const BlockWo
     l = l * corr + ((ps[0] + ps[1]) + (ps[2] + ps[3]));
 
     // P_{i-2} (same buffer) was consumed by PV_{i-2}, whose completion step i-1 waited for.
+    __syncwarp();
 #pragma unroll
     for (int c = 0; c < BN / 2; c += 16)
       tmem_st16(lane_addr + Cfg::TMEM_P + sb * (BN / 2) + c, *reinterpret_cast<const uint32_t(*)[16]>(&pk[c]));
@@ -319,6 +321,7 @@ __device__ __forceinline__ void flash_fwd_sm100(const AttnParams &p, const CUten
   fence_before_sync();
   __syncthreads();
   if (warp == Cfg::MMA_WARP) {
+    __syncwarp();  // lane 0 issued the MMAs alone: reconverge for the warp-wide dealloc
     fence_after_sync();
     tmem_dealloc<Cfg::TMEM_COLS>(tmem);
   }

@@ -116,8 +116,9 @@ template <int N> __device__ __forceinline__ void pin_regs(uint32_t (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
 }
 
-// An mbarrier wait that traps instead of hanging forever (~minutes of polling): a kernel that has never run
-// on hardware must fail loudly, so the self-check (src/gpu/selfcheck.rs) sees an error rather than a hang.
+// An mbarrier wait that traps instead of hanging forever (after 2^26 polls: seconds, far beyond any
+// legitimate wait): a kernel that has never run on hardware must fail loudly, so the self-check
+// (src/gpu/selfcheck.rs) sees an error rather than a hang.
 __device__ __forceinline__ void mbar_wait_or_trap(uint64_t *bar, uint32_t parity) {
   uint32_t done = 0;
   for (uint32_t polls = 0;; ++polls) {
@@ -129,7 +130,7 @@ __device__ __forceinline__ void mbar_wait_or_trap(uint64_t *bar, uint32_t parity
         : "r"(smem_u32(bar)), "r"(parity)
         : "memory");
     if (done) return;
-    if (polls == (1u << 28)) __trap();
+    if (polls == (1u << 26)) __trap();
   }
 }
 
