@@ -238,8 +238,13 @@ pub fn compare(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> R
     }
 }
 
-/// Runs `candidate` against the portable kernel on device `dev` in a private context.
+/// Runs `candidate` against the portable kernel on device `dev` in a private context. A panic inside (a
+/// driver entry point cudarc cannot find, say) is a failed check, not a crash.
 pub fn run(dev: sys::CUdevice, candidate: Candidate) -> Verdict {
+    std::panic::catch_unwind(|| run_unguarded(dev, candidate)).unwrap_or_else(|_| Verdict::Failed("internal error (panic) in the self-check".into()))
+}
+
+fn run_unguarded(dev: sys::CUdevice, candidate: Candidate) -> Verdict {
     if let Err(e) = super::driver::available() {
         return Verdict::Failed(e.0);
     }
@@ -338,7 +343,8 @@ struct PrivateContext {
 impl PrivateContext {
     fn create(dev: sys::CUdevice) -> Result<Self, GpuError> {
         let mut ctx = std::ptr::null_mut();
-        check(unsafe { sys::cuCtxCreate_v2(&mut ctx, 0, dev) }, "cuCtxCreate")?;
+        // No creation parameters (no execution affinity, no CIG): a plain context of the device.
+        check(unsafe { sys::cuCtxCreate_v4(&mut ctx, std::ptr::null_mut(), 0, dev) }, "cuCtxCreate")?;
         let mut this = PrivateContext { ctx, stream: std::ptr::null_mut(), leaked: std::cell::Cell::new(false) };
         check(unsafe { sys::cuStreamCreate(&mut this.stream, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32) }, "cuStreamCreate")?;
         Ok(this)
