@@ -299,10 +299,13 @@ mod tests {
         AttnParams { dtype: dtype as i32, head_dim: d, head_dim_v: dv, ..Default::default() }
     }
 
-    /// A BSNH problem with 16-byte aligned tensors (TMA can address it).
+    /// A BSNH problem with 16-byte aligned tensors (TMA can address it), no causal/window bounds
+    /// (`AttnParams::default()` has window bounds 0, a one-key window).
     fn aligned(dtype: DType, d: i32, dv: i32) -> AttnParams {
         let (h, s) = (8, 1024);
         AttnParams {
+            window_left: -1,
+            window_right: -1,
             q_ptr: 1 << 20, k_ptr: 2 << 20, v_ptr: 3 << 20, batch: 2, heads_q: h, heads_kv: h, seq_q: s, seq_kv: s,
             q_row_stride: (h * d) as i64, q_head_stride: d as i64, q_batch_stride: (s * h * d) as i64,
             k_row_stride: (h * d) as i64, k_head_stride: d as i64, k_batch_stride: (s * h * d) as i64,
