@@ -51,3 +51,22 @@ fn launch_without_gpu_is_a_clean_error() {
     let err = kv_append::launch_append(&kp, std::ptr::null_mut()).unwrap_err();
     assert!(err.to_string().contains("CUDA"), "{err}");
 }
+
+#[test]
+fn self_check_without_gpu_is_a_clean_failure() {
+    use flashattn_ort::gpu::dispatch::{Family, Verdict};
+    use flashattn_ort::gpu::selfcheck::{self, Candidate};
+    if gpu::driver::available().is_ok() {
+        return; // a real GPU: scripts/gpu/selfcheck.py (run.sh selfcheck)
+    }
+    for c in [Candidate::Family(Family::Sm100), Candidate::Broken("flash_selfcheck_trap")] {
+        assert!(matches!(selfcheck::run(0, c), Verdict::Failed(why) if why.contains("CUDA")), "{c:?}");
+    }
+    let mut buf = [0 as std::ffi::c_char; 256];
+    let rc = unsafe { gpu::ffi::flashattn_ort_gpu_selfcheck(c"trap".as_ptr(), buf.as_mut_ptr(), buf.len()) };
+    assert!(rc < 0, "no device: an error, not a verdict ({rc})");
+    let rc = unsafe { gpu::ffi::flashattn_ort_gpu_selfcheck(c"bogus".as_ptr(), buf.as_mut_ptr(), buf.len()) };
+    assert_eq!(rc, -1);
+    let rc = unsafe { gpu::ffi::flashattn_ort_gpu_selfcheck_verdict(buf.as_mut_ptr(), buf.len()) };
+    assert!(rc < 0);
+}
