@@ -116,12 +116,20 @@ template <int N> __device__ __forceinline__ void pin_regs(uint32_t (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
 }
 
-// An mbarrier wait that traps instead of hanging forever (after 2^26 polls: seconds, far beyond any
-// legitimate wait): a kernel that has never run on hardware must fail loudly, so the self-check
-// (src/gpu/selfcheck.rs) sees an error rather than a hang.
+// An mbarrier wait that traps instead of hanging forever: a kernel that has never run on hardware must fail
+// loudly, so the self-check (src/gpu/selfcheck.rs) sees an error rather than a hang. The bound is time, not
+// polls (how long one try_wait may suspend is up to the hardware): 10 s, while every legitimate wait here
+// lasts at most one tile's work (microseconds).
+__device__ __forceinline__ uint64_t global_timer_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
 __device__ __forceinline__ void mbar_wait_or_trap(uint64_t *bar, uint32_t parity) {
-  uint32_t done = 0;
-  for (uint32_t polls = 0;; ++polls) {
+  constexpr uint64_t kLimitNs = 10ull * 1000 * 1000 * 1000;
+  uint64_t start = 0;
+  for (;;) {
+    uint32_t done;
     asm volatile(
         "{\n.reg .pred p;\n"
         "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
@@ -130,7 +138,9 @@ __device__ __forceinline__ void mbar_wait_or_trap(uint64_t *bar, uint32_t parity
         : "r"(smem_u32(bar)), "r"(parity)
         : "memory");
     if (done) return;
-    if (polls == (1u << 26)) __trap();
+    const uint64_t now = global_timer_ns();
+    if (start == 0) start = now;
+    else if (now - start > kLimitNs) __trap();
   }
 }
 
