@@ -148,12 +148,18 @@ pub struct Problem {
     pub seq_kv: i32,
     /// window_left, window_right (-1 = unbounded; (-1, 0) = causal).
     pub window: (i32, i32),
+    /// Key row j is scaled by 1 + key_growth * j / seq_kv, with scale 0.5: scores grow from tile to tile,
+    /// so row maxima keep moving past the rescale threshold and the O correction runs (with random keys
+    /// and the usual scale a max rarely grows by 2^8 after the first tile).
+    pub key_growth: f32,
 }
 
 /// Small problems that cover both dtypes and head dims, ragged tiles on both axes, GQA, a padded head dim,
-/// causal with more keys than queries, and a sliding window; each runs in well under a millisecond.
+/// causal with more keys than queries, a sliding window, and growing scores (the O correction); each runs
+/// in well under a millisecond.
 pub fn problems() -> Vec<Problem> {
-    let p = |dtype, head_dim, batch, heads_q, heads_kv, seq_q, seq_kv, window| Problem { dtype, head_dim, batch, heads_q, heads_kv, seq_q, seq_kv, window };
+    let p = |dtype, head_dim, batch, heads_q, heads_kv, seq_q, seq_kv, window| Problem { dtype, head_dim, batch, heads_q, heads_kv, seq_q, seq_kv, window, key_growth: 0.0 };
+    let growing = |p: Problem| Problem { key_growth: 3.0, ..p };
     vec![
         p(DType::F16, 64, 2, 4, 2, 200, 333, (-1, -1)),
         p(DType::BF16, 64, 1, 2, 2, 256, 256, (-1, 0)),
@@ -161,6 +167,8 @@ pub fn problems() -> Vec<Problem> {
         p(DType::BF16, 128, 2, 2, 2, 384, 129, (-1, -1)),
         p(DType::BF16, 96, 1, 1, 1, 64, 1000, (-1, -1)),
         p(DType::F16, 64, 1, 2, 2, 300, 300, (100, 0)),
+        growing(p(DType::F16, 128, 1, 2, 2, 200, 640, (-1, -1))),
+        growing(p(DType::BF16, 64, 1, 2, 1, 256, 512, (-1, 0))),
     ]
 }
 
@@ -200,7 +208,7 @@ impl Problem {
             window_left: self.window.0,
             window_right: self.window.1,
             dtype: self.dtype as i32,
-            scale: 1.0 / (self.head_dim as f32).sqrt(),
+            scale: if self.key_growth > 0.0 { 0.5 } else { 1.0 / (self.head_dim as f32).sqrt() },
             ..Default::default()
         }
     }
@@ -278,6 +286,11 @@ impl From<GpuError> for Failure {
     }
 }
 
+/// The random inputs of problem `n`.
+fn seed(n: usize) -> u64 {
+    0x5EED + n as u64
+}
+
 /// How long a launch pair may take before the candidate is declared hung (the kernels' own mbarrier waits
 /// trap long before this).
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -294,7 +307,7 @@ fn check_all(ctx: &PrivateContext, dev: sys::CUdevice, image: &[u8], candidate: 
         let (spec, name) = candidate.kernel_for(&p0, max_smem)?;
         let f_ref = module.function(&reference.name(), reference.smem_bytes())?;
         let f_cand = module.function(&name, spec.smem_bytes())?;
-        let bufs = Buffers::new(prob, 0x5EED + n as u64)?;
+        let bufs = Buffers::new(prob, seed(n))?;
         let mut p_ref = p0;
         bufs.bind(&mut p_ref, false);
         let mut p_cand = p0;
@@ -304,7 +317,17 @@ fn check_all(ctx: &PrivateContext, dev: sys::CUdevice, image: &[u8], candidate: 
         launch_function(f_cand, &spec, &p_cand, ctx.stream, num_sms)?;
         ctx.wait(&name)?;
         let (atol, rtol) = tolerance(prob.dtype);
-        let case = format!("{name} on {}x{}x{}/{} heads, {} queries x {} keys, window {:?}", prob.dtype.name(), prob.head_dim, prob.heads_q, prob.heads_kv, prob.seq_q, prob.seq_kv, prob.window);
+        let case = format!(
+            "{name} on {} d{} x{}/{} heads, {} queries x {} keys, window {:?}, key growth {}",
+            prob.dtype.name(),
+            prob.head_dim,
+            prob.heads_q,
+            prob.heads_kv,
+            prob.seq_q,
+            prob.seq_kv,
+            prob.window,
+            prob.key_growth
+        );
         compare(&format!("{case}: output"), &bufs.read_out(prob, true)?, &bufs.read_out(prob, false)?, atol, rtol).map_err(Failure::Other)?;
         compare(&format!("{case}: lse"), &bufs.read_lse(prob, true)?, &bufs.read_lse(prob, false)?, 1e-2, 1e-3).map_err(Failure::Other)?;
     }
@@ -417,24 +440,43 @@ struct Buffers {
     lse: [u64; 2],
 }
 
+/// The inputs q, k, v of problem `prob` (BSNH), random normal from `seed`, already rounded to its type.
+pub fn inputs(prob: &Problem, seed: u64) -> [Vec<f32>; 3] {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // Key row of element i of K (BSNH): i / (heads_kv * head_dim) % seq_kv.
+    let row_width = (prob.heads_kv * prob.head_dim) as usize;
+    let mut draw = |n: usize, growth: f32| -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let row = (i / row_width) % prob.seq_kv as usize;
+                let x: f32 = StandardNormal.sample(&mut rng);
+                let x = x * (1.0 + growth * row as f32 / prob.seq_kv as f32);
+                match prob.dtype {
+                    DType::BF16 => bf16::from_f32(x).to_f32(),
+                    _ => f16::from_f32(x).to_f32(),
+                }
+            })
+            .collect()
+    };
+    [draw(prob.elems_q(), 0.0), draw(prob.elems_kv(), prob.key_growth), draw(prob.elems_kv(), 0.0)]
+}
+
 impl Buffers {
     fn new(prob: &Problem, seed: u64) -> Result<Self, GpuError> {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut upload = |n: usize| -> Result<u64, GpuError> {
-            let host: Vec<u16> = (0..n)
-                .map(|_| {
-                    let x: f32 = StandardNormal.sample(&mut rng);
-                    match prob.dtype {
-                        DType::BF16 => bf16::from_f32(x).to_bits(),
-                        _ => f16::from_f32(x).to_bits(),
-                    }
+        let upload = |values: &[f32]| -> Result<u64, GpuError> {
+            let host: Vec<u16> = values
+                .iter()
+                .map(|&x| match prob.dtype {
+                    DType::BF16 => bf16::from_f32(x).to_bits(),
+                    _ => f16::from_f32(x).to_bits(),
                 })
                 .collect();
-            let ptr = alloc(n * 2)?;
-            check(unsafe { sys::cuMemcpyHtoD_v2(ptr, host.as_ptr().cast::<c_void>(), n * 2) }, "cuMemcpyHtoD")?;
+            let ptr = alloc(host.len() * 2)?;
+            check(unsafe { sys::cuMemcpyHtoD_v2(ptr, host.as_ptr().cast::<c_void>(), host.len() * 2) }, "cuMemcpyHtoD")?;
             Ok(ptr)
         };
-        let (q, k, v) = (upload(prob.elems_q())?, upload(prob.elems_kv())?, upload(prob.elems_kv())?);
+        let [hq, hk, hv] = inputs(prob, seed);
+        let (q, k, v) = (upload(&hq)?, upload(&hk)?, upload(&hv)?);
         // Outputs start as all-ones bytes (NaN in every type): a kernel that writes nothing fails.
         let filled = |bytes: usize| -> Result<u64, GpuError> {
             let ptr = alloc(bytes)?;
@@ -519,6 +561,36 @@ mod tests {
         assert_eq!(plan(90, Some("trap"), Some("0")), Plan::Run(Candidate::Broken("flash_selfcheck_trap")));
         assert_eq!(plan(90, Some("sm90"), None), Plan::Run(Candidate::Family(Family::Sm90)));
         assert!(matches!(plan(90, Some("bogus"), None), Plan::BadEnvironment(_)));
+    }
+
+    /// The O correction only runs when a row max grows past the rescale threshold (2^8) after the first key
+    /// tile: the growing problems must make that happen for most rows, on the very inputs the check uses.
+    #[test]
+    fn the_growing_problems_exercise_the_o_correction() {
+        const BN: usize = 128;
+        const THRESHOLD: f32 = 8.0;
+        for (n, prob) in problems().iter().enumerate().filter(|(_, p)| p.key_growth > 0.0) {
+            let [q, k, _] = inputs(prob, seed(n));
+            let (d, hq, hk, sq, sk) = (prob.head_dim as usize, prob.heads_q as usize, prob.heads_kv as usize, prob.seq_q as usize, prob.seq_kv as usize);
+            let scale_log2 = prob.params().scale * std::f32::consts::LOG2_E;
+            let (mut rows, mut corrected) = (0, 0);
+            for row in (0..sq).step_by(5) {
+                let visible = if prob.window.1 == 0 { row + sk - sq + 1 } else { sk };
+                let score = |j: usize| -> f32 { (0..d).map(|c| q[(row * hq) * d + c] * k[(j * hk) * d + c]).sum() };
+                let mut m = f32::NEG_INFINITY;
+                let mut moved_later = false;
+                for (tile, start) in (0..visible).step_by(BN).enumerate() {
+                    let mx = (start..visible.min(start + BN)).map(score).fold(m, f32::max);
+                    if (mx - m) * scale_log2 > THRESHOLD {
+                        moved_later |= tile > 0;
+                        m = mx;
+                    }
+                }
+                rows += 1;
+                corrected += moved_later as usize;
+            }
+            assert!(corrected * 2 > rows, "problem {n}: only {corrected} of {rows} rows need an O correction");
+        }
     }
 
     #[test]
