@@ -51,3 +51,40 @@ fn launch_without_gpu_is_a_clean_error() {
     let err = kv_append::launch_append(&kp, std::ptr::null_mut()).unwrap_err();
     assert!(err.to_string().contains("CUDA"), "{err}");
 }
+
+#[test]
+fn self_check_without_gpu_is_a_clean_failure() {
+    use flashattn_ort::gpu::dispatch::{Family, Verdict};
+    use flashattn_ort::gpu::selfcheck::{self, Candidate};
+    if gpu::driver::available().is_ok() {
+        return; // a real GPU: scripts/gpu/selfcheck.py (run.sh selfcheck)
+    }
+    for c in [Candidate::Family(Family::Sm100), Candidate::Broken("flash_selfcheck_trap")] {
+        assert!(matches!(selfcheck::run(0, c), Verdict::Failed(why) if why.contains("CUDA")), "{c:?}");
+    }
+    let mut buf = [0 as std::ffi::c_char; 256];
+    let rc = unsafe { gpu::ffi::flashattn_ort_gpu_selfcheck(c"trap".as_ptr(), buf.as_mut_ptr(), buf.len()) };
+    assert!(rc < 0, "no device: an error, not a verdict ({rc})");
+    let rc = unsafe { gpu::ffi::flashattn_ort_gpu_selfcheck(c"bogus".as_ptr(), buf.as_mut_ptr(), buf.len()) };
+    assert_eq!(rc, -1);
+    let rc = unsafe { gpu::ffi::flashattn_ort_gpu_selfcheck_verdict(buf.as_mut_ptr(), buf.len()) };
+    assert!(rc < 0);
+}
+
+/// The Blackwell kernel cannot be run here, so what ptxas says about it is checked on every build: compiled
+/// for sm_100a with no stack frame and no spills (no local-memory traffic at all).
+#[test]
+fn blackwell_kernels_compile_without_local_memory() {
+    let Some(log) = option_env!("FLASHATTN_NVCC_LOG") else { return };
+    let text = std::fs::read_to_string(log).expect("nvcc log");
+    let lines: Vec<&str> = text.lines().collect();
+    let mut seen = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if line.contains("Compiling entry function 'flash_fwd_sm100_") && line.contains("for 'sm_100a'") {
+            seen += 1;
+            let props = lines[i + 1..].iter().find(|l| l.contains("stack frame")).expect("ptxas properties line");
+            assert!(props.contains(" 0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads"), "{line}: {props}");
+        }
+    }
+    assert_eq!(seen, 4, "sm100 entry points compiled for sm_100a");
+}

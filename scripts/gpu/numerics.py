@@ -9,7 +9,7 @@ tail may hold): they must not reach the output.
 Decode-shaped cases (seq_q * group <= 64) also pin the split-KV decode kernel's split count (auto, off, forced
 n) and check from the kernel name that the decode kernel served them.
 
-usage: python3 numerics.py LIB [--cases N] [--decode-cases N] [--seed S] [--small] [--family sm80|sm90]
+usage: python3 numerics.py LIB [--cases N] [--decode-cases N] [--seed S] [--small] [--family sm80|sm90|sm100]
   --small: the sanitizer matrix; --family: prefer that prefill kernel family wherever it can serve (the summary
   counts the cases each kernel family served)"""
 import argparse
@@ -223,7 +223,7 @@ def main():
     ap.add_argument("--cases", type=int, default=150)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--small", action="store_true")
-    ap.add_argument("--family", default=None, help="prefer this prefill kernel family (sm80, sm90)")
+    ap.add_argument("--family", default=None, help="prefer this prefill kernel family (sm80, sm90, sm100)")
     ap.add_argument("--decode-cases", type=int, default=40, help="random split-KV decode cases")
     a = ap.parse_args()
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1 << 30)

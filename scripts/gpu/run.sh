@@ -3,7 +3,7 @@
 # built here and carried in .gpu/ (scripts/gpu/pack.sh), with staged wheel parts.
 #
 #   bash scripts/gpu/run.sh stage [DIR...]     # copy this call's wheel parts (.gpu/stage/*, or DIRs) to /tmp/fa-stage
-#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-decode e2e e2e-profile e2e-memcheck gen-bench profile
+#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-decode e2e e2e-profile e2e-memcheck gen-bench profile selfcheck
 #                                              # (default: numerics sanitize ort rust-ort bench)
 #
 # Logs and the benchmark table go to $OUT (or /tmp/fa-out). Exit status: nonzero if any step failed.
@@ -88,6 +88,10 @@ for s in "${steps[@]}"; do
         ncu --clock-control none -k regex:flash_fwd -c 1 --section SpeedOfLight --section WarpStateStats \
           --section ComputeWorkloadAnalysis python3 profile_one.py "$lib" $cfg
       done 2>&1 | grep -E "^== |^kernel|Duration|Throughput|Stall|Issued|Eligible|Active Warps|Pipe" | tee "$out/profile.log" ;;
+    selfcheck)
+      # the first-use self-check of the Blackwell kernel, proven with broken stand-ins (wrong values, NaN, trap):
+      # each rejected with one warning, the process's kernels still correct afterwards, the portable kernel serving
+      python3 selfcheck.py "$lib" 2>&1 | tee "$out/selfcheck.log" ;;
     bench-quick) python3 bench.py "$lib" --quick --variants "${FA_VARIANTS:-}" --out "$out/bench.md" 2>&1 | tee "$out/bench.log" ;;
     *) echo "unknown step $s"; false ;;
   esac

@@ -1,9 +1,11 @@
-//! Which kernel serves a problem: by compute capability (the Hopper kernel on 9.0 when TMA can address the
-//! tensors, else the portable sm_80+ kernel), element type, and head dimension rounded up to a compiled
-//! padded size.
+//! Which kernel serves a problem: by compute capability (the Hopper kernel on 9.0 and the Blackwell kernel on
+//! 10.0 when TMA can address the tensors, else the portable sm_80+ kernel), element type, and head dimension
+//! rounded up to a compiled padded size. The Blackwell kernel has never run on hardware here: it serves a
+//! device only once the first-use self-check (selfcheck.rs) passed there, or when that check is switched off
+//! (`FLASHATTN_SELFCHECK=0`); a failed check leaves the device to the portable kernel.
 //!
-//! The table below must list exactly the entry points of kernels/flash_fwd_sm80.cu and
-//! kernels/flash_fwd_sm90.cu; the names spell the tile shape, so a mismatch fails loudly at module load
+//! The table below must list exactly the entry points of kernels/flash_fwd_sm80.cu,
+//! kernels/flash_fwd_sm90.cu and kernels/flash_fwd_sm100.cu; the names spell the tile shape, so a mismatch fails loudly at module load
 //! ("named symbol not found"), and the kernels trap if launched with less shared memory than their shape
 //! needs.
 
@@ -63,6 +65,33 @@ pub enum Family {
     Sm80,
     /// TMA + wgmma + warp specialization (kernels/mainloop_sm90.cuh): compute capability 9.0 only.
     Sm90,
+    /// TMA + tcgen05.mma with accumulators in Tensor Memory (kernels/mainloop_sm100.cuh): compute capability
+    /// 10.0 only (the sm_100a cubin), plain problems without key_seqlens, head_dim <= 128.
+    Sm100,
+}
+
+/// What the first-use self-check (selfcheck.rs) found on a device; it decides whether the kernels that have
+/// not been validated on hardware here may serve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// No check was needed (no unvalidated kernel serves this device).
+    NotNeeded,
+    /// The unvalidated kernel agreed with the portable one.
+    Passed,
+    /// `FLASHATTN_SELFCHECK=0`: the unvalidated kernel is trusted without a check.
+    Skipped,
+    /// It disagreed, faulted or failed to launch: only the portable kernel serves this device.
+    Failed(String),
+}
+
+impl Verdict {
+    /// Whether the Blackwell kernel may serve.
+    pub fn trusts_sm100(&self) -> bool {
+        matches!(self, Verdict::Passed | Verdict::Skipped)
+    }
+    pub fn failed(&self) -> bool {
+        matches!(self, Verdict::Failed(_))
+    }
 }
 
 impl Family {
@@ -70,7 +99,12 @@ impl Family {
         match self {
             Family::Sm80 => "sm80",
             Family::Sm90 => "sm90",
+            Family::Sm100 => "sm100",
         }
+    }
+    /// Families whose kernels are compiled only in their `_plain` form.
+    pub fn plain_only(self) -> bool {
+        self == Family::Sm100
     }
 }
 
@@ -96,6 +130,8 @@ impl KernelSpec {
         match self.family {
             Family::Sm80 => tiles,
             Family::Sm90 => tiles + (2 + 4 * self.stages as u32) * 8 + 1024,
+            // kernels/config_sm100.cuh: + mbarriers, the Tensor Memory address slot, alignment slack.
+            Family::Sm100 => tiles + (1 + 4 * self.stages as u32 + 7) * 8 + 16 + 1024,
         }
     }
 }
@@ -111,6 +147,11 @@ const fn sm90(dtype: DType, d: i32, bn: i32, stages: i32) -> KernelSpec {
 
 const fn sm90_wide(dtype: DType, d: i32, bn: i32) -> KernelSpec {
     KernelSpec { unbounded_plain_only: true, ..sm90(dtype, d, bn, 2) }
+}
+
+/// A Blackwell instance: 128 query rows, 128 keys per step, a load warp, an MMA warp and a softmax warpgroup.
+const fn sm100(dtype: DType, d: i32, stages: i32) -> KernelSpec {
+    KernelSpec { family: Family::Sm100, dtype, d, bm: 128, bn: 128, warps: 6, stages, plain: true, variant: Variant::Default, unbounded_plain_only: false }
 }
 
 const fn sm90_variant(d: i32, bn: i32, variant: Variant) -> KernelSpec {
@@ -144,18 +185,26 @@ pub const KERNELS: &[KernelSpec] = &[
     sm90_variant(128, 128, Variant::RescaleThreshold8),
     sm90_variant(128, 128, Variant::EmulatedExp2),
     sm90_variant(64, 128, Variant::EmulatedExp2),
+    sm100(DType::F16, 64, 3),
+    sm100(DType::BF16, 64, 3),
+    sm100(DType::F16, 128, 2),
+    sm100(DType::BF16, 128, 2),
 ];
 
 /// A forced choice: a kernel's full name, or a family name ("sm80", "sm90") to prefer wherever it can serve.
 /// Initialised from the environment variable `FLASHATTN_KERNEL`; the GPU scripts set it through ffi.
 static OVERRIDE: std::sync::RwLock<Option<Option<String>>> = std::sync::RwLock::new(None);
 
-/// Every entry point of the fatbin: each shape of [`KERNELS`], full and plain.
+/// Every entry point of the fatbin: each shape of [`KERNELS`], full and plain (plain only for
+/// [`Family::plain_only`]).
 pub fn all_kernels() -> impl Iterator<Item = KernelSpec> {
-    KERNELS.iter().flat_map(|k| [*k, KernelSpec { plain: true, ..*k }])
+    KERNELS.iter().flat_map(|k| {
+        let full = (!k.family.plain_only()).then_some(KernelSpec { plain: false, ..*k });
+        full.into_iter().chain([KernelSpec { plain: true, ..*k }])
+    })
 }
 
-/// Prefers a kernel (its full name) or a family ("sm80", "sm90") wherever it can serve a problem; None
+/// Prefers a kernel (its full name) or a family ("sm80", "sm90", "sm100") wherever it can serve a problem; None
 /// restores the default choice.
 pub fn set_override(name: Option<String>) {
     *OVERRIDE.write().unwrap_or_else(|e| e.into_inner()) = Some(name);
@@ -169,22 +218,34 @@ fn override_name() -> Option<String> {
     OVERRIDE.write().unwrap_or_else(|e| e.into_inner()).get_or_insert(from_env).clone()
 }
 
-/// Which families can run `p` on a device of compute capability `cc`.
-fn family_serves(family: Family, p: &AttnParams, cc: i32) -> bool {
+/// Which families can run `p` on a device of compute capability `cc` whose self-check said `verdict`.
+fn family_serves(family: Family, p: &AttnParams, cc: i32, verdict: &Verdict) -> bool {
     match family {
         Family::Sm80 => cc >= 80,
         // The sm_90a cubin runs on 9.0 only; TMA needs 16-byte aligned bases and strides.
-        Family::Sm90 => cc == 90 && super::tensor_map::tma_compatible(p),
+        Family::Sm90 => cc == 90 && !verdict.failed() && super::tensor_map::tma_compatible(p),
+        // The sm_100a cubin runs on 10.0 only (10.3 and 12.x would get the trapping stand-in); first scope:
+        // no mask tensor, no softcap (the plain kernels), no key_seqlens (V rows past a key length would
+        // need zeroing).
+        Family::Sm100 => {
+            cc == 100
+                && verdict.trusts_sm100()
+                && p.softcap <= 0.0
+                && p.mask_kind == 0
+                && p.has_seqlens == 0
+                && super::tensor_map::tma_compatible(p)
+        }
     }
 }
 
 /// The best kernel for `p` on a device of compute capability `cc` (major*10 + minor) whose blocks may use
-/// up to `max_smem` bytes of shared memory, honouring a forced kernel or family ([`set_override`]).
-pub fn select(p: &AttnParams, cc: i32, max_smem: i32) -> Result<KernelSpec, GpuError> {
-    select_forced(p, cc, max_smem, override_name().as_deref())
+/// up to `max_smem` bytes of shared memory and whose self-check said `verdict`, honouring a forced kernel or
+/// family ([`set_override`]).
+pub fn select(p: &AttnParams, cc: i32, max_smem: i32, verdict: &Verdict) -> Result<KernelSpec, GpuError> {
+    select_forced(p, cc, max_smem, verdict, override_name().as_deref())
 }
 
-fn select_forced(p: &AttnParams, cc: i32, max_smem: i32, forced: Option<&str>) -> Result<KernelSpec, GpuError> {
+pub(crate) fn select_forced(p: &AttnParams, cc: i32, max_smem: i32, verdict: &Verdict, forced: Option<&str>) -> Result<KernelSpec, GpuError> {
     let dtype = match p.dtype {
         1 => DType::F16,
         2 => DType::BF16,
@@ -199,7 +260,7 @@ fn select_forced(p: &AttnParams, cc: i32, max_smem: i32, forced: Option<&str>) -
         return Err(GpuError::new(format!("head_dim {} / value head_dim {} outside 1..=256", p.head_dim, p.head_dim_v)));
     }
     let plain_ok = p.softcap <= 0.0 && p.mask_kind == 0;
-    let forced_family = forced.and_then(|f| [Family::Sm80, Family::Sm90].into_iter().find(|fam| fam.name() == f));
+    let forced_family = forced.and_then(|f| [Family::Sm80, Family::Sm90, Family::Sm100].into_iter().find(|fam| fam.name() == f));
     let fits = |k: &KernelSpec| {
         k.dtype == dtype
             && k.d >= need
@@ -207,7 +268,7 @@ fn select_forced(p: &AttnParams, cc: i32, max_smem: i32, forced: Option<&str>) -
             && (!k.plain || plain_ok)
             && (k.variant == Variant::Default || forced == Some(k.name().as_str()))
             && (!k.unbounded_plain_only || (plain_ok && p.window_left < 0 && p.window_right < 0) || forced == Some(k.name().as_str()))
-            && family_serves(k.family, p, cc)
+            && family_serves(k.family, p, cc, verdict)
     };
     if let Some(name) = forced {
         if let Some(k) = all_kernels().filter(fits).find(|k| k.name() == name) {
@@ -216,7 +277,7 @@ fn select_forced(p: &AttnParams, cc: i32, max_smem: i32, forced: Option<&str>) -
     }
     // The preferred family that can serve (a forced family first); in it the smallest padded head dim that
     // covers the problem; among those, the first listed; plain if allowed.
-    let family = forced_family.into_iter().chain([Family::Sm90, Family::Sm80]).find(|f| KERNELS.iter().any(|k| k.family == *f && fits(k)));
+    let family = forced_family.into_iter().chain([Family::Sm100, Family::Sm90, Family::Sm80]).find(|f| KERNELS.iter().any(|k| k.family == *f && fits(k)));
     let d = KERNELS.iter().filter(|k| Some(k.family) == family && fits(k)).map(|k| k.d).min();
     KERNELS
         .iter()
@@ -230,15 +291,21 @@ fn select_forced(p: &AttnParams, cc: i32, max_smem: i32, forced: Option<&str>) -
 mod tests {
     use super::*;
 
+    fn pick(p: &AttnParams, cc: i32, max_smem: i32, forced: Option<&str>) -> Result<KernelSpec, GpuError> {
+        select_forced(p, cc, max_smem, &Verdict::NotNeeded, forced)
+    }
+
     fn params(dtype: DType, d: i32, dv: i32) -> AttnParams {
         AttnParams { dtype: dtype as i32, head_dim: d, head_dim_v: dv, ..Default::default() }
     }
 
-    /// A BSNH problem with 16-byte aligned tensors (TMA can address it), no window (-1: unbounded).
+    /// A BSNH problem with 16-byte aligned tensors (TMA can address it), no causal/window bounds
+    /// (`AttnParams::default()` has window bounds 0, a one-key window).
     fn aligned(dtype: DType, d: i32, dv: i32) -> AttnParams {
         let (h, s) = (8, 1024);
         AttnParams {
-            window_left: -1, window_right: -1,
+            window_left: -1,
+            window_right: -1,
             q_ptr: 1 << 20, k_ptr: 2 << 20, v_ptr: 3 << 20, batch: 2, heads_q: h, heads_kv: h, seq_q: s, seq_kv: s,
             q_row_stride: (h * d) as i64, q_head_stride: d as i64, q_batch_stride: (s * h * d) as i64,
             k_row_stride: (h * d) as i64, k_head_stride: d as i64, k_batch_stride: (s * h * d) as i64,
@@ -250,22 +317,22 @@ mod tests {
     #[test]
     fn hopper_serves_aligned_problems_on_9_0_only() {
         let h100 = 227 * 1024;
-        let k = select_forced(&aligned(DType::BF16, 128, 128), 90, h100, None).unwrap();
+        let k = pick(&aligned(DType::BF16, 128, 128), 90, h100, None).unwrap();
         assert_eq!(k.name(), "flash_fwd_sm90_bf16_d128_m128n128w12_plain");
         assert!(k.smem_bytes() as i32 <= h100);
-        assert_eq!(select_forced(&aligned(DType::F16, 96, 96), 90, h100, None).unwrap().name(), "flash_fwd_sm90_f16_d128_m128n128w12_plain");
-        assert_eq!(select_forced(&aligned(DType::BF16, 192, 128), 90, h100, None).unwrap().d, 192);
-        assert_eq!(select_forced(&aligned(DType::BF16, 256, 256), 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d256_m128n80w12_plain");
+        assert_eq!(pick(&aligned(DType::F16, 96, 96), 90, h100, None).unwrap().name(), "flash_fwd_sm90_f16_d128_m128n128w12_plain");
+        assert_eq!(pick(&aligned(DType::BF16, 192, 128), 90, h100, None).unwrap().d, 192);
+        assert_eq!(pick(&aligned(DType::BF16, 256, 256), 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d256_m128n80w12_plain");
         let masked = AttnParams { mask_kind: 2, ..aligned(DType::BF16, 64, 64) };
-        assert_eq!(select_forced(&masked, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n128w12");
-        assert_eq!(select_forced(&aligned(DType::BF16, 64, 64), 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n192w12_plain");
+        assert_eq!(pick(&masked, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n128w12");
+        assert_eq!(pick(&aligned(DType::BF16, 64, 64), 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n192w12_plain");
         let causal = AttnParams { window_right: 0, ..aligned(DType::BF16, 64, 64) };
-        assert_eq!(select_forced(&causal, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n128w12_plain");
+        assert_eq!(pick(&causal, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n128w12_plain");
         for cc in [80, 86, 89, 100, 120] {
-            assert_eq!(select_forced(&aligned(DType::BF16, 128, 128), cc, h100, None).unwrap().family, Family::Sm80, "cc {cc}");
+            assert_eq!(pick(&aligned(DType::BF16, 128, 128), cc, h100, None).unwrap().family, Family::Sm80, "cc {cc}");
         }
         let odd_stride = AttnParams { k_row_stride: 8 * 128 + 4, ..aligned(DType::BF16, 128, 128) };
-        assert_eq!(select_forced(&odd_stride, 90, h100, None).unwrap().family, Family::Sm80);
+        assert_eq!(pick(&odd_stride, 90, h100, None).unwrap().family, Family::Sm80);
         for k in KERNELS.iter().filter(|k| k.family == Family::Sm90) {
             assert!(k.smem_bytes() as i32 <= h100, "{} needs {} bytes", k.name(), k.smem_bytes());
         }
@@ -275,34 +342,34 @@ mod tests {
     fn a_forced_family_or_kernel_wins_where_it_fits() {
         let h100 = 227 * 1024;
         let p = aligned(DType::BF16, 128, 128);
-        assert_eq!(select_forced(&p, 90, h100, Some("sm80")).unwrap().name(), "flash_fwd_sm80_bf16_d128_m128n64w4_plain");
-        assert_eq!(select_forced(&p, 90, h100, Some("sm90")).unwrap().family, Family::Sm90);
+        assert_eq!(pick(&p, 90, h100, Some("sm80")).unwrap().name(), "flash_fwd_sm80_bf16_d128_m128n64w4_plain");
+        assert_eq!(pick(&p, 90, h100, Some("sm90")).unwrap().family, Family::Sm90);
         // A family that cannot serve is a preference only: the default choice stands.
-        assert_eq!(select_forced(&p, 80, h100, Some("sm90")).unwrap().family, Family::Sm80);
-        assert_eq!(select_forced(&p, 90, h100, Some("flash_fwd_sm80_bf16_d256_m64n32w4")).unwrap().name(), "flash_fwd_sm80_bf16_d256_m64n32w4");
+        assert_eq!(pick(&p, 80, h100, Some("sm90")).unwrap().family, Family::Sm80);
+        assert_eq!(pick(&p, 90, h100, Some("flash_fwd_sm80_bf16_d256_m64n32w4")).unwrap().name(), "flash_fwd_sm80_bf16_d256_m64n32w4");
     }
 
     #[test]
     fn picks_smallest_padded_head_dim() {
         let h100 = 227 * 1024;
-        assert_eq!(select(&params(DType::BF16, 64, 64), 90, h100).unwrap().d, 64);
-        assert_eq!(select(&params(DType::BF16, 17, 17), 90, h100).unwrap().d, 64);
-        assert_eq!(select(&params(DType::F16, 80, 128), 80, h100).unwrap().d, 128);
-        assert_eq!(select(&params(DType::F16, 129, 64), 86, 99 * 1024).unwrap().d, 256);
-        assert_eq!(select(&params(DType::F16, 256, 256), 86, 99 * 1024).unwrap().name(), "flash_fwd_sm80_f16_d256_m64n32w4_plain");
-        assert_eq!(select(&params(DType::BF16, 256, 256), 90, h100).unwrap().name(), "flash_fwd_sm80_bf16_d256_m64n32w4_plain");
+        assert_eq!(select(&params(DType::BF16, 64, 64), 90, h100, &Verdict::NotNeeded).unwrap().d, 64);
+        assert_eq!(select(&params(DType::BF16, 17, 17), 90, h100, &Verdict::NotNeeded).unwrap().d, 64);
+        assert_eq!(select(&params(DType::F16, 80, 128), 80, h100, &Verdict::NotNeeded).unwrap().d, 128);
+        assert_eq!(select(&params(DType::F16, 129, 64), 86, 99 * 1024, &Verdict::NotNeeded).unwrap().d, 256);
+        assert_eq!(select(&params(DType::F16, 256, 256), 86, 99 * 1024, &Verdict::NotNeeded).unwrap().name(), "flash_fwd_sm80_f16_d256_m64n32w4_plain");
+        assert_eq!(select(&params(DType::BF16, 256, 256), 90, h100, &Verdict::NotNeeded).unwrap().name(), "flash_fwd_sm80_bf16_d256_m64n32w4_plain");
         let masked = AttnParams { mask_kind: 1, ..params(DType::BF16, 128, 128) };
-        assert_eq!(select(&masked, 90, h100).unwrap().name(), "flash_fwd_sm80_bf16_d128_m128n64w4");
+        assert_eq!(select(&masked, 90, h100, &Verdict::NotNeeded).unwrap().name(), "flash_fwd_sm80_bf16_d128_m128n64w4");
         let capped = AttnParams { softcap: 30.0, ..params(DType::BF16, 128, 128) };
-        assert!(!select(&capped, 90, h100).unwrap().plain);
+        assert!(!select(&capped, 90, h100, &Verdict::NotNeeded).unwrap().plain);
     }
 
     #[test]
     fn refuses_what_has_no_kernel() {
-        assert!(select(&params(DType::F32, 64, 64), 90, 1 << 20).unwrap_err().0.contains("float32"));
-        assert!(select(&params(DType::F16, 64, 64), 75, 1 << 20).unwrap_err().0.contains("8.0"));
-        assert!(select(&params(DType::F16, 300, 64), 90, 1 << 20).is_err());
-        assert!(select(&params(DType::F16, 256, 256), 90, 48 * 1024).unwrap_err().0.contains("shared memory"));
+        assert!(select(&params(DType::F32, 64, 64), 90, 1 << 20, &Verdict::NotNeeded).unwrap_err().0.contains("float32"));
+        assert!(select(&params(DType::F16, 64, 64), 75, 1 << 20, &Verdict::NotNeeded).unwrap_err().0.contains("8.0"));
+        assert!(select(&params(DType::F16, 300, 64), 90, 1 << 20, &Verdict::NotNeeded).is_err());
+        assert!(select(&params(DType::F16, 256, 256), 90, 48 * 1024, &Verdict::NotNeeded).unwrap_err().0.contains("shared memory"));
     }
 
     #[test]
@@ -310,6 +377,53 @@ mod tests {
         let mut names: Vec<String> = all_kernels().map(|k| k.name()).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 2 * KERNELS.len());
+        let plain_only = KERNELS.iter().filter(|k| k.family.plain_only()).count();
+        assert_eq!(names.len(), 2 * KERNELS.len() - plain_only);
+    }
+
+    #[test]
+    fn blackwell_serves_10_0_only_after_its_self_check_passed_or_was_skipped() {
+        let b200 = 227 * 1024;
+        let p = aligned(DType::BF16, 128, 128);
+        let pick_v = |p: &AttnParams, cc: i32, v: &Verdict, forced: Option<&str>| select_forced(p, cc, b200, v, forced).unwrap();
+        for v in [Verdict::Passed, Verdict::Skipped] {
+            assert_eq!(pick_v(&p, 100, &v, None).name(), "flash_fwd_sm100_bf16_d128_m128n128w6_plain");
+            let causal = AttnParams { window_right: 0, ..aligned(DType::F16, 64, 64) };
+            assert_eq!(pick_v(&causal, 100, &v, None).name(), "flash_fwd_sm100_f16_d64_m128n128w6_plain");
+            assert_eq!(pick_v(&aligned(DType::F16, 80, 80), 100, &v, None).d, 128);
+            assert!(pick_v(&p, 100, &v, None).smem_bytes() as i32 <= b200);
+            // A forced portable family or kernel still wins.
+            assert_eq!(pick_v(&p, 100, &v, Some("sm80")).family, Family::Sm80);
+        }
+        // Not checked (yet), or rejected by the check: the portable kernel.
+        for v in [Verdict::NotNeeded, Verdict::Failed("disagreed".into())] {
+            assert_eq!(pick_v(&p, 100, &v, None).family, Family::Sm80, "{v:?}");
+            assert_eq!(pick_v(&p, 100, &v, Some("sm100")).family, Family::Sm80, "{v:?}");
+            assert_eq!(pick_v(&p, 100, &v, Some("flash_fwd_sm100_bf16_d128_m128n128w6_plain")).family, Family::Sm80, "{v:?}");
+        }
+        // Never on another compute capability, whatever the verdict or the preference.
+        for cc in [80, 86, 89, 90, 103, 110, 120] {
+            for v in [Verdict::NotNeeded, Verdict::Passed, Verdict::Skipped] {
+                assert_ne!(pick_v(&p, cc, &v, Some("sm100")).family, Family::Sm100, "cc {cc} {v:?}");
+            }
+        }
+        // What the first scope does not cover goes to the portable kernel on 10.0.
+        let trusted = Verdict::Passed;
+        let masked = AttnParams { mask_kind: 1, mask_ptr: 1 << 24, ..p };
+        let capped = AttnParams { softcap: 30.0, ..p };
+        let ragged = AttnParams { has_seqlens: 1, seqlens_ptr: 1 << 24, ..p };
+        let odd_stride = AttnParams { k_row_stride: 8 * 128 + 4, ..p };
+        for q in [masked, capped, ragged, odd_stride, aligned(DType::BF16, 192, 192), aligned(DType::BF16, 256, 256)] {
+            assert_eq!(pick_v(&q, 100, &trusted, None).family, Family::Sm80, "{q:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_self_check_leaves_only_the_portable_kernel() {
+        let h100 = 227 * 1024;
+        let p = aligned(DType::BF16, 128, 128);
+        assert_eq!(select_forced(&p, 90, h100, &Verdict::Passed, None).unwrap().family, Family::Sm90);
+        assert_eq!(select_forced(&p, 90, h100, &Verdict::Failed("trap".into()), None).unwrap().family, Family::Sm80);
+        assert_eq!(select_forced(&p, 90, h100, &Verdict::Failed("trap".into()), Some("sm90")).unwrap().family, Family::Sm80);
     }
 }

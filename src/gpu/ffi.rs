@@ -201,7 +201,7 @@ pub unsafe extern "C" fn flashattn_ort_gpu_kernel_name(params: *const AttnParams
         if let Some(plan) = super::decode::plan(&p, k.into(), usize::MAX)? {
             return Ok(format!("{} x{} splits", plan.spec.name(), plan.splits));
         }
-        Ok(super::dispatch::select(&p, k.cc, k.max_smem_optin)?.name())
+        Ok(super::dispatch::select(&p, k.cc, k.max_smem_optin, &k.verdict)?.name())
     });
     match r {
         Ok(Ok(name)) if name.len() < len => {
@@ -241,4 +241,100 @@ pub unsafe extern "C" fn flashattn_ort_gpu_set_kernel(name: *const c_char) {
 #[no_mangle]
 pub extern "C" fn flashattn_ort_gpu_set_persistent(mode: i32) {
     super::launch::set_grid_mode(mode);
+}
+
+/// Copies `text` NUL-terminated into `buf` of `len` bytes (truncated to fit); nothing when `buf` is null.
+unsafe fn write_text(text: &str, buf: *mut c_char, len: usize) {
+    if buf.is_null() || len == 0 {
+        return;
+    }
+    let n = text.len().min(len - 1);
+    unsafe {
+        std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), n);
+        *buf.add(n) = 0;
+    }
+}
+
+fn current_device() -> Result<i32, super::GpuError> {
+    super::driver::available()?;
+    let mut dev = 0;
+    super::driver::check(unsafe { cudarc::driver::sys::cuCtxGetDevice(&mut dev) }, "cuCtxGetDevice")?;
+    Ok(dev)
+}
+
+/// Test hook: runs the very self-check the library runs at the first use of a Blackwell device, on the
+/// current device, with `candidate` ("sm100", "sm90", or a broken stand-in: "wrong", "nan", "trap") checked
+/// against the portable kernel in a private context, and logs its warning if it fails. Returns 1 when the
+/// candidate passed, 0 when it was rejected (`report` gets the reason), negative on a bad call. The
+/// process's own kernels (primary context) are untouched either way.
+///
+/// # Safety
+/// `candidate` must be a valid C string; `report` writable for `len` bytes (or null).
+#[no_mangle]
+pub unsafe extern "C" fn flashattn_ort_gpu_selfcheck(candidate: *const c_char, report: *mut c_char, len: usize) -> i32 {
+    if candidate.is_null() {
+        set_error("candidate is null");
+        return -1;
+    }
+    let name = unsafe { std::ffi::CStr::from_ptr(candidate) }.to_string_lossy().into_owned();
+    let Some(c) = super::selfcheck::Candidate::parse(&name) else {
+        set_error(&format!("unknown self-check candidate {name:?} (sm100, sm90, wrong, nan, trap)"));
+        return -1;
+    };
+    let r = std::panic::catch_unwind(|| -> Result<super::dispatch::Verdict, super::GpuError> {
+        let dev = current_device()?;
+        let v = super::selfcheck::run(dev, c);
+        super::selfcheck::warn(dev, Some(c), &v);
+        Ok(v)
+    });
+    match r {
+        Ok(Ok(v)) => {
+            let text = match &v {
+                super::dispatch::Verdict::Failed(why) => why.clone(),
+                _ => "passed".to_string(),
+            };
+            unsafe { write_text(&text, report, len) };
+            i32::from(!v.failed())
+        }
+        Ok(Err(e)) => {
+            set_error(&e.to_string());
+            -2
+        }
+        Err(_) => {
+            set_error("panic in the self-check");
+            -3
+        }
+    }
+}
+
+/// The current device's first-use self-check verdict (loading its kernels, and so running the check, if
+/// that has not happened yet): 0 not needed, 1 passed, 2 skipped (FLASHATTN_SELFCHECK=0), 3 failed (the
+/// portable kernel serves; `report` gets the reason); negative on error.
+///
+/// # Safety
+/// `report` writable for `len` bytes (or null).
+#[no_mangle]
+pub unsafe extern "C" fn flashattn_ort_gpu_selfcheck_verdict(report: *mut c_char, len: usize) -> i32 {
+    use super::dispatch::Verdict;
+    let r = std::panic::catch_unwind(|| -> Result<Verdict, super::GpuError> { Ok(super::module::device_kernels(current_device()?)?.verdict.clone()) });
+    match r {
+        Ok(Ok(v)) => {
+            let (code, text) = match v {
+                Verdict::NotNeeded => (0, "not needed".to_string()),
+                Verdict::Passed => (1, "passed".to_string()),
+                Verdict::Skipped => (2, "skipped (FLASHATTN_SELFCHECK=0)".to_string()),
+                Verdict::Failed(why) => (3, why),
+            };
+            unsafe { write_text(&text, report, len) };
+            code
+        }
+        Ok(Err(e)) => {
+            set_error(&e.to_string());
+            -2
+        }
+        Err(_) => {
+            set_error("panic");
+            -3
+        }
+    }
 }

@@ -35,7 +35,8 @@ pub fn persistent(p: &AttnParams) -> bool {
 
 /// Grid of a launch (kernels/tile_scheduler.cuh): the portable kernel runs one block per tile (x = query
 /// blocks, y = query heads, z = batch); the Hopper kernel walks a linear tile order, with one block per tile
-/// or persistent blocks (at most one per SM) that take several.
+/// or persistent blocks (at most one per SM) that take several; the Blackwell kernel runs one block per tile
+/// of that linear order.
 pub fn grid(k: &KernelSpec, p: &AttnParams, num_sms: i32) -> Result<(u32, u32, u32), GpuError> {
     let gx = (p.seq_q as i64 + k.bm as i64 - 1) / k.bm as i64;
     if p.heads_q > 65535 || p.batch > 65535 {
@@ -43,12 +44,12 @@ pub fn grid(k: &KernelSpec, p: &AttnParams, num_sms: i32) -> Result<(u32, u32, u
     }
     match k.family {
         Family::Sm80 => Ok((gx as u32, p.heads_q as u32, p.batch as u32)),
-        Family::Sm90 => {
+        Family::Sm90 | Family::Sm100 => {
             let tiles = gx * p.heads_q as i64 * p.batch as i64;
             if tiles > i32::MAX as i64 {
                 return Err(GpuError::new(format!("{tiles} tiles of 128 query rows exceed the kernel's 2^31 limit")));
             }
-            let blocks = if persistent(p) { tiles.min(num_sms.max(1) as i64) } else { tiles };
+            let blocks = if k.family == Family::Sm90 && persistent(p) { tiles.min(num_sms.max(1) as i64) } else { tiles };
             Ok((blocks as u32, 1, 1))
         }
     }
@@ -98,10 +99,17 @@ pub fn launch_with_workspace(p: &AttnParams, stream: *mut c_void, ws: Workspace)
         let _cur = CurrentContext::push(ctx)?;
         return decode::launch(&plan, p, kernels, ws, stream);
     }
-    let spec = dispatch::select(p, kernels.cc, kernels.max_smem_optin)?;
+    let spec = dispatch::select(p, kernels.cc, kernels.max_smem_optin, &kernels.verdict)?;
     let f = kernels.function(&spec)?;
-    let (gx, gy, gz) = grid(&spec, p, kernels.num_sms)?;
     let _cur = CurrentContext::push(ctx)?;
+    launch_function(f, &spec, p, stream, kernels.num_sms)
+}
+
+/// Queues kernel `f` with the geometry and parameters of `spec` (its grid, block, shared memory, and for the
+/// TMA families the Q/K/V tensor maps) on `stream` of the current context. The self-check launches its
+/// candidates through here too, so a broken stand-in gets exactly the launch the real kernel would.
+pub fn launch_function(f: sys::CUfunction, spec: &KernelSpec, p: &AttnParams, stream: sys::CUstream, num_sms: i32) -> Result<(), GpuError> {
+    let (gx, gy, gz) = grid(spec, p, num_sms)?;
     let mut arg = *p;
     let launch = |args: &mut [*mut c_void]| {
         check(
@@ -111,7 +119,7 @@ pub fn launch_with_workspace(p: &AttnParams, stream: *mut c_void, ws: Workspace)
     };
     match spec.family {
         Family::Sm80 => launch(&mut [(&mut arg as *mut AttnParams).cast()]),
-        Family::Sm90 => {
+        Family::Sm90 | Family::Sm100 => {
             let mut tq = Operand::query(p).encode(p.dtype, spec.bm as u32)?;
             let mut tk = Operand::key(p).encode(p.dtype, spec.bn as u32)?;
             let mut tv = Operand::value(p).encode(p.dtype, spec.bn as u32)?;

@@ -7,6 +7,8 @@
 //! - [`decode`]: split-KV decode kernel for few query rows: applicability, split count, workspace, launch;
 //! - [`dispatch`]: which kernel serves a problem on a device (compute capability, dtype, head_dim);
 //! - [`launch`]: grid/shared-memory set-up and the launch on a caller's stream;
+//! - [`selfcheck`]: first-use check of the Blackwell kernel (never run on hardware here) against the
+//!   portable kernel, in a private context; a failure leaves the device to the portable kernel;
 //! - [`tensor_map`]: TMA descriptors of Q/K/V for the Hopper kernel;
 //! - [`kv_append`]: the KV-cache append step (present, rotary) queued before attention;
 //! - [`ffi`]: `extern "C"` entry points the GPU test/benchmark script drives through ctypes.
@@ -18,6 +20,7 @@ pub mod ffi;
 pub mod kv_append;
 pub mod launch;
 pub mod module;
+pub mod selfcheck;
 pub mod tensor_map;
 
 pub use driver::GpuError;

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use cudarc::driver::sys;
 
-use super::dispatch::{all_kernels, KernelSpec};
+use super::dispatch::{all_kernels, Family, KernelSpec, Verdict};
 use super::driver::{check, device_attribute, CurrentContext, GpuError};
 
 /// The fatbin (sm_80, sm_90a, sm_100a cubins + compute_80 PTX) built by build.rs.
@@ -28,6 +28,9 @@ pub struct DeviceKernels {
     pub cc: i32,
     pub max_smem_optin: i32,
     pub num_sms: i32,
+    /// The first-use self-check's verdict (selfcheck.rs): whether the Blackwell kernel may serve, or only
+    /// the portable one.
+    pub verdict: Verdict,
     functions: HashMap<String, sys::CUfunction>,
 }
 
@@ -48,10 +51,13 @@ impl DeviceKernels {
 }
 
 /// Every entry point of the fatbin with its dynamic shared memory: the forward kernels of the dispatch
-/// table, the split-KV decode kernels and the KV-cache append step.
+/// table, the self-check's broken stand-ins (launched with the Blackwell kernel's shared memory), the split-KV
+/// decode kernels and the KV-cache append step.
 pub fn entry_points() -> Vec<(String, u32)> {
+    let sm100_smem = all_kernels().filter(|k| k.family == Family::Sm100).map(|k| k.smem_bytes()).max().unwrap_or(0);
     all_kernels()
         .map(|k| (k.name(), k.smem_bytes()))
+        .chain(super::selfcheck::BROKEN_KERNELS.iter().map(|(_, n)| (n.to_string(), sm100_smem)))
         .chain(super::decode::entry_points())
         .chain(super::kv_append::KERNEL_NAMES.iter().map(|n| (n.to_string(), 0)))
         .collect()
@@ -100,5 +106,8 @@ fn load(dev: sys::CUdevice) -> Result<DeviceKernels, GpuError> {
         )?;
         functions.insert(kname, f);
     }
-    Ok(DeviceKernels { ordinal: dev, ctx, cc, max_smem_optin, num_sms, functions })
+    // Runs the kernel no test here could run against the portable one, in a private context (10.0 only,
+    // or where FLASHATTN_SELFCHECK_CANDIDATE asks).
+    let verdict = super::selfcheck::first_use(dev, cc);
+    Ok(DeviceKernels { ordinal: dev, ctx, cc, max_smem_optin, num_sms, verdict, functions })
 }
