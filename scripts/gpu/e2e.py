@@ -128,7 +128,14 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--profile", type=int, default=0, help="also profile each model's ops at this prefill length")
     ap.add_argument("--runs", default="ours,opset23,optimizer,original", help="which of the four to time")
+    ap.add_argument("--export-only", default=None, help="write the original export (at --heads heads) here and stop")
+    ap.add_argument("--heads", type=int, default=HEADS)
     a = ap.parse_args()
+    if a.export_only:  # a small twin of the benchmark's model (same head_dim) to debug the rewriter where no GPU is
+        globals()["HEADS"] = a.heads
+        globals()["HIDDEN"] = 128 * a.heads
+        export(build_model(a.layers, a.kv_heads), a.export_only, None)
+        return
     tmp = tempfile.mkdtemp(prefix="e2e-")
     paths = {k: os.path.join(tmp, f"{k}.onnx") for k in ("original", "opset23", "optimizer", "ours")}
     wrap = build_model(a.layers, a.kv_heads)
@@ -139,7 +146,7 @@ def main():
         print(f"opset-23 export failed: {str(e).splitlines()[0][:200]}", flush=True)
         paths["opset23"] = None
     rep = subprocess.run([a.cli, "rewrite", paths["original"], "-o", paths["ours"]], capture_output=True, text=True)
-    print(rep.stdout.strip().splitlines()[-1] if rep.stdout.strip() else rep.stderr, flush=True)
+    print(rep.stdout.strip() or rep.stderr, flush=True)  # the whole report: which layers fused, why any did not
     if rep.returncode != 0:
         sys.exit(f"rewrite failed: {rep.stderr}")
     opt_path, fused = optimize(paths["original"], paths["optimizer"])

@@ -79,7 +79,11 @@ pub fn run(args: RewriteArgs) -> Result<ExitCode> {
     step("verifying");
 
     let verification = match (&output, args.verify) {
-        (Some(o), true) => Some(super::verify::compare_models(&args.input, o, &args.tol)?),
+        (Some(o), true) => {
+            // An export that only runs at batch 1 is verified at batch 1.
+            let tol = super::verify::Tolerance { batch: if report.batch1_only { 1 } else { args.tol.batch }, ..args.tol.clone() };
+            Some(super::verify::compare_models(&args.input, o, &tol)?)
+        }
         _ => None,
     };
     if let Some(p) = &pb {

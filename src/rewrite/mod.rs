@@ -167,6 +167,7 @@ pub fn rewrite_model(model: &mut ModelProto, model_dir: Option<&std::path::Path>
         let g = model.graph.as_ref().unwrap();
         let gi = graph::GraphIndex::new(g, opset);
         let ctx = probe::Ctx::new(&gi, &reader);
+        report.batch1_only = ctx.batch1_only();
         let mut found = Vec::new();
         pattern_sdpa::find(&ctx, &mut found, &mut report);
         for f in found.iter_mut() {

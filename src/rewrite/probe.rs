@@ -14,6 +14,10 @@ use super::tensor::{dt, Tensor};
 
 /// (batch, sequence) for the standard probes.
 const PROBES: [(i64, i64); 2] = [(2, 5), (3, 8)];
+/// The probes for an export that fixes batch 1 in places although its inputs declare the batch dynamic
+/// (torch.export specializes a dynamic axis whose example size is 1): there the standard probes' batches
+/// make later layers' shapes inconsistent, and nothing past the first specialized reshape is inferable.
+const BATCH1_PROBES: [(i64, i64); 2] = [(1, 5), (1, 8)];
 /// Largest sequence a mask probe may use (its masks hold S² elements).
 pub const MAX_PROBE_SEQ: i64 = 2048;
 
@@ -26,8 +30,23 @@ pub struct Ctx<'g, 'a> {
 
 impl<'g, 'a> Ctx<'g, 'a> {
     pub fn new(gi: &'g GraphIndex<'a>, ext: &'g dyn Fn(&TensorProto) -> Option<Vec<u8>>) -> Self {
-        let evs = PROBES.iter().enumerate().map(|(k, &(b, s))| Evaluator::new(gi, make_probe(gi, b, s, k as u64 + 1), ext)).collect();
+        let evaluators = |probes: &[(i64, i64)], first_row_full: bool| -> Vec<Evaluator<'g, 'a>> {
+            probes.iter().enumerate().map(|(k, &(b, s))| Evaluator::new(gi, make_probe(gi, b, s, k as u64 + 1, first_row_full), ext)).collect()
+        };
+        let mut evs = evaluators(&PROBES, true);
+        let standard = inferable_outputs(gi, &evs);
+        if standard < gi.g.output.len() {
+            let batch1 = evaluators(&BATCH1_PROBES, false);
+            if inferable_outputs(gi, &batch1) > standard {
+                evs = batch1;
+            }
+        }
         Ctx { gi, evs, ext, big: RefCell::default() }
+    }
+
+    /// Whether the probes run at batch 1 only (see [`BATCH1_PROBES`]).
+    pub fn batch1_only(&self) -> bool {
+        self.evs.iter().all(|e| e.probe().axis_dims.first() == Some(&1))
     }
 
     /// An evaluator with batch 1 and the given sequence size (for masks holding larger constants).
@@ -35,7 +54,7 @@ impl<'g, 'a> Ctx<'g, 'a> {
         self.big
             .borrow_mut()
             .entry(seq)
-            .or_insert_with(|| Rc::new(Evaluator::new(self.gi, make_probe(self.gi, 1, seq, 99), self.ext)))
+            .or_insert_with(|| Rc::new(Evaluator::new(self.gi, make_probe(self.gi, 1, seq, 99, true), self.ext)))
             .clone()
     }
 
@@ -70,6 +89,11 @@ impl<'g, 'a> Ctx<'g, 'a> {
     }
 }
 
+/// How many graph outputs have a shape under every evaluator.
+fn inferable_outputs(gi: &GraphIndex, evs: &[Evaluator]) -> usize {
+    gi.g.output.iter().filter(|o| evs.iter().all(|e| e.shape(&o.name).is_some())).count()
+}
+
 /// A small deterministic generator (the probes must be reproducible).
 struct Lcg(u64);
 impl Lcg {
@@ -79,7 +103,9 @@ impl Lcg {
     }
 }
 
-fn make_probe(gi: &GraphIndex, batch: i64, seq: i64, seed: u64) -> Probe {
+/// `first_row_full`: row 0 of a [B, S] integer input attends everywhere (the others are random); false
+/// makes every row random, for batch-1 probes that would otherwise see no padding at all.
+fn make_probe(gi: &GraphIndex, batch: i64, seq: i64, seed: u64, first_row_full: bool) -> Probe {
     let axis_dims = vec![batch, seq, seq, seq, seq, seq];
     let mut values = HashMap::new();
     let mut rng = Lcg(seed.wrapping_mul(0x9E3779B97F4A7C15));
@@ -105,10 +131,10 @@ fn make_probe(gi: &GraphIndex, batch: i64, seq: i64, seed: u64) -> Probe {
             continue;
         }
         let data: Vec<f64> = match shape.len() {
-            // [B, S]: a 0/1 pattern; the first row attends everywhere, others are random (holes, left and
-            // right padding, fully masked rows all occur).
+            // [B, S]: a 0/1 pattern; the first row attends everywhere (if first_row_full), others are random
+            // (holes, left and right padding, fully masked rows all occur).
             2 => (0..n)
-                .map(|i| if i < shape[1] { 1.0 } else { !rng.next().is_multiple_of(3) as i32 as f64 })
+                .map(|i| if first_row_full && i < shape[1] { 1.0 } else { !rng.next().is_multiple_of(3) as i32 as f64 })
                 .collect(),
             // [B]: lengths in [1, S].
             1 => (0..n).map(|_| 1.0 + (rng.next() % seq as u64) as f64).collect(),

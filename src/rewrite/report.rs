@@ -33,6 +33,9 @@ pub struct Report {
     pub nodes_after: usize,
     pub removed_dead: usize,
     pub seconds: f64,
+    /// The graph's shapes were only consistent at batch 1 (probe.rs BATCH1_PROBES): the export fixes batch 1
+    /// in places, so it and the rewritten model run at batch 1 only.
+    pub batch1_only: bool,
 }
 
 impl Report {
@@ -88,6 +91,11 @@ impl Report {
         }
         for k in &self.skipped {
             s += &format!("  skipped [{}] at {}: {}\n", k.pattern, k.at, k.reason);
+        }
+        if self.batch1_only {
+            s += "  note: probed at batch 1 — the export fixes batch 1 in places although its inputs declare a dynamic \
+                  batch (torch.export specializes an axis whose example size is 1); export with batch ≥ 2 for a model \
+                  that serves batches\n";
         }
         s += &format!(
             "  nodes {} → {} ({} dead nodes removed), {:.3} s\n",
