@@ -6,18 +6,24 @@ broken stand-ins for the Blackwell kernel (kernels/selfcheck_broken.cu: wrong va
 runs each scenario in a fresh process (the check runs once per process and device) and checks its exit
 status and stderr:
   direct      the ffi hook runs the very same check routine with each candidate: the Hopper kernel (positive
-              control on 9.0) must pass; wrong/nan/trap, and the real Blackwell kernel where the device is not
-              10.0 (its body traps there), must be rejected with one warning each; after every check the
-              process's own kernels must still give correct results and PyTorch must still work;
+              control on 9.0) must pass; wrong and nan must be rejected with one warning each; after every check
+              the process's own kernels must still give correct results and PyTorch must still work;
   first-use:X FLASHATTN_SELFCHECK_CANDIDATE=X makes the library's first use of the device run the check with X:
-              broken X -> one warning, verdict "failed", the portable kernel serves (correctly); X=sm90 -> passed,
-              the Hopper kernel keeps serving.
+              wrong/nan -> one warning, verdict "failed", the portable kernel serves (correctly); X=sm90 -> passed,
+              the Hopper kernel keeps serving;
+  first-use:trap  a kernel that traps: one warning that says to restart (a device fault is not contained in
+              this process) and a failure record on disk;
+  first-use:trap-again  the restarted process: verdict "failed" from the record, the trapping kernel is not
+              run again, one warning, the portable kernel serves (correctly).
+The real Blackwell kernel traps on anything but 10.0 (its body is compiled for sm_100a only), so it is
+checked only there.
 On a compute-capability 10.0 device the direct scenario also reports (without asserting) whether the real
 Blackwell kernel passes, and the first-use:none scenario shows the verdict the library reached by itself."""
 import ctypes
 import os
 import subprocess
 import sys
+import tempfile
 
 import torch
 
@@ -76,10 +82,11 @@ def kernels_still_correct(lib, tag):
 def child_direct(lib):
     cc = torch.cuda.get_device_capability()
     ok, _ = kernels_still_correct(lib, "before")
-    expect = {"wrong": 0, "nan": 0, "trap": 0}
+    expect = {"wrong": 0, "nan": 0}  # trapping candidates poison the process: first-use:trap covers them
     if cc == (9, 0):
         expect["sm90"] = 1  # positive control: a correct kernel passes the same check
-    expect["sm100"] = None if cc == (10, 0) else 0  # on 10.0: reported, not asserted; elsewhere its body traps
+    if cc == (10, 0):
+        expect["sm100"] = None  # the real Blackwell kernel: reported, not asserted
     for cand, want in expect.items():
         buf = ctypes.create_string_buffer(2048)
         rc = lib.flashattn_ort_gpu_selfcheck(cand.encode(), buf, len(buf))
@@ -94,12 +101,20 @@ def child_direct(lib):
 
 
 def child_first_use(lib, candidate):
-    buf = ctypes.create_string_buffer(2048)
+    torch.zeros(1, device="cuda")  # the primary context current on this thread, as in an ORT Compute
+    torch.cuda.synchronize()
+    buf = ctypes.create_string_buffer(4096)
     code = lib.flashattn_ort_gpu_selfcheck_verdict(buf, len(buf))
     names = {0: "not needed", 1: "passed", 2: "skipped", 3: "failed"}
-    print(f"first-use verdict with FLASHATTN_SELFCHECK_CANDIDATE={candidate}: {names.get(code, code)} ({buf.value.decode()})")
+    report = buf.value.decode()
+    print(f"first-use verdict with FLASHATTN_SELFCHECK_CANDIDATE={candidate}: {names.get(code, code)} ({report})")
+    if candidate == "trap":  # the process's CUDA state is lost: only the verdict and its advice can be checked
+        return code == 3 and "restart" in report and "recorded" in report
+    if candidate == "trap-again":
+        if not (code == 3 and "earlier process" in report):
+            return False
     good, served = kernels_still_correct(lib, "first use")
-    if candidate in ("wrong", "nan", "trap"):
+    if candidate in ("wrong", "nan", "trap-again"):
         portable = all(s.startswith("flash_fwd_sm80_") for s in served)
         print(f"  portable kernel serves after the failed check: {portable}")
         return good and code == 3 and portable
@@ -119,18 +134,20 @@ def main():
     cc = torch.cuda.get_device_capability()
     print(f"device: {torch.cuda.get_device_name()} (compute capability {cc[0]}.{cc[1]})")
     # warnings expected: wrong, nan, trap, and sm100 off 10.0 (on 10.0 the real kernel's verdict is reported only)
-    scenarios = [("direct", None, 4 if cc != (10, 0) else None)]
-    scenarios += [(f"first-use:{c}", c, 1) for c in ("wrong", "nan", "trap")]
+    scenarios = [("direct", None, 2 if cc != (10, 0) else None)]
+    scenarios += [(f"first-use:{c}", c, 1) for c in ("wrong", "nan", "trap", "trap-again")]
     if cc == (9, 0):
         scenarios.append(("first-use:sm90", "sm90", 0))
     if cc == (10, 0):
         scenarios.append(("first-use:none", None, None))  # the library's own check of the Blackwell kernel
     failed = []
+    records = tempfile.mkdtemp(prefix="flashattn-selfcheck-")  # fault records of this run only
     for name, candidate, warnings in scenarios:
         env = dict(os.environ)
         env.pop("FLASHATTN_SELFCHECK_CANDIDATE", None)
+        env["FLASHATTN_SELFCHECK_CACHE"] = records
         if candidate:
-            env["FLASHATTN_SELFCHECK_CANDIDATE"] = candidate
+            env["FLASHATTN_SELFCHECK_CANDIDATE"] = candidate.replace("-again", "")
         print(f"== {name}")
         r = subprocess.run([sys.executable, __file__, lib_path, "--child", name], env=env, capture_output=True, text=True, timeout=900)
         sys.stdout.write(r.stdout)

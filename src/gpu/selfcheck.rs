@@ -5,9 +5,12 @@
 //! is NaN, or the candidate faults, fails to launch or hangs, one warning goes to stderr and the device is
 //! served by the portable kernel for the life of the process ([`Verdict::Failed`]).
 //!
-//! A trap or illegal address poisons the CUDA context it happens in (a sticky error), so the check runs in
-//! a private context (`cuCtxCreate`) with its own module, stream and allocations, destroyed afterwards: the
-//! primary context ONNX Runtime and PyTorch use never sees the candidate. The thread's stream-capture mode is
+//! The check runs in a private context (`cuCtxCreate`) with its own module, stream and allocations,
+//! destroyed afterwards, so the primary context ONNX Runtime and PyTorch use never holds the candidate. That
+//! contains wrong results and NaN, not a trap or illegal address: on an H200 (driver 580) a trap in the
+//! private context left the process's other contexts failing too. Such a fault is recorded on disk
+//! ([`FailureRecord`]) and the warning says to restart the process; later processes read the record and
+//! serve the portable kernel without running the faulting kernel again. The thread's stream-capture mode is
 //! relaxed for the duration, so a first Compute inside CUDA graph capture can still create the context,
 //! allocate and synchronise (none of that touches the captured stream).
 //!
@@ -17,6 +20,8 @@
 //! - `FLASHATTN_SELFCHECK_CANDIDATE=wrong|nan|trap|sm100|sm90` (test aid): run the check at first use on any
 //!   device with that candidate instead; a failure then leaves that device to the portable kernel. This is how
 //!   scripts/gpu/selfcheck.py proves the mechanism on an H100.
+//! - `FLASHATTN_SELFCHECK_CACHE=DIR`: where device-fault records live (default `$XDG_CACHE_HOME/flashattn-ort`
+//!   or `~/.cache/flashattn-ort`).
 
 use std::ffi::{c_void, CString};
 use std::time::{Duration, Instant};
@@ -118,11 +123,74 @@ pub fn first_use(dev: sys::CUdevice, cc: i32) -> Verdict {
             v
         }
         Plan::Run(c) => {
-            let v = run(dev, c);
+            let record = FailureRecord::for_candidate(c, cc);
+            let v = match record.as_ref().and_then(FailureRecord::read) {
+                Some(earlier) => Verdict::Failed(format!(
+                    "an earlier process's check failed: {earlier} (recorded in {}; delete it to check again)",
+                    record.as_ref().map_or(String::new(), |r| r.path.display().to_string())
+                )),
+                None => match run_classified(dev, c) {
+                    (v, Severity::Contained) => v,
+                    (Verdict::Failed(why), Severity::DeviceFault) => {
+                        let kept = record.as_ref().is_some_and(|r| r.write(&why));
+                        Verdict::Failed(format!(
+                            "{why}. A device fault cannot be contained: CUDA may be unusable in this process, restart it{}",
+                            if kept { "; the failure is recorded, so later processes use the portable kernel without running the check" } else { "" }
+                        ))
+                    }
+                    (v, _) => v,
+                },
+            };
             warn(dev, Some(c), &v);
             v
         }
     }
+}
+
+/// Whether a failed check left the device usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Severity {
+    Contained,
+    /// The candidate trapped, faulted or hung. Measured on an H200 (driver 580): a trap in the private
+    /// context left the process's other contexts failing too (CUDA_ERROR_LAUNCH_FAILED), so the check cannot
+    /// protect this process; it records the failure for the next one.
+    DeviceFault,
+}
+
+/// A failed check that faulted the device, remembered across processes so a restarted process does not run
+/// the faulting kernel again: one small file per (candidate, compute capability, build of the kernels) under
+/// `FLASHATTN_SELFCHECK_CACHE`, else `$XDG_CACHE_HOME/flashattn-ort`, else `~/.cache/flashattn-ort`.
+struct FailureRecord {
+    path: std::path::PathBuf,
+}
+
+impl FailureRecord {
+    fn for_candidate(c: Candidate, cc: i32) -> Option<Self> {
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+        let dir = env("FLASHATTN_SELFCHECK_CACHE")
+            .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("flashattn-ort")))
+            .or_else(|| env("HOME").map(|d| d.join(".cache").join("flashattn-ort")))?;
+        let build = super::module::FATBIN.map_or(0, fnv1a);
+        let who = match c {
+            Candidate::Family(f) => f.name(),
+            Candidate::Broken(name) => name,
+        };
+        Some(FailureRecord { path: dir.join(format!("selfcheck-failed-{who}-cc{cc}-{build:016x}")) })
+    }
+
+    fn read(&self) -> Option<String> {
+        std::fs::read_to_string(&self.path).ok().map(|s| s.trim().to_string())
+    }
+
+    /// Best effort: false when the record could not be written.
+    fn write(&self, why: &str) -> bool {
+        self.path.parent().is_some_and(|d| std::fs::create_dir_all(d).is_ok()) && std::fs::write(&self.path, why).is_ok()
+    }
+}
+
+/// FNV-1a of the kernels' fatbin: a new build gets a new record name (and so a fresh check).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
 }
 
 /// The one warning of a failed check (stderr; the library has no other log).
@@ -249,34 +317,43 @@ pub fn compare(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> R
 /// Runs `candidate` against the portable kernel on device `dev` in a private context. A panic inside (a
 /// driver entry point cudarc cannot find, say) is a failed check, not a crash.
 pub fn run(dev: sys::CUdevice, candidate: Candidate) -> Verdict {
-    std::panic::catch_unwind(|| run_unguarded(dev, candidate)).unwrap_or_else(|_| Verdict::Failed("internal error (panic) in the self-check".into()))
+    run_classified(dev, candidate).0
 }
 
-fn run_unguarded(dev: sys::CUdevice, candidate: Candidate) -> Verdict {
+fn run_classified(dev: sys::CUdevice, candidate: Candidate) -> (Verdict, Severity) {
+    std::panic::catch_unwind(|| run_unguarded(dev, candidate))
+        .unwrap_or_else(|_| (Verdict::Failed("internal error (panic) in the self-check".into()), Severity::Contained))
+}
+
+fn run_unguarded(dev: sys::CUdevice, candidate: Candidate) -> (Verdict, Severity) {
+    let contained = |why: String| (Verdict::Failed(why), Severity::Contained);
     if let Err(e) = super::driver::available() {
-        return Verdict::Failed(e.0);
+        return contained(e.0);
     }
     let Some(image) = super::module::FATBIN else {
-        return Verdict::Failed("this build has no CUDA kernels".into());
+        return contained("this build has no CUDA kernels".into());
     };
     let _relaxed = RelaxedCapture::enter();
     let ctx = match PrivateContext::create(dev) {
         Ok(c) => c,
-        Err(e) => return Verdict::Failed(format!("could not set up the check: {}", e.0)),
+        Err(e) => return contained(format!("could not set up the check: {}", e.0)),
     };
     let outcome = check_all(&ctx, dev, image, candidate);
     match outcome {
-        Ok(()) => Verdict::Passed,
+        Ok(()) => (Verdict::Passed, Severity::Contained),
         Err(Failure::Hung(why)) => {
             ctx.leak(); // a kernel still runs in it: destroying it could block forever
-            Verdict::Failed(why)
+            (Verdict::Failed(why), Severity::DeviceFault)
         }
-        Err(Failure::Other(why)) => Verdict::Failed(why),
+        Err(Failure::Fault(why)) => (Verdict::Failed(why), Severity::DeviceFault),
+        Err(Failure::Other(why)) => contained(why),
     }
 }
 
 enum Failure {
     Hung(String),
+    /// A launch failed on the device (trap, illegal address): the CUDA state is suspect beyond the check.
+    Fault(String),
     Other(String),
 }
 
@@ -390,7 +467,7 @@ impl PrivateContext {
                 sys::CUresult::CUDA_SUCCESS => return Ok(()),
                 sys::CUresult::CUDA_ERROR_NOT_READY if start.elapsed() < DEADLINE => std::thread::sleep(Duration::from_micros(200)),
                 sys::CUresult::CUDA_ERROR_NOT_READY => return Err(Failure::Hung(format!("{what} did not finish within {} s", DEADLINE.as_secs()))),
-                e => return Err(Failure::Other(format!("{what} failed on the device: {}", describe(e)))),
+                e => return Err(Failure::Fault(format!("{what} failed on the device: {}", describe(e)))),
             }
         }
     }
@@ -530,6 +607,28 @@ mod tests {
         let err = compare("o", &[0.5, -1.0, 0.0, 2.2], &want, 1e-3, 1e-2).unwrap_err();
         assert!(err.contains("1 of 4") && err.contains("first at 3"), "{err}");
         assert!(compare("o", &want[..3], &want, 1e-3, 1e-2).is_err());
+    }
+
+    #[test]
+    fn a_fault_record_is_named_by_candidate_and_device_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("flashattn-selfcheck-test-{}", std::process::id()));
+        let path_for = |c, cc| {
+            let build = super::super::module::FATBIN.map_or(0, fnv1a);
+            let who = match c {
+                Candidate::Family(f) => f.name(),
+                Candidate::Broken(n) => n,
+            };
+            FailureRecord { path: dir.join(format!("selfcheck-failed-{who}-cc{cc}-{build:016x}")) }
+        };
+        let trap = path_for(Candidate::parse("trap").unwrap(), 90);
+        let sm100 = path_for(Candidate::Family(Family::Sm100), 100);
+        assert_ne!(trap.path, sm100.path);
+        assert_eq!(trap.read(), None);
+        assert!(trap.write("flash_selfcheck_trap failed on the device: launch failed"));
+        assert_eq!(trap.read().as_deref(), Some("flash_selfcheck_trap failed on the device: launch failed"));
+        assert_eq!(sm100.read(), None);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_ne!(fnv1a(b"a"), fnv1a(b"b"));
     }
 
     #[test]
