@@ -97,46 +97,12 @@ def optimize(path, out):
         return None, f"failed: {str(e).splitlines()[0][:160]}"
 
 
-def concat_loop(sess, prompt, steps):
-    """Greedy decoding with present fed back as past, everything on the device. Returns (tokens, prefill s,
-    decode s, the prefill's last-position logits)."""
-    B = prompt.shape[0]
-    past_names = [i.name for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
-    past = {n: ort.OrtValue.ortvalue_from_numpy(np.zeros((B, KV_HEADS, 0, HEAD_DIM), np.float16), "cuda", 0) for n in past_names}
-    ids, length = prompt, prompt.shape[1]
-    tokens = []
-    t0 = time.perf_counter()
-    for step in range(steps + 1):
-        if step == 1:
-            t1 = time.perf_counter()
-        io = sess.io_binding()
-        io.bind_cpu_input("input_ids", ids)
-        io.bind_cpu_input("attention_mask", np.ones((B, length), np.int64))
-        io.bind_output("logits", "cuda")
-        for n in past_names:
-            io.bind_ortvalue_input(n, past[n])
-            io.bind_output(n.replace("past_key_values.", "present."), "cuda")
-        sess.run_with_iobinding(io)
-        outs = io.get_outputs()
-        last = outs[0].numpy()[:, -1]
-        if step == 0:
-            first_logits = last.astype(np.float32)
-        nxt = last.argmax(-1)
-        tokens.append(nxt)
-        past = dict(zip(past_names, outs[1:]))
-        ids = nxt[:, None].astype(np.int64)
-        length += 1
-    t2 = time.perf_counter()
-    return np.stack(tokens, 1), t1 - t0, t2 - t1, first_logits
-
-
-def buffer_loop(sess, prompt, steps, cap, device="cuda", dtype=np.float16):
-    """GenAI's loop: one cache buffer per layer bound as both past and present (in place)."""
-    B, S = prompt.shape
-    past_names = [i.name for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
-    buf = {n: ort.OrtValue.ortvalue_from_numpy(np.zeros((B, KV_HEADS, cap, HEAD_DIM), dtype), device, 0) for n in past_names}
-    ids, length = prompt, S
-    tokens = []
+def greedy(sess, prompt, steps, device, bind_caches, keep_present):
+    """Greedy decoding with the caches on `device`: bind_caches(io) binds the past inputs and present outputs of
+    a step, keep_present(outputs) takes its present outputs. Returns (tokens, prefill s, decode s, the
+    prefill's last-position logits)."""
+    B, length = prompt.shape
+    ids, tokens = prompt, []
     t0 = time.perf_counter()
     for step in range(steps + 1):
         if step == 1:
@@ -145,19 +111,53 @@ def buffer_loop(sess, prompt, steps, cap, device="cuda", dtype=np.float16):
         io.bind_cpu_input("input_ids", ids)
         io.bind_cpu_input("attention_mask", np.ones((B, length), np.int64))
         io.bind_output("logits", device)
-        for n in past_names:
-            io.bind_ortvalue_input(n, buf[n])
-            io.bind_ortvalue_output(n.replace("past_key_values.", "present."), buf[n])
+        bind_caches(io)
         sess.run_with_iobinding(io)
-        last = io.get_outputs()[0].numpy()[:, -1]
+        outs = io.get_outputs()
+        last = outs[0].numpy()[:, -1]
         if step == 0:
             first_logits = last.astype(np.float32)
         nxt = last.argmax(-1)
         tokens.append(nxt)
+        keep_present(outs[1:])
         ids = nxt[:, None].astype(np.int64)
         length += 1
     t2 = time.perf_counter()
     return np.stack(tokens, 1), t1 - t0, t2 - t1, first_logits
+
+
+def past_names(sess):
+    return [i.name for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
+
+
+def present(name):
+    return name.replace("past_key_values.", "present.")
+
+
+def concat_loop(sess, prompt, steps):
+    """Present fed back as past (the cache grows by concatenation)."""
+    names = past_names(sess)
+    past = {n: ort.OrtValue.ortvalue_from_numpy(np.zeros((prompt.shape[0], KV_HEADS, 0, HEAD_DIM), np.float16), "cuda", 0) for n in names}
+
+    def bind(io):
+        for n in names:
+            io.bind_ortvalue_input(n, past[n])
+            io.bind_output(present(n), "cuda")
+
+    return greedy(sess, prompt, steps, "cuda", bind, lambda outs: past.update(zip(names, outs)))
+
+
+def buffer_loop(sess, prompt, steps, cap, device="cuda", dtype=np.float16):
+    """GenAI's loop: one cache buffer per layer bound as both past and present (in place)."""
+    names = past_names(sess)
+    buf = {n: ort.OrtValue.ortvalue_from_numpy(np.zeros((prompt.shape[0], KV_HEADS, cap, HEAD_DIM), dtype), device, 0) for n in names}
+
+    def bind(io):
+        for n in names:
+            io.bind_ortvalue_input(n, buf[n])
+            io.bind_ortvalue_output(present(n), buf[n])
+
+    return greedy(sess, prompt, steps, device, bind, lambda outs: None)
 
 
 def measure(loop, reps):
