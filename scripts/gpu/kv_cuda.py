@@ -3,7 +3,7 @@ the shared-buffer mode (past and present bound to one device buffer: in place, r
 a separate present buffer, rotary (half-split / interleaved / explicit position_ids), fp16 and bf16, against
 a float64 reference computed here with torch (fa_lib.reference per batch row). Unused cache capacity is
 poisoned with NaN, outputs too. Then greedy generation through the bundled float16 KV-cache decoders, original
-vs rewritten, on the CUDA EP. NOT YET RUN on a GPU (written without one)."""
+vs rewritten, on the CUDA EP (run by ort_cuda.py; results in docs/PERF.md)."""
 import math
 import os
 import pathlib
