@@ -230,7 +230,8 @@ pub struct CaseData {
     pub seqlens: Vec<i32>,
 }
 
-fn round_to(dtype: DType, x: f32) -> f32 {
+/// `x` rounded to `dtype` (as stored in a tensor of that type), back in f32.
+pub(crate) fn round_to(dtype: DType, x: f32) -> f32 {
     match dtype {
         DType::F32 => x,
         DType::F16 => f16::from_f32(x).to_f32(),

@@ -194,10 +194,7 @@ pub extern "C" fn flashattn_ort_gpu_set_decode_splits(n: i32) {
 pub unsafe extern "C" fn flashattn_ort_gpu_kernel_name(params: *const AttnParams, buf: *mut c_char, len: usize) -> i32 {
     let p = unsafe { *params };
     let r = std::panic::catch_unwind(|| -> Result<String, super::GpuError> {
-        super::driver::available()?;
-        let mut dev = 0;
-        super::driver::check(unsafe { cudarc::driver::sys::cuCtxGetDevice(&mut dev) }, "cuCtxGetDevice")?;
-        let k = super::module::device_kernels(dev)?;
+        let k = super::module::device_kernels(current_device()?)?;
         if let Some(plan) = super::decode::plan(&p, k.into(), usize::MAX)? {
             return Ok(format!("{} x{} splits", plan.spec.name(), plan.splits));
         }
@@ -255,6 +252,7 @@ unsafe fn write_text(text: &str, buf: *mut c_char, len: usize) {
     }
 }
 
+/// The device of the calling thread's current context (PyTorch's, in the GPU scripts).
 fn current_device() -> Result<i32, super::GpuError> {
     super::driver::available()?;
     let mut dev = 0;

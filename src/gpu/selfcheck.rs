@@ -34,7 +34,9 @@ use rand_distr::{Distribution, StandardNormal};
 use super::dispatch::{self, Family, KernelSpec, Verdict};
 use super::driver::{check, describe, device_attribute, GpuError};
 use super::launch::launch_function;
-use crate::params::{AttnParams, DType};
+use crate::check::round_to;
+use crate::params::{AttnParams, DType, MaskKind};
+use crate::schema::{self, InputShapes, OpAttributes};
 
 /// The deliberately broken stand-ins of kernels/selfcheck_broken.cu (compiled for every architecture), by
 /// the short name the environment and the ffi hook use.
@@ -170,12 +172,16 @@ impl FailureRecord {
         let dir = env("FLASHATTN_SELFCHECK_CACHE")
             .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("flashattn-ort")))
             .or_else(|| env("HOME").map(|d| d.join(".cache").join("flashattn-ort")))?;
+        Some(Self::in_dir(&dir, c, cc))
+    }
+
+    fn in_dir(dir: &std::path::Path, c: Candidate, cc: i32) -> Self {
         let build = super::module::FATBIN.map_or(0, fnv1a);
         let who = match c {
             Candidate::Family(f) => f.name(),
             Candidate::Broken(name) => name,
         };
-        Some(FailureRecord { path: dir.join(format!("selfcheck-failed-{who}-cc{cc}-{build:016x}")) })
+        FailureRecord { path: dir.join(format!("selfcheck-failed-{who}-cc{cc}-{build:016x}")) }
     }
 
     fn read(&self) -> Option<String> {
@@ -250,35 +256,18 @@ impl Problem {
     fn elems_lse(&self) -> usize {
         (self.batch * self.heads_q * self.seq_q) as usize
     }
-    /// Parameters with every address 0 (filled in by the check).
+    /// Parameters with every address 0 (filled in by the check), derived as the op derives them.
     pub fn params(&self) -> AttnParams {
-        let (h, hk, d, sq, sk) = (self.heads_q as i64, self.heads_kv as i64, self.head_dim as i64, self.seq_q as i64, self.seq_kv as i64);
-        AttnParams {
-            batch: self.batch,
-            heads_q: self.heads_q,
-            heads_kv: self.heads_kv,
-            seq_q: self.seq_q,
-            seq_kv: self.seq_kv,
-            head_dim: self.head_dim,
-            head_dim_v: self.head_dim,
-            q_row_stride: h * d,
-            q_head_stride: d,
-            q_batch_stride: sq * h * d,
-            k_row_stride: hk * d,
-            k_head_stride: d,
-            k_batch_stride: sk * hk * d,
-            v_row_stride: hk * d,
-            v_head_stride: d,
-            v_batch_stride: sk * hk * d,
-            out_row_stride: h * d,
-            out_head_stride: d,
-            out_batch_stride: sq * h * d,
-            window_left: self.window.0,
-            window_right: self.window.1,
-            dtype: self.dtype as i32,
-            scale: if self.key_growth > 0.0 { 0.5 } else { 1.0 / (self.head_dim as f32).sqrt() },
+        let dims = |heads: i32, seq: i32| [self.batch as i64, seq as i64, heads as i64, self.head_dim as i64];
+        let (q, kv) = (dims(self.heads_q, self.seq_q), dims(self.heads_kv, self.seq_kv));
+        let shapes = InputShapes { query: &q, key: &kv, value: &kv, ..Default::default() };
+        let attrs = OpAttributes {
+            window_left: self.window.0 as i64,
+            window_right: self.window.1 as i64,
+            scale: (self.key_growth > 0.0).then_some(0.5),
             ..Default::default()
-        }
+        };
+        schema::plan(&attrs, &shapes, self.dtype, MaskKind::None).expect("the self-check problems are valid BSNH problems").0
     }
 }
 
@@ -527,11 +516,7 @@ pub fn inputs(prob: &Problem, seed: u64) -> [Vec<f32>; 3] {
             .map(|i| {
                 let row = (i / row_width) % prob.seq_kv as usize;
                 let x: f32 = StandardNormal.sample(&mut rng);
-                let x = x * (1.0 + growth * row as f32 / prob.seq_kv as f32);
-                match prob.dtype {
-                    DType::BF16 => bf16::from_f32(x).to_f32(),
-                    _ => f16::from_f32(x).to_f32(),
-                }
+                round_to(prob.dtype, x * (1.0 + growth * row as f32 / prob.seq_kv as f32))
             })
             .collect()
     };
@@ -541,13 +526,7 @@ pub fn inputs(prob: &Problem, seed: u64) -> [Vec<f32>; 3] {
 impl Buffers {
     fn new(prob: &Problem, seed: u64) -> Result<Self, GpuError> {
         let upload = |values: &[f32]| -> Result<u64, GpuError> {
-            let host: Vec<u16> = values
-                .iter()
-                .map(|&x| match prob.dtype {
-                    DType::BF16 => bf16::from_f32(x).to_bits(),
-                    _ => f16::from_f32(x).to_bits(),
-                })
-                .collect();
+            let host: Vec<u16> = values.iter().map(|&x| half_bits(prob.dtype, x)).collect();
             let ptr = alloc(host.len() * 2)?;
             check(unsafe { sys::cuMemcpyHtoD_v2(ptr, host.as_ptr().cast::<c_void>(), host.len() * 2) }, "cuMemcpyHtoD")?;
             Ok(ptr)
@@ -573,19 +552,28 @@ impl Buffers {
     fn read_out(&self, prob: &Problem, candidate: bool) -> Result<Vec<f32>, GpuError> {
         let mut host = vec![0u16; prob.elems_q()];
         check(unsafe { sys::cuMemcpyDtoH_v2(host.as_mut_ptr().cast(), self.out[candidate as usize], host.len() * 2) }, "cuMemcpyDtoH")?;
-        Ok(host
-            .into_iter()
-            .map(|b| match prob.dtype {
-                DType::BF16 => bf16::from_bits(b).to_f32(),
-                _ => f16::from_bits(b).to_f32(),
-            })
-            .collect())
+        Ok(host.into_iter().map(|b| half_value(prob.dtype, b)).collect())
     }
 
     fn read_lse(&self, prob: &Problem, candidate: bool) -> Result<Vec<f32>, GpuError> {
         let mut host = vec![0f32; prob.elems_lse()];
         check(unsafe { sys::cuMemcpyDtoH_v2(host.as_mut_ptr().cast(), self.lse[candidate as usize], host.len() * 4) }, "cuMemcpyDtoH")?;
         Ok(host)
+    }
+}
+
+/// The 16-bit pattern of `x` in `dtype` (float16 or bfloat16), and back.
+fn half_bits(dtype: DType, x: f32) -> u16 {
+    match dtype {
+        DType::BF16 => bf16::from_f32(x).to_bits(),
+        _ => f16::from_f32(x).to_bits(),
+    }
+}
+
+fn half_value(dtype: DType, bits: u16) -> f32 {
+    match dtype {
+        DType::BF16 => bf16::from_bits(bits).to_f32(),
+        _ => f16::from_bits(bits).to_f32(),
     }
 }
 
@@ -612,16 +600,8 @@ mod tests {
     #[test]
     fn a_fault_record_is_named_by_candidate_and_device_and_read_back() {
         let dir = std::env::temp_dir().join(format!("flashattn-selfcheck-test-{}", std::process::id()));
-        let path_for = |c, cc| {
-            let build = super::super::module::FATBIN.map_or(0, fnv1a);
-            let who = match c {
-                Candidate::Family(f) => f.name(),
-                Candidate::Broken(n) => n,
-            };
-            FailureRecord { path: dir.join(format!("selfcheck-failed-{who}-cc{cc}-{build:016x}")) }
-        };
-        let trap = path_for(Candidate::parse("trap").unwrap(), 90);
-        let sm100 = path_for(Candidate::Family(Family::Sm100), 100);
+        let trap = FailureRecord::in_dir(&dir, Candidate::parse("trap").unwrap(), 90);
+        let sm100 = FailureRecord::in_dir(&dir, Candidate::Family(Family::Sm100), 100);
         assert_ne!(trap.path, sm100.path);
         assert_eq!(trap.read(), None);
         assert!(trap.write("flash_selfcheck_trap failed on the device: launch failed"));
