@@ -173,7 +173,7 @@ __device__ __forceinline__ void softmax_warps(const AttnParams &p, const BlockWo
 #pragma unroll
     for (int c = 0; c < BN; c += 16) tmem_ld16(lane_addr + Cfg::TMEM_S + sb * BN + c, *reinterpret_cast<uint32_t(*)[16]>(&raw[c]));
     wait_ld();
-    pin_regs(raw);
+    fence_regs(raw);
     warp_arrive(&bar.s_free[sb]);  // S_i is in registers: the buffer may take S_{i+2}
 
     float s[BN];
@@ -225,7 +225,7 @@ __device__ __forceinline__ void softmax_warps(const AttnParams &p, const BlockWo
           uint32_t o[16];
           tmem_ld16(lane_addr + Cfg::TMEM_O + c, o);
           wait_ld();
-          pin_regs(o);
+          fence_regs(o);
 #pragma unroll
           for (int e = 0; e < 16; ++e) o[e] = __float_as_uint(__uint_as_float(o[e]) * corr);
           tmem_st16(lane_addr + Cfg::TMEM_O + c, o);
@@ -254,7 +254,7 @@ __device__ __forceinline__ void softmax_warps(const AttnParams &p, const BlockWo
     if (n_blocks > 0) {
       tmem_ld16(lane_addr + Cfg::TMEM_O + c, o);  // warp-wide: every thread loads, in-range or not
       wait_ld();
-      pin_regs(o);
+      fence_regs(o);
     } else {
 #pragma unroll
       for (int e = 0; e < 16; ++e) o[e] = 0u;

@@ -45,7 +45,8 @@ __device__ __forceinline__ uint64_t smem_desc_sw128(const void *base, uint32_t l
   d |= (uint64_t)2 << 61;  // SWIZZLE_128B
   return d;
 }
-__device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
+// The start address sits in the low bits as in Hopper's descriptor: advancing is the same.
+using sm90::desc_advance;
 
 // Instruction descriptor of kind::f16 (fp16/bf16 inputs, fp32 accumulator), M x N, A and B major-ness.
 template <typename T> struct InputFormat;
@@ -109,12 +110,9 @@ __device__ __forceinline__ void tmem_st16(uint32_t taddr, const uint32_t (&r)[16
 __device__ __forceinline__ void wait_ld() { asm volatile("tcgen05.wait::ld.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wait_st() { asm volatile("tcgen05.wait::st.sync.aligned;" ::: "memory"); }
 
-// The registers of a tcgen05.ld become valid at wait_ld(): pinning them there keeps the compiler from
-// reading them earlier.
-template <int N> __device__ __forceinline__ void pin_regs(uint32_t (&r)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
-}
+// The registers of a tcgen05.ld become valid at wait_ld(): fencing them there (Hopper's register fence)
+// keeps the compiler from reading them earlier.
+using sm90::fence_regs;
 
 // An mbarrier wait that traps instead of hanging forever: a kernel that has never run on hardware must fail
 // loudly, so the self-check (src/gpu/selfcheck.rs) sees an error rather than a hang. The bound is time, not
