@@ -25,13 +25,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "models")
 from export import make_wrapper  # noqa: E402  (the bundled models' wrapper: input_ids, attention_mask -> hidden)
 
 HIDDEN, HEADS, VOCAB = 2048, 16, 256
+HEAD_DIM = HIDDEN // HEADS
 
 
-def build_model(layers, kv_heads):
+def build_model(layers, kv_heads, heads=HEADS):
     import transformers as tf
 
-    cfg = tf.LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=layers,
-                         num_attention_heads=HEADS, num_key_value_heads=kv_heads, max_position_embeddings=32768,
+    hidden = heads * HEAD_DIM
+    cfg = tf.LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=32768,
                          rms_norm_eps=1e-5, tie_word_embeddings=False)
     torch.manual_seed(0)
     model = tf.LlamaModel._from_config(cfg, attn_implementation="sdpa").half().eval()
@@ -134,9 +136,7 @@ def main():
     ap.add_argument("--heads", type=int, default=HEADS)
     a = ap.parse_args()
     if a.export_only:  # a small twin of the benchmark's model (same head_dim) to debug the rewriter where no GPU is
-        globals()["HEADS"] = a.heads
-        globals()["HIDDEN"] = 128 * a.heads
-        export(build_model(a.layers, a.kv_heads), a.export_only, None)
+        export(build_model(a.layers, a.kv_heads, a.heads), a.export_only, None)
         return
     tmp = tempfile.mkdtemp(prefix="e2e-")
     paths = {k: os.path.join(tmp, f"{k}.onnx") for k in ("original", "opset23", "optimizer", "ours")}
