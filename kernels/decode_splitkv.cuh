@@ -11,6 +11,7 @@
 #include "common.cuh"
 #include "decode_config.cuh"
 #include "decode_rows.cuh"
+#include "dependent_launch.cuh"
 #include "mainloop_sm80.cuh"
 #include "params.cuh"
 #include "softmax.cuh"
@@ -29,6 +30,7 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, float 
     asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
     if (dyn < (uint32_t)Cfg::SMEM_BYTES) __trap();  // launcher and kernel disagree on the tile shape
   }
+  dependent_wait();  // q, the cache and key_seqlens may come from the kernel just before (the KV append)
   T *sQ = reinterpret_cast<T *>(smem_raw);
   T *sK = sQ + ROWS * D;
   T *sV = sK + STAGES * BN * D;
@@ -71,18 +73,25 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, float 
     const bool q_vec = vec_ok(p.q_ptr, p.q_batch_stride, p.q_head_stride, p.q_row_stride, p.head_dim);
     const bool k_vec = vec_ok(p.k_ptr, p.k_batch_stride, p.k_head_stride, p.k_row_stride, p.head_dim);
     const bool v_vec = vec_ok(p.v_ptr, p.v_batch_stride, p.v_head_stride, p.v_row_stride, p.head_dim_v);
+    // Code size matters here: a split streams few tiles, so its blocks run mostly cold in the instruction
+    // cache (ncu: "no instruction" was the top stall). K and V share one copy of the tile loader, and the
+    // prologue below is not unrolled, so the loader is emitted twice in all. (Rolling the loader's own loop
+    // and the QK^T k-loop as well cost 30-40% at 8k-32k keys: the copies and mma chains lose their overlap.)
     auto load_kv = [&](int tile, int stage) {
       const int r = tile * BN;
-      load_tile<T, BN, D, NT>(sK + stage * BN * D, k_head + (int64_t)r * p.k_row_stride, p.k_row_stride,
-                              kr.kv_len - r, p.head_dim, k_vec, k_head, tid);
-      load_tile<T, BN, D, NT>(sV + stage * BN * D, v_head + (int64_t)r * p.v_row_stride, p.v_row_stride,
-                              kr.kv_len - r, p.head_dim_v, v_vec, v_head, tid);
+#pragma unroll 1
+      for (int is_v = 0; is_v < 2; ++is_v) {
+        const T *head = is_v ? v_head : k_head;
+        const int64_t stride = is_v ? p.v_row_stride : p.k_row_stride;
+        load_tile<T, BN, D, NT>((is_v ? sV : sK) + stage * BN * D, head + (int64_t)r * stride, stride, kr.kv_len - r,
+                                is_v ? p.head_dim_v : p.head_dim, is_v ? v_vec : k_vec, head, tid);
+      }
     };
 
     // Prologue: Q with the first tile, then up to STAGES-1 tiles in flight (one commit group each, empty
     // groups past the end keep the wait count uniform).
     load_packed_q<T, ROWS, D, NT>(sQ, p, batch, kv_head, group, q_vec, tid);
-#pragma unroll
+#pragma unroll 1
     for (int st = 0; st < STAGES - 1; ++st) {
       if (st < n_tiles) load_kv(t0 + st, st);
       cp_async_commit();
@@ -155,6 +164,7 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, float 
     }
     cp_async_wait<0>();  // only empty groups can remain; drain them before the stages are reused
   }
+  allow_dependents();  // the combine step may take its SM slots now: every K/V load has landed
 
   // Merge the WN key slices of each m-tile into warp_n == 0 (same lane <-> same rows and columns).
   if constexpr (WN > 1) {
@@ -174,7 +184,7 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, float 
     }
     __syncthreads();
     if (warp_n == 0) {
-#pragma unroll
+#pragma unroll 1
       for (int wn = 1; wn < WN; ++wn) {
         const int other = warp + wn * WM;
         float f_self[2], f_other[2];

@@ -7,6 +7,7 @@
 // refuses them) are clamped here: reading them on the host would need a device sync.
 #pragma once
 #include "common.cuh"
+#include "dependent_launch.cuh"
 #include "params.cuh"
 
 namespace flashattn {
@@ -44,6 +45,7 @@ __device__ __forceinline__ void kv_row(const KvAppendParams &p, T *dst, const T 
 }
 
 template <typename T> __device__ __forceinline__ void kv_append(const KvAppendParams &p) {
+  allow_dependents();  // the attention launch after it waits for all of it; only its start may overlap
   const int nkv = p.heads_kv;
   const bool copy = p.past_k_ptr != 0;  // 0: no past, or present is past's buffer
   const long long n_copy = copy ? (long long)p.batch * nkv * p.past_seq : 0;

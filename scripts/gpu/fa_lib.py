@@ -29,6 +29,8 @@ def load(path):
     lib.flashattn_ort_gpu_workspace_size.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)]
     lib.flashattn_ort_gpu_set_decode_splits.restype = None
     lib.flashattn_ort_gpu_set_decode_splits.argtypes = [ctypes.c_int]
+    lib.flashattn_ort_gpu_set_dependent_launch.restype = None
+    lib.flashattn_ort_gpu_set_dependent_launch.argtypes = [ctypes.c_int]
     # Build the ctypes mirror of AttnParams from the library's own layout table.
     fields, i = [], 0
     while True:
@@ -133,6 +135,11 @@ def launch(lib, P, stream=None, ws=None):
 def set_decode_splits(lib, n):
     """-1: automatic; 0: split-KV decode kernel off; n >= 1: force n splits where it applies."""
     lib.flashattn_ort_gpu_set_decode_splits(n)
+
+
+def set_dependent_launch(lib, on):
+    """Programmatic dependent launches of the decode kernels on (default) or off (Hopper and newer)."""
+    lib.flashattn_ort_gpu_set_dependent_launch(1 if on else 0)
 
 
 def kernel_name(lib, P):

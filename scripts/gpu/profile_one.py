@@ -1,4 +1,6 @@
-"""Launch one forward problem a few times (for ncu / compute-sanitizer): python3 profile_one.py LIB [D] [SEQ] [causal]"""
+"""Launch one problem a few times (for ncu / compute-sanitizer):
+    python3 profile_one.py LIB [D] [SEQ] [causal]          # prefill, batch*seq = 16k, width 2048
+    python3 profile_one.py LIB decode BATCH KV_HEADS KV_LEN  # one decode step, 32 query heads, d 128"""
 import sys
 
 import torch
@@ -6,11 +8,16 @@ import torch
 import fa_lib
 
 lib = fa_lib.load(sys.argv[1])
-D = int(sys.argv[2]) if len(sys.argv) > 2 else 128
-S = int(sys.argv[3]) if len(sys.argv) > 3 else 4096
-causal = len(sys.argv) > 4 and sys.argv[4] == "1"
-B, H = 16384 // S, 2048 // D
-q, k, v = (torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+if len(sys.argv) > 2 and sys.argv[2] == "decode":
+    B, Hkv, S = (int(x) for x in sys.argv[3:6])
+    q = torch.randn(B, 1, 32, 128, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(B, S, Hkv, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+else:
+    D = int(sys.argv[2]) if len(sys.argv) > 2 else 128
+    S = int(sys.argv[3]) if len(sys.argv) > 3 else 4096
+    B, H = 16384 // S, 2048 // D
+    q, k, v = (torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+causal = len(sys.argv) > 4 and sys.argv[2] != "decode" and sys.argv[4] == "1"
 out = torch.empty_like(q)
 P = fa_lib.make_params(lib, q, k, v, out, causal=causal)
 for _ in range(3):

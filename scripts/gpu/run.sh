@@ -3,7 +3,7 @@
 # built here and carried in .gpu/ (scripts/gpu/pack.sh), with staged wheel parts.
 #
 #   bash scripts/gpu/run.sh stage [DIR...]     # copy this call's wheel parts (.gpu/stage/*, or DIRs) to /tmp/fa-stage
-#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-decode e2e e2e-profile e2e-memcheck gen-bench profile selfcheck
+#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-decode decode-probe e2e e2e-profile e2e-memcheck gen-bench profile profile-decode selfcheck
 #                                              # (default: numerics sanitize ort rust-ort bench)
 #
 # Logs and the benchmark table go to $OUT (or /tmp/fa-out). Exit status: nonzero if any step failed.
@@ -66,6 +66,7 @@ for s in "${steps[@]}"; do
         FLASHATTN_ORT_LIB="$lib" "$root/.gpu/gpu_ort" --ignored --test-threads 1 --nocapture 2>&1 | tee "$out/rust-ort.log" ;;
     bench) python3 bench.py "$lib" --out "$out/bench.md" 2>&1 | tee "$out/bench.log" ;;
     bench-decode) python3 bench.py "$lib" --no-prefill --out "$out/bench-decode.md" 2>&1 | tee "$out/bench-decode.log" ;;
+    decode-probe) python3 decode_probe.py "$lib" ${FA_SPLITS:-} 2>&1 | tee "$out/decode-probe.log" ;;
     e2e)
       { python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 4 --out "$out/e2e-gqa.md" &&
         python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 16 --profile 4096 --out "$out/e2e-mha.md"; } 2>&1 |
@@ -89,6 +90,16 @@ for s in "${steps[@]}"; do
         ncu --clock-control none -k regex:flash_fwd -c 1 --section SpeedOfLight --section WarpStateStats \
           --section ComputeWorkloadAnalysis python3 profile_one.py "$lib" $cfg
       done 2>&1 | grep -E "^== |^kernel|Duration|Throughput|Stall|Issued|Eligible|Active Warps|Pipe" | tee "$out/profile.log" ;;
+    profile-decode)
+      # ncu on batch-1 decode steps (GQA 32/8 at 2k and 8k keys, MQA at 32k): the decode kernel and its combine
+      for cfg in "1 8 2048" "1 8 8192" "1 1 32768"; do
+        echo "== profile decode batch/kv_heads/kv_len: $cfg"
+        ncu --clock-control none -k regex:flash_decode -c 2 --section SpeedOfLight --section Occupancy \
+          --metrics "$(printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' long_scoreboard barrier \
+          short_scoreboard wait math_pipe_throttle mio_throttle lg_throttle not_selected selected no_instruction \
+          dispatch_stall membar branch_resolving drain)smsp__inst_executed.sum,sm__cycles_elapsed.avg" \
+          python3 profile_one.py "$lib" decode $cfg
+      done 2>&1 | grep -E "^== |^kernel|flash_decode|Duration|Throughput|stalled|inst_executed|cycles_elapsed|Achieved" | tee "$out/profile-decode.log" ;;
     selfcheck)
       # the first-use self-check of the Blackwell kernel, proven with broken stand-ins (wrong values, NaN, trap):
       # each rejected with one warning, the process's kernels still correct afterwards, the portable kernel serving

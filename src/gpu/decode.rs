@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use cudarc::driver::sys;
 
-use super::driver::{check, GpuError};
+use super::driver::{launch_kernel, GpuError, Launch};
 use super::module::DeviceKernels;
 use crate::params::{AttnParams, DType};
 
@@ -21,13 +21,12 @@ use crate::params::{AttnParams, DType};
 pub const BLOCK_KEYS: i64 = 64;
 /// Most packed rows (query tokens x heads of a group) one block holds.
 pub const MAX_ROWS: i32 = 64;
-/// Most key splits: beyond this the combine step and the workspace grow for no bandwidth gain.
+/// Most key splits: past this the combine step costs more than the extra blocks gain (H200, MQA batch 1 at
+/// 32k keys: 17.2 µs with 128 splits, 21.1 µs with 256; docs/PERF.md).
 pub const MAX_SPLITS: i32 = 128;
-/// Key tiles a split streams at least: fewer leave its pipeline unfilled and make the partial outputs and
-/// their combine cost more than the keys (H100, batch 1: 1-tile splits ran 2-4x slower than cuDNN).
-pub const MIN_TILES_PER_SPLIT: i64 = 4;
 const THREADS: u32 = 128;
-const COMBINE_ROWS_PER_BLOCK: u32 = 4; // kCombineWarps
+/// Threads of the combine kernel's block, one block per packed row (kCombineThreads).
+const COMBINE_THREADS: u32 = 256;
 const PADDED_DIMS: [i32; 3] = [64, 128, 256];
 const PADDED_ROWS: [i32; 3] = [16, 32, 64];
 /// The lse part of the workspace starts at this alignment after the O part.
@@ -164,12 +163,14 @@ pub fn key_tiles(p: &AttnParams) -> i64 {
 }
 
 /// Splits for `blocks` (batch x KV heads) blocks of `tiles` key tiles each: as many as fill one wave of
-/// resident blocks (more would only add a tail wave and combine work), each with at least
-/// MIN_TILES_PER_SPLIT tiles, then evened out so no split is left empty. 1 when the batch alone fills the GPU.
+/// resident blocks (more would only add a tail wave and combine work), down to one tile per split (the
+/// combine step reads every split at once, so a one-tile split costs less than an idle SM: H200, batch 1,
+/// 2k keys, 32 one-tile splits 10.1 µs against 13.6 µs for 8 four-tile ones; docs/PERF.md), then evened
+/// out so no split is left empty. 1 when the batch alone fills the GPU.
 pub fn choose_splits(blocks: i64, tiles: i64, num_sms: i32, blocks_per_sm: i32) -> i32 {
     let wave = num_sms.max(1) as i64 * blocks_per_sm.max(1) as i64;
     let by_wave = (wave / blocks.max(1)).max(1);
-    let splits = by_wave.min((tiles / MIN_TILES_PER_SPLIT).max(1)).min(MAX_SPLITS as i64);
+    let splits = by_wave.min(tiles.max(1)).min(MAX_SPLITS as i64);
     let per_split = (tiles.max(1) + splits - 1) / splits;
     ((tiles.max(1) + per_split - 1) / per_split) as i32
 }
@@ -253,19 +254,18 @@ pub fn launch(plan: &DecodePlan, p: &AttnParams, kernels: &DeviceKernels, ws: Wo
     }
     let mut n_splits = plan.splits;
     let grid = (plan.splits as u32, p.heads_kv as u32, p.batch as u32);
+    // Both launches may overlap the kernel before them (the KV append, then the decode kernel): each waits
+    // for it in-kernel before touching memory (kernels/dependent_launch.cuh).
     {
         let mut args: [*mut c_void; 3] =
             [(&mut arg as *mut AttnParams).cast(), (&mut o_part as *mut u64).cast(), (&mut lse_part as *mut u64).cast()];
-        check(
-            unsafe { sys::cuLaunchKernel(f, grid.0, grid.1, grid.2, THREADS, 1, 1, plan.spec.smem_bytes(), stream, args.as_mut_ptr(), std::ptr::null_mut()) },
-            &format!("launching {}", plan.spec.name()),
-        )?;
+        let l = Launch { grid, threads: THREADS, smem: plan.spec.smem_bytes(), args: &mut args };
+        launch_kernel(f, l, stream, kernels.cc, true, &format!("launching {}", plan.spec.name()))?;
     }
     if plan.splits > 1 {
         let fc = kernels.named(&plan.spec.combine_name())?;
         let rows = p.batch as u64 * p.heads_kv as u64 * packed_rows(p) as u64;
-        let gx = rows.div_ceil(COMBINE_ROWS_PER_BLOCK as u64);
-        if gx > i32::MAX as u64 {
+        if rows > i32::MAX as u64 {
             return Err(GpuError::new(format!("{rows} decode rows exceed one launch")));
         }
         let mut args: [*mut c_void; 4] = [
@@ -274,10 +274,8 @@ pub fn launch(plan: &DecodePlan, p: &AttnParams, kernels: &DeviceKernels, ws: Wo
             (&mut lse_part as *mut u64).cast(),
             (&mut n_splits as *mut i32).cast(),
         ];
-        check(
-            unsafe { sys::cuLaunchKernel(fc, gx as u32, 1, 1, COMBINE_ROWS_PER_BLOCK * 32, 1, 1, 0, stream, args.as_mut_ptr(), std::ptr::null_mut()) },
-            &format!("launching {}", plan.spec.combine_name()),
-        )?;
+        let l = Launch { grid: (rows as u32, 1, 1), threads: COMBINE_THREADS, smem: 0, args: &mut args };
+        launch_kernel(fc, l, stream, kernels.cc, true, &format!("launching {}", plan.spec.combine_name()))?;
     }
     Ok(())
 }
@@ -337,13 +335,14 @@ mod tests {
     #[test]
     fn splits_fill_one_wave_and_stay_even() {
         // batch 1, 8 KV heads: 264 resident blocks on an H100 -> 33 per (batch, head), capped by tiles
-        assert_eq!(choose_splits(8, 32, 132, 2), 8); // 2k keys: 4 tiles per split
+        assert_eq!(choose_splits(8, 32, 132, 2), 32); // 2k keys: one tile per split
         assert_eq!(choose_splits(8, 128, 132, 2), 32); // 8k: 33 wanted, 4 tiles each -> 32 splits
         assert_eq!(choose_splits(8, 512, 132, 2), 32); // 32k: 16 tiles each
         assert_eq!(choose_splits(64, 512, 132, 2), 4); // batch 8
         assert_eq!(choose_splits(512, 512, 132, 2), 1); // batch 64 fills the GPU alone
         assert_eq!(choose_splits(1, 512, 132, 2), 128); // MQA batch 1: capped
-        assert_eq!(choose_splits(1, 128, 132, 2), 32); // MQA 8k: 4 tiles per split
+        assert_eq!(choose_splits(1, 128, 132, 2), 128); // MQA 8k: one tile per split
+        assert_eq!(choose_splits(1, 100, 132, 2), 100);
         assert_eq!(choose_splits(8, 0, 132, 2), 1);
         assert_eq!(choose_splits(8, 1, 132, 2), 1);
         for blocks in [1, 3, 8, 64, 200] {
@@ -351,7 +350,7 @@ mod tests {
                 let s = choose_splits(blocks, tiles, 132, 2) as i64;
                 let per = (tiles + s - 1) / s;
                 assert!(s >= 1 && s <= tiles.max(1) && s <= MAX_SPLITS as i64);
-                assert!(s == 1 || tiles / s >= MIN_TILES_PER_SPLIT - 1, "{blocks} blocks, {tiles} tiles: {s} splits");
+                assert!(s * blocks <= 264 || s == 1, "more than one wave: {blocks} blocks, {tiles} tiles, {s} splits");
                 assert!((s - 1) * per < tiles, "empty split: blocks {blocks} tiles {tiles} splits {s}");
             }
         }

@@ -100,3 +100,47 @@ pub fn device_attribute(dev: sys::CUdevice, attr: sys::CUdevice_attribute) -> Re
     check(unsafe { sys::cuDeviceGetAttribute(&mut v, attr, dev) }, "cuDeviceGetAttribute")?;
     Ok(v)
 }
+
+/// Whether launches that may overlap the kernel before them (programmatic dependent launch) are used where
+/// the device has them. A benchmarking aid (ffi `flashattn_ort_gpu_set_dependent_launch`).
+static DEPENDENT_LAUNCH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+pub fn set_dependent_launch(on: bool) {
+    DEPENDENT_LAUNCH.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// One kernel launch: grid, `threads` per block, dynamic shared memory, the kernel's argument pointers.
+pub struct Launch<'a> {
+    pub grid: (u32, u32, u32),
+    pub threads: u32,
+    pub smem: u32,
+    pub args: &'a mut [*mut std::ffi::c_void],
+}
+
+/// Queues `f` on `stream`. `dependent`: the kernel calls `dependent_wait()` (kernels/dependent_launch.cuh)
+/// before touching memory, so on compute capability 9.0+ it may be launched while the kernel before it
+/// finishes (programmatic stream serialization), hiding the launch latency between the two.
+pub fn launch_kernel(f: sys::CUfunction, l: Launch<'_>, stream: sys::CUstream, cc: i32, dependent: bool, what: &str) -> Result<(), GpuError> {
+    let (gx, gy, gz) = l.grid;
+    if dependent && cc >= 90 && DEPENDENT_LAUNCH.load(std::sync::atomic::Ordering::Relaxed) {
+        // SAFETY: CUlaunchAttribute is plain data; zeroed is a valid value before the fields are set.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: gx,
+            gridDimY: gy,
+            gridDimZ: gz,
+            blockDimX: l.threads,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: l.smem,
+            hStream: stream,
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        check(unsafe { sys::cuLaunchKernelEx(&config, f, l.args.as_mut_ptr(), std::ptr::null_mut()) }, what)
+    } else {
+        check(unsafe { sys::cuLaunchKernel(f, gx, gy, gz, l.threads, 1, 1, l.smem, stream, l.args.as_mut_ptr(), std::ptr::null_mut()) }, what)
+    }
+}

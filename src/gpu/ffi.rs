@@ -240,6 +240,13 @@ pub extern "C" fn flashattn_ort_gpu_set_persistent(mode: i32) {
     super::launch::set_grid_mode(mode);
 }
 
+/// Benchmarking aid: 0 turns off programmatic dependent launches (decode and its combine step then wait
+/// for the kernel before them in the usual way), 1 turns them back on (default; Hopper and newer only).
+#[no_mangle]
+pub extern "C" fn flashattn_ort_gpu_set_dependent_launch(on: i32) {
+    super::driver::set_dependent_launch(on != 0);
+}
+
 /// Copies `text` NUL-terminated into `buf` of `len` bytes (truncated to fit); nothing when `buf` is null.
 unsafe fn write_text(text: &str, buf: *mut c_char, len: usize) {
     if buf.is_null() || len == 0 {

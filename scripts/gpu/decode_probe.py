@@ -1,0 +1,102 @@
+"""Where a decode step's GPU time goes: our split-KV decode at forced split counts (CUDA-graph time per step)
+and the GPU time of each kernel it launches (torch.profiler), next to SDPA cuDNN's. Used to choose the split
+heuristic and to see decode vs combine time; `run.sh decode-probe`.
+
+usage: python3 decode_probe.py LIB"""
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.autograd import DeviceType
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import ProfilerActivity, profile
+
+import fa_lib
+from bench import time_step
+
+
+SPLITS = [-1, 4, 8, 16, 32, 64, 128, 256]
+
+
+def kernel_times(fn, reps=20):
+    """GPU µs per call of each kernel `fn` launches."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    out = {}
+    for e in prof.key_averages():
+        if e.device_type == DeviceType.CUDA:
+            t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+            out[e.key[:48]] = out.get(e.key[:48], 0) + t / reps
+    return "; ".join(f"{k} {v:.1f}" for k, v in sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def timeline(fn, calls=4):
+    """Start offset and duration (µs) of each kernel of the last two of `calls` back-to-back calls captured
+    in one CUDA graph: the gaps between kernels are what a step pays beyond their work."""
+    g = torch.cuda.CUDAGraph()
+    fn()
+    torch.cuda.synchronize()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        g.replay()
+        torch.cuda.synchronize()
+    ev = sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA), key=lambda e: e.time_range.start)
+    ev = [e for e in ev if "emcpy" not in e.name and "emset" not in e.name]
+    if not ev:
+        return "no kernel events"
+    per = len(ev) // calls
+    tail = ev[-2 * per:]
+    t0 = tail[0].time_range.start
+    return " | ".join(f"{e.name[:28]} @{e.time_range.start - t0:.1f} +{e.time_range.end - e.time_range.start:.1f}" for e in tail)
+
+
+def main():
+    lib = fa_lib.load(sys.argv[1])
+    global SPLITS
+    if len(sys.argv) > 2:
+        SPLITS = [int(x) for x in sys.argv[2].split(",")]
+    H, D = 32, 128
+    for B, Hkv, S in ((1, 8, 2048), (1, 8, 8192), (1, 8, 32768), (1, 1, 8192), (1, 1, 32768), (8, 8, 8192), (8, 1, 8192)):
+        q = torch.randn(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
+        out = torch.empty(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
+        P = fa_lib.make_params(lib, q, k, v, out)
+        qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+
+        def cudnn():
+            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                return F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=Hkv != H)
+
+        t_cudnn, _ = time_step(cudnn)
+        print(f"== B{B} Hkv{Hkv} kv{S}: cuDNN {t_cudnn * 1e3:.1f} us graph | kernels: {kernel_times(cudnn)}", flush=True)
+        for splits in SPLITS:
+            fa_lib.set_decode_splits(lib, splits)
+            ws = fa_lib.workspace(lib, P)
+            t, how = time_step(lambda: fa_lib.launch(lib, P, ws=ws))
+            ks = kernel_times(lambda: fa_lib.launch(lib, P, ws=ws))
+            print(f"  splits {'auto' if splits < 0 else splits:>4} ({fa_lib.kernel_name(lib, P)}): {t * 1e3:.1f} us {how} "
+                  f"= {t_cudnn / t:.2f}x cuDNN | kernels: {ks}", flush=True)
+        fa_lib.set_decode_splits(lib, -1)
+        fa_lib.set_dependent_launch(lib, False)
+        t, how = time_step(lambda: fa_lib.launch(lib, P, ws=ws))
+        print(f"  splits auto, no dependent launch: {t * 1e3:.1f} us {how}", flush=True)
+        print(f"  timeline, no dependent launch: {timeline(lambda: fa_lib.launch(lib, P, ws=ws))}", flush=True)
+        fa_lib.set_dependent_launch(lib, True)
+        print(f"  timeline, dependent launch: {timeline(lambda: fa_lib.launch(lib, P, ws=ws))}", flush=True)
+        print(f"  timeline, cuDNN: {timeline(cudnn)}", flush=True)
+        del q, k, v, out
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
