@@ -21,8 +21,9 @@
   FLASH_DECODE_ROWS(TNAME, T, 128)   \
   FLASH_DECODE_ROWS(TNAME, T, 256)   \
   extern "C" __global__ void __launch_bounds__(flashattn::kCombineThreads) flash_decode_combine_##TNAME( \
-      const flashattn::AttnParams p, const float *o_part, const float *lse_part, int n_splits) {            \
-    flashattn::flash_decode_combine<T>(p, o_part, lse_part, n_splits);                                     \
+      const flashattn::AttnParams p, const float *o_part, const float *lse_part, int n_splits,              \
+      int rows_per_block) {                                                                                 \
+    flashattn::flash_decode_combine<T>(p, o_part, lse_part, n_splits, rows_per_block);                     \
   }
 
 FLASH_DECODE_DTYPE(f16, __half)

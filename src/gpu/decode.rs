@@ -25,8 +25,10 @@ pub const MAX_ROWS: i32 = 64;
 /// 32k keys: 17.2 µs with 128 splits, 21.1 µs with 256; docs/PERF.md).
 pub const MAX_SPLITS: i32 = 128;
 const THREADS: u32 = 128;
-/// Threads of the combine kernel's block, one block per packed row (kCombineThreads).
+/// Threads of a combine kernel block (kCombineThreads) and the splits each of its threads loads at once
+/// (kCombineBatch).
 const COMBINE_THREADS: u32 = 256;
+const COMBINE_BATCH: u32 = 8;
 const PADDED_DIMS: [i32; 3] = [64, 128, 256];
 const PADDED_ROWS: [i32; 3] = [16, 32, 64];
 /// The lse part of the workspace starts at this alignment after the O part.
@@ -175,6 +177,19 @@ pub fn choose_splits(blocks: i64, tiles: i64, num_sms: i32, blocks_per_sm: i32) 
     ((tiles.max(1) + per_split - 1) / per_split) as i32
 }
 
+/// Packed rows per combine block (kernels/decode_combine.cuh): a row takes one thread per column unit
+/// (float4s of head_dim_v, or floats when head_dim_v % 4 != 0) for each share of COMBINE_BATCH splits it
+/// walks side by side; a block holds as many rows (a power of two) as leave every row those threads.
+pub fn combine_rows_per_block(head_dim_v: i32, splits: i32) -> u32 {
+    let units = if head_dim_v % 4 == 0 { head_dim_v / 4 } else { head_dim_v }.max(1) as u32;
+    let need = units * (splits.max(1) as u32).div_ceil(COMBINE_BATCH);
+    let mut rows = 1;
+    while 2 * rows * need.min(COMBINE_THREADS) <= COMBINE_THREADS {
+        rows *= 2;
+    }
+    rows
+}
+
 /// Workspace layout for `splits`: O parts [batch, heads_kv, splits, rows, head_dim_v] f32, then (aligned)
 /// lse parts [batch, heads_kv, splits, rows] f32. Returns (total bytes, lse offset); (0, 0) for one split.
 pub fn workspace_layout(p: &AttnParams, splits: i32) -> (usize, usize) {
@@ -268,13 +283,16 @@ pub fn launch(plan: &DecodePlan, p: &AttnParams, kernels: &DeviceKernels, ws: Wo
         if rows > i32::MAX as u64 {
             return Err(GpuError::new(format!("{rows} decode rows exceed one launch")));
         }
-        let mut args: [*mut c_void; 4] = [
+        let mut rows_per_block = combine_rows_per_block(p.head_dim_v, plan.splits) as i32;
+        let blocks = rows.div_ceil(rows_per_block as u64) as u32;
+        let mut args: [*mut c_void; 5] = [
             (&mut arg as *mut AttnParams).cast(),
             (&mut o_part as *mut u64).cast(),
             (&mut lse_part as *mut u64).cast(),
             (&mut n_splits as *mut i32).cast(),
+            (&mut rows_per_block as *mut i32).cast(),
         ];
-        let l = Launch { grid: (rows as u32, 1, 1), threads: COMBINE_THREADS, smem: 0, args: &mut args };
+        let l = Launch { grid: (blocks, 1, 1), threads: COMBINE_THREADS, smem: 0, args: &mut args };
         launch_kernel(fc, l, stream, kernels.cc, true, &format!("launching {}", plan.spec.combine_name()))?;
     }
     Ok(())
@@ -365,6 +383,24 @@ mod tests {
         // sliding window of 100 keys left of the diagonal: [3995, 4096) spans tiles 62..64
         assert_eq!(key_tiles(&AttnParams { window_left: 100, window_right: 0, ..decode(1, 8, 8, 1, 4096, 64) }), 2);
         assert_eq!(key_tiles(&AttnParams { window_right: 0, ..decode(1, 8, 8, 4, 2, 64) }), 1);
+    }
+
+    #[test]
+    fn combine_gives_every_row_a_thread_per_column_unit() {
+        assert_eq!(combine_rows_per_block(128, 32), 2); // 32 float4 units x 4 shares of 8 splits
+        assert_eq!(combine_rows_per_block(128, 4), 8); // one share: a warp per row
+        assert_eq!(combine_rows_per_block(128, 128), 1); // 16 shares wanted, 8 fit
+        assert_eq!(combine_rows_per_block(256, 2), 4);
+        assert_eq!(combine_rows_per_block(17, 3), 8); // floats: 17 threads a row
+        assert_eq!(combine_rows_per_block(200, 128), 1);
+        assert_eq!(combine_rows_per_block(255, 2), 1); // 255 float units: the whole block
+        for dv in 1..=256 {
+            for splits in [1, 2, 3, 8, 9, 64, 128] {
+                let rpb = combine_rows_per_block(dv, splits);
+                let units = if dv % 4 == 0 { dv / 4 } else { dv } as u32;
+                assert!(rpb.is_power_of_two() && COMBINE_THREADS / rpb >= units, "dv {dv} splits {splits}: {rpb}");
+            }
+        }
     }
 
     #[test]
