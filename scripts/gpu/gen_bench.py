@@ -97,6 +97,9 @@ def optimize(path, out):
         return None, f"failed: {str(e).splitlines()[0][:160]}"
 
 
+ON_DECODE_START = []  # callables run once the prefill step is done (the --profile hook)
+
+
 def greedy(sess, prompt, steps, device, bind_caches, keep_present):
     """Greedy decoding with the caches on `device`: bind_caches(io) binds the past inputs and present outputs of
     a step, keep_present(outputs) takes its present outputs. Returns (tokens, prefill s, decode s, the
@@ -107,6 +110,8 @@ def greedy(sess, prompt, steps, device, bind_caches, keep_present):
     for step in range(steps + 1):
         if step == 1:
             t1 = time.perf_counter()
+            for f in ON_DECODE_START:
+                f()
         io = sess.io_binding()
         io.bind_cpu_input("input_ids", ids)
         io.bind_cpu_input("attention_mask", np.ones((B, length), np.int64))
@@ -160,6 +165,30 @@ def buffer_loop(sess, prompt, steps, cap, device="cuda", dtype=np.float16):
     return greedy(sess, prompt, steps, device, bind, lambda outs: None)
 
 
+def profile_decode(loop, steps, top=6):
+    """GPU time per decode step by kernel (torch.profiler sees ORT's kernels and ours) against the wall time
+    per step: how host-bound the loop is, and where its GPU time goes."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = profile(activities=[ProfilerActivity.CUDA])
+    ON_DECODE_START.append(prof.start)
+    try:
+        _, _, dec, _ = loop()
+    finally:
+        ON_DECODE_START.clear()
+        prof.stop()
+    gpu = {}
+    for e in prof.key_averages():
+        if e.device_type == DeviceType.CUDA:
+            t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+            gpu[e.key] = gpu.get(e.key, 0) + t
+    total = sum(gpu.values()) / steps
+    ranked = sorted(gpu.items(), key=lambda kv: -kv[1])[:top]
+    return (f"wall {dec / steps * 1e6:.0f} µs/step, GPU kernels {total:.0f} µs/step: "
+            + "; ".join(f"{k[:60]} {v / steps:.1f}" for k, v in ranked))
+
+
 def measure(loop, reps):
     loop()  # warm-up (allocator growth, kernel selection)
     runs = [loop() for _ in range(reps)]
@@ -179,6 +208,7 @@ def main():
     ap.add_argument("--reference", action="store_true",
                     help="genai: also decode the float32 model on ORT's CPU EP and report each run's first token that differs")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--profile", action="store_true", help="also profile one decode loop of each run (GPU time by kernel)")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="gen-")
     cap = a.prompt + a.steps + 1
@@ -234,6 +264,8 @@ def main():
                 print(f"  {family} {name} batch {B}: first step differing from the float32 CPU reference: "
                       f"{differs[0] if len(differs) else 'none'} of {tokens.shape[1]}", flush=True)
             rows.append((family, B, name, pre * 1e3, tps, tps / base[family][1], same))
+            if a.profile:
+                print(f"  profile {family} batch {B} {name}: {profile_decode(loop, a.steps)}", flush=True)
             print(f"{family} batch {B} {name}: prefill {pre * 1e3:.1f} ms, decode {tps:.0f} tokens/s, same tokens as the original: {same or '—'}", flush=True)
             del sess
     lines = [f"Greedy generation on the CUDA EP: float16 Llama-size decoder, {a.layers} layers, hidden {HIDDEN}, {HEADS}/{KV_HEADS} heads "

@@ -81,7 +81,7 @@ for s in "${steps[@]}"; do
       compute-sanitizer --tool memcheck --print-limit 5 python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 4 --seqs 16384 \
         --runs ours --reps 1 2>&1 | grep -v "^\[torch.onnx\]\|Warning\|return cls\|^ *warnings.warn" | tail -60 | tee "$out/e2e-memcheck.log" ;;
     gen-bench)
-      python3 gen_bench.py "$lib" "$root/.gpu/flashattn-ort" --out "$out/gen-bench.md" 2>&1 |
+      python3 gen_bench.py "$lib" "$root/.gpu/flashattn-ort" --out "$out/gen-bench.md" ${FA_GEN_ARGS:-} 2>&1 |
         grep -v "^\[torch.onnx\]\|Warning\|return cls\|^ *warnings.warn" | tee "$out/gen-bench.log" ;;
     profile)
       # ncu on the rows below the goal: where the Hopper kernel's time goes (one launch each)
