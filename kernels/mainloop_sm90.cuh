@@ -18,6 +18,7 @@
 #include "mask.cuh"
 #include "params.cuh"
 #include "sm90_ptx.cuh"
+#include "tma_kv_ring.cuh"
 #include "softmax.cuh"
 #include "tile_scheduler.cuh"
 #include "wgmma.cuh"
@@ -79,19 +80,8 @@ __device__ __forceinline__ void produce(const AttnParams &p, unsigned char *smem
     for (int i = 0; i < n_blocks; ++i, ++ring) {
       const int st = stage_of<STAGES>(ring);
       const uint32_t ph = phase_of<STAGES>(ring);
-      const int row = (w.n_begin + i) * BN;
-      unsigned char *k_tile = smem + Cfg::K_OFFSET + st * Cfg::KV_BYTES;
-      unsigned char *v_tile = smem + Cfg::V_OFFSET + st * Cfg::KV_BYTES;
-      mbar_wait(&bar.k_empty[st], ph ^ 1u);
-      mbar_expect_tx(&bar.k_full[st], Cfg::KV_BYTES);
-#pragma unroll
-      for (int pn = 0; pn < Cfg::PANELS; ++pn)
-        tma_load_4d(k_tile + pn * BN * 128, tk, &bar.k_full[st], pn * 64, row, w.kv_head, w.batch, kEvictLast);
-      mbar_wait(&bar.v_empty[st], ph ^ 1u);
-      mbar_expect_tx(&bar.v_full[st], Cfg::KV_BYTES);
-#pragma unroll
-      for (int pn = 0; pn < Cfg::PANELS; ++pn)
-        tma_load_4d(v_tile + pn * BN * 128, tv, &bar.v_full[st], pn * 64, row, w.kv_head, w.batch, kEvictLast);
+      tma_load_kv_block<Cfg>(smem, bar, st, ph, (w.n_begin + i) * BN, w.kv_head, w.batch, tk, tv,
+                             [](uint64_t *b, uint32_t parity) { mbar_wait(b, parity); });
     }
   }
 }
