@@ -16,7 +16,7 @@ use crate::params::{AttnParams, DType};
 /// 128×256 ~126, 64×256 ~50 before AVX-512); they shrink when that would leave fewer than 4 tiles per core.
 pub fn tile_shape(p: &AttnParams) -> (usize, usize) {
     let packed_rows = (p.seq_q as usize) * (p.group_size() as usize);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = cores();
     let heads = p.batch as usize * p.heads_kv as usize;
     let mut br = 512;
     while br > 32 && heads * packed_rows.div_ceil(br) < 4 * cores {
@@ -25,6 +25,13 @@ pub fn tile_shape(p: &AttnParams) -> (usize, usize) {
     let br = br.min(packed_rows);
     let bc = if p.head_dim <= 128 { 256 } else { 128 };
     (br, bc)
+}
+
+/// The machine's cores, read once: `available_parallelism` reads cgroup files on every call (~25 µs on
+/// Linux), which a decode step's tiny problem would pay per node.
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Tiles of `br` packed query rows: the work items.
