@@ -21,7 +21,9 @@ def model(op, domain, dtype):
                           [helper.make_tensor_value_info(n, dtype, [B, S, H * D]) for n in ins],
                           [helper.make_tensor_value_info("o", dtype, None)])
     opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
-    return helper.make_model(g, opset_imports=opsets), ins
+    m = helper.make_model(g, opset_imports=opsets)
+    m.ir_version = 8  # onnxruntime 1.17+ reads it (newer onnx packages write IR versions ORT does not read yet)
+    return m, ins
 
 
 def per_call_us(lib, op, domain, provider, runs):
