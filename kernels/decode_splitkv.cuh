@@ -35,6 +35,7 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, float 
   T *sK = sQ + ROWS * D;
   T *sV = sK + STAGES * BN * D;
 
+  constexpr bool COMPACT = D <= 128;  // see load_kv
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int warp_m = warp % WM, warp_n = warp / WM;
   const int split = blockIdx.x, n_splits = gridDim.x, kv_head = blockIdx.y, batch = blockIdx.z;
@@ -74,24 +75,32 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, float 
     const bool k_vec = vec_ok(p.k_ptr, p.k_batch_stride, p.k_head_stride, p.k_row_stride, p.head_dim);
     const bool v_vec = vec_ok(p.v_ptr, p.v_batch_stride, p.v_head_stride, p.v_row_stride, p.head_dim_v);
     // Code size matters here: a split streams few tiles, so its blocks run mostly cold in the instruction
-    // cache (ncu: "no instruction" was the top stall). K and V share one copy of the tile loader, and the
-    // prologue below is not unrolled, so the loader is emitted twice in all. (Rolling the loader's own loop
-    // and the QK^T k-loop as well cost 30-40% at 8k-32k keys: the copies and mma chains lose their overlap.)
+    // cache (ncu: "no instruction" was the top stall). COMPACT (d <= 128): K and V share one copy of the tile
+    // loader, and the prologue below is not unrolled, so the loader is emitted twice in all. (Rolling the
+    // loader's own loop and the QK^T k-loop as well cost 30-40% at 8k-32k keys: the copies and mma chains
+    // lose their overlap.) At d 256 the shared copy pushed the main loop into register spills.
     auto load_kv = [&](int tile, int stage) {
       const int r = tile * BN;
+      if constexpr (COMPACT) {
 #pragma unroll 1
-      for (int is_v = 0; is_v < 2; ++is_v) {
-        const T *head = is_v ? v_head : k_head;
-        const int64_t stride = is_v ? p.v_row_stride : p.k_row_stride;
-        load_tile<T, BN, D, NT>((is_v ? sV : sK) + stage * BN * D, head + (int64_t)r * stride, stride, kr.kv_len - r,
-                                is_v ? p.head_dim_v : p.head_dim, is_v ? v_vec : k_vec, head, tid);
+        for (int is_v = 0; is_v < 2; ++is_v) {
+          const T *head = is_v ? v_head : k_head;
+          const int64_t stride = is_v ? p.v_row_stride : p.k_row_stride;
+          load_tile<T, BN, D, NT>((is_v ? sV : sK) + stage * BN * D, head + (int64_t)r * stride, stride, kr.kv_len - r,
+                                  is_v ? p.head_dim_v : p.head_dim, is_v ? v_vec : k_vec, head, tid);
+        }
+      } else {
+        load_tile<T, BN, D, NT>(sK + stage * BN * D, k_head + (int64_t)r * p.k_row_stride, p.k_row_stride,
+                                kr.kv_len - r, p.head_dim, k_vec, k_head, tid);
+        load_tile<T, BN, D, NT>(sV + stage * BN * D, v_head + (int64_t)r * p.v_row_stride, p.v_row_stride,
+                                kr.kv_len - r, p.head_dim_v, v_vec, v_head, tid);
       }
     };
 
     // Prologue: Q with the first tile, then up to STAGES-1 tiles in flight (one commit group each, empty
     // groups past the end keep the wait count uniform).
     load_packed_q<T, ROWS, D, NT>(sQ, p, batch, kv_head, group, q_vec, tid);
-#pragma unroll 1
+#pragma unroll(COMPACT ? 1 : STAGES - 1)
     for (int st = 0; st < STAGES - 1; ++st) {
       if (st < n_tiles) load_kv(t0 + st, st);
       cp_async_commit();
@@ -184,7 +193,7 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, float 
     }
     __syncthreads();
     if (warp_n == 0) {
-#pragma unroll 1
+#pragma unroll(COMPACT ? 1 : WN - 1)
       for (int wn = 1; wn < WN; ++wn) {
         const int other = warp + wn * WM;
         float f_self[2], f_other[2];
