@@ -175,12 +175,20 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, float 
   }
   allow_dependents();  // the combine step may take its SM slots now: every K/V load has landed
 
-  // Merge the WN key slices of each m-tile into warp_n == 0 (same lane <-> same rows and columns).
+  // Merge the WN key slices of each m-tile through shared memory (same lane <-> same rows and columns).
+  // SPREAD: every warp stores its slice (O fragments, row max, partial sums), then finishes SHARE of the NTD
+  // column tiles from all slices and stores them, so the merge and the stores are spread over the warps (a
+  // one-tile split's block spends a good part of its life here). At d 256 that pushed the main loop into
+  // spills, so there warp_n == 0 merges the other slices into its own and stores everything.
+  constexpr bool SPREAD = WN > 1 && COMPACT;
+  constexpr int SHARE = SPREAD ? NTD / WN : NTD;
+  static_assert(NTD % WN == 0, "the column tiles must split evenly over the key-slice warps");
+  float *red = reinterpret_cast<float *>(sK);
+  auto slot = [&](int w, int j) -> float & { return red[(w * (NTD * 4 + 4) + j) * 32 + lane]; };
+  float f[WN][2];  // SPREAD: each slice's rescale factor per row half
   if constexpr (WN > 1) {
-    float *red = reinterpret_cast<float *>(sK);
     __syncthreads();
-    auto slot = [&](int w, int j) -> float & { return red[(w * (NTD * 4 + 4) + j) * 32 + lane]; };
-    if (warp_n > 0) {
+    if (SPREAD || warp_n > 0) {
 #pragma unroll
       for (int nd = 0; nd < NTD; ++nd)
 #pragma unroll
@@ -192,34 +200,63 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, float 
       }
     }
     __syncthreads();
-    if (warp_n == 0) {
-#pragma unroll(COMPACT ? 1 : WN - 1)
-      for (int wn = 1; wn < WN; ++wn) {
-        const int other = warp + wn * WM;
-        float f_self[2], f_other[2];
+  }
+  if constexpr (SPREAD) {
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const float m_other = slot(other, NTD * 4 + hf);
-          const float mx = fmaxf(sm.m[0][hf], m_other);
-          const float mb = mx == -INFINITY ? 0.f : mx * scale_log2;
-          f_self[hf] = fast_exp2(sm.m[0][hf] * scale_log2 - mb);  // -inf -> 0
-          f_other[hf] = fast_exp2(m_other * scale_log2 - mb);
-          sm.m[0][hf] = mx;
-          sm.l[0][hf] = sm.l[0][hf] * f_self[hf] + slot(other, NTD * 4 + 2 + hf) * f_other[hf];
-        }
+    for (int hf = 0; hf < 2; ++hf) {
+      float mx = -INFINITY;
 #pragma unroll
-        for (int nd = 0; nd < NTD; ++nd)
+      for (int wn = 0; wn < WN; ++wn) mx = fmaxf(mx, slot(warp_m + wn * WM, NTD * 4 + hf));
+      const float mb = mx == -INFINITY ? 0.f : mx * scale_log2;
+      float l = 0.f;
 #pragma unroll
-          for (int e = 0; e < 4; ++e)
-            o[0][nd][e] = o[0][nd][e] * f_self[e / 2] + slot(other, nd * 4 + e) * f_other[e / 2];
+      for (int wn = 0; wn < WN; ++wn) {
+        f[wn][hf] = fast_exp2(slot(warp_m + wn * WM, NTD * 4 + hf) * scale_log2 - mb);  // -inf -> 0
+        l += slot(warp_m + wn * WM, NTD * 4 + 2 + hf) * f[wn][hf];
       }
+      sm.m[0][hf] = mx;
+      sm.l[0][hf] = l;
+    }
+  } else if constexpr (WN > 1) {
+    if (warp_n != 0) return;
+#pragma unroll
+    for (int wn = 1; wn < WN; ++wn) {
+      const int other = warp + wn * WM;
+      float f_self[2], f_other[2];
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const float m_other = slot(other, NTD * 4 + hf);
+        const float mx = fmaxf(sm.m[0][hf], m_other);
+        const float mb = mx == -INFINITY ? 0.f : mx * scale_log2;
+        f_self[hf] = fast_exp2(sm.m[0][hf] * scale_log2 - mb);  // -inf -> 0
+        f_other[hf] = fast_exp2(m_other * scale_log2 - mb);
+        sm.m[0][hf] = mx;
+        sm.l[0][hf] = sm.l[0][hf] * f_self[hf] + slot(other, NTD * 4 + 2 + hf) * f_other[hf];
+      }
+#pragma unroll
+      for (int nd = 0; nd < NTD; ++nd)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          o[0][nd][e] = o[0][nd][e] * f_self[e / 2] + slot(other, nd * 4 + e) * f_other[e / 2];
     }
   }
-  if (warp_n != 0) return;
+  // Element e of this warp's column tile j, merged over the slices (read where it is stored, so no second
+  // copy of the accumulators stays live).
+  auto merged = [&](int j, int e) -> float {
+    if constexpr (!SPREAD) {
+      return o[0][j][e];
+    } else {
+      float acc = 0.f;
+#pragma unroll
+      for (int wn = 0; wn < WN; ++wn) acc += slot(warp_m + wn * WM, (warp_n * SHARE + j) * 4 + e) * f[wn][e / 2];
+      return acc;
+    }
+  };
 
   float inv[1][2], lse[1][2];
   sm.finalize(inv, lse, p.scale);
   const int dv = p.head_dim_v;
+  const bool lse_writer = warp_n == 0;
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
     const PackedRow &pr = prow[hf];
@@ -230,9 +267,9 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, float 
                 (int64_t)pr.head * p.out_head_stride + (int64_t)pr.token * p.out_row_stride;
       const bool pairs = ((p.out_ptr & 3) == 0) && ((p.out_batch_stride | p.out_head_stride | p.out_row_stride) & 1) == 0;
 #pragma unroll
-      for (int nd = 0; nd < NTD; ++nd) {
-        const int col = nd * 8 + 2 * (lane & 3);
-        const float v0 = o[0][nd][2 * hf] * inv[0][hf], v1 = o[0][nd][2 * hf + 1] * inv[0][hf];
+      for (int j = 0; j < SHARE; ++j) {
+        const int col = (warp_n * SHARE + j) * 8 + 2 * (lane & 3);
+        const float v0 = merged(j, 2 * hf) * inv[0][hf], v1 = merged(j, 2 * hf + 1) * inv[0][hf];
         if (pairs && col + 1 < dv) {
           *reinterpret_cast<uint32_t *>(orow + col) = Elem<T>::pack2(v0, v1);
         } else {
@@ -240,15 +277,15 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, float 
           if (col + 1 < dv) orow[col + 1] = Elem<T>::from_f32(v1);
         }
       }
-      if (p.lse_ptr != 0 && (lane & 3) == 0)
+      if (lse_writer && p.lse_ptr != 0 && (lane & 3) == 0)
         reinterpret_cast<float *>(p.lse_ptr)[((int64_t)batch * p.heads_q + pr.head) * p.seq_q + pr.token] = lse[0][hf];
     } else {
       const int64_t prow_idx = (((int64_t)batch * p.heads_kv + kv_head) * n_splits + split) * rows + r;
       float *orow = o_part + prow_idx * dv;
 #pragma unroll
-      for (int nd = 0; nd < NTD; ++nd) {
-        const int col = nd * 8 + 2 * (lane & 3);
-        const float v0 = o[0][nd][2 * hf] * inv[0][hf], v1 = o[0][nd][2 * hf + 1] * inv[0][hf];
+      for (int j = 0; j < SHARE; ++j) {
+        const int col = (warp_n * SHARE + j) * 8 + 2 * (lane & 3);
+        const float v0 = merged(j, 2 * hf) * inv[0][hf], v1 = merged(j, 2 * hf + 1) * inv[0][hf];
         if ((dv & 1) == 0 && col + 1 < dv) {
           *reinterpret_cast<float2 *>(orow + col) = make_float2(v0, v1);
         } else {
@@ -256,7 +293,7 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, float 
           if (col + 1 < dv) orow[col + 1] = v1;
         }
       }
-      if ((lane & 3) == 0) lse_part[prow_idx] = lse[0][hf];
+      if (lse_writer && (lane & 3) == 0) lse_part[prow_idx] = lse[0][hf];
     }
   }
 }
