@@ -47,6 +47,20 @@ __device__ __forceinline__ uint32_t smem_u32(const void *p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// Traps when the launch gave less dynamic shared memory than the kernel's tile shapes use (the launcher and
+// the kernel disagree on them): every kernel entry checks this before touching shared memory.
+__device__ __forceinline__ void require_dynamic_smem(uint32_t bytes) {
+  uint32_t dyn;
+  asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+  if (dyn < bytes) __trap();
+}
+
+// The first 1024-byte boundary at or after `p` (128-byte-swizzled TMA tiles need it; the tile configs'
+// SMEM_BYTES include the 1024 bytes of slack).
+__device__ __forceinline__ unsigned char *align_1024(unsigned char *p) {
+  return p + ((1024 - (smem_u32(p) & 1023)) & 1023);
+}
+
 // 16 bytes global -> shared; when !valid nothing is read and the destination is zero-filled.
 __device__ __forceinline__ void cp_async_16(uint32_t dst, const void *src, bool valid) {
   int src_bytes = valid ? 16 : 0;

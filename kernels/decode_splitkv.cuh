@@ -25,11 +25,7 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, float 
   constexpr int D = Cfg::D, WM = Cfg::WM, WN = Cfg::WN, BN = Cfg::BN, KW = Cfg::KW, NT = Cfg::NT,
                 NTN = Cfg::NTN, NTD = Cfg::NTD, STAGES = Cfg::STAGES, ROWS = Cfg::ROWS;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  {
-    uint32_t dyn;
-    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
-    if (dyn < (uint32_t)Cfg::SMEM_BYTES) __trap();  // launcher and kernel disagree on the tile shape
-  }
+  require_dynamic_smem(Cfg::SMEM_BYTES);
   dependent_wait();  // q, the cache and key_seqlens may come from the kernel just before (the KV append)
   T *sQ = reinterpret_cast<T *>(smem_raw);
   T *sK = sQ + ROWS * D;

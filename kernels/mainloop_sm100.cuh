@@ -276,12 +276,8 @@ __device__ __forceinline__ void flash_fwd_sm100(const AttnParams &p, const CUten
                                                 const CUtensorMap *tv) {
   using namespace sm100;
   extern __shared__ unsigned char smem_raw[];
-  {
-    uint32_t dyn;
-    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
-    if (dyn < (uint32_t)Cfg::SMEM_BYTES) __trap();  // launcher and kernel disagree on the tile shapes
-  }
-  unsigned char *smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  require_dynamic_smem(Cfg::SMEM_BYTES);
+  unsigned char *smem = align_1024(smem_raw);
   uint32_t *tmem_slot = reinterpret_cast<uint32_t *>(smem + Cfg::TMEM_SLOT_OFFSET);
   const int warp = threadIdx.x / 32;
   Barriers<Cfg> bar(smem);

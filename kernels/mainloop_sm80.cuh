@@ -25,11 +25,7 @@ template <typename T, class Cfg, bool MODS> __device__ __forceinline__ void flas
   constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, NT = Cfg::NT, MT = Cfg::MT, NTN = Cfg::NTN,
                 NTD = Cfg::NTD;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  {
-    uint32_t dyn;
-    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
-    if (dyn < (uint32_t)Cfg::SMEM_BYTES) __trap();  // launcher and kernel disagree on the tile shapes
-  }
+  require_dynamic_smem(Cfg::SMEM_BYTES);
   T *sQ = reinterpret_cast<T *>(smem_raw);
   T *sK = sQ + BM * D;
   T *sV = sK + Cfg::STAGES * BN * D;

@@ -33,17 +33,11 @@ __device__ __forceinline__ void fence_after_sync() { asm volatile("tcgen05.fence
 
 // ---- descriptors ----
 // Shared-memory matrix descriptor of a 128-byte-swizzled operand (Blackwell layout: version 1 in bits
-// 46-47, layout type SWIZZLE_128B = 2 in bits 61-63). K-major: 8-row groups `sbo` = 1024 bytes apart, `lbo`
-// unused (16 bytes). MN-major: `lbo` = distance between 64-element MN panels, `sbo` = 1024 (8 K rows).
+// 46-47, layout type SWIZZLE_128B = 2 in bits 61-63; address, lbo and sbo as Hopper's). K-major: 8-row groups
+// `sbo` = 1024 bytes apart, `lbo` unused (16 bytes). MN-major: `lbo` = distance between 64-element MN panels.
 __device__ __forceinline__ uint64_t smem_desc_sw128(const void *base, uint32_t lbo_bytes) {
-  const uint64_t addr = smem_u32(base);
-  uint64_t d = 0;
-  d |= (addr & 0x3FFFF) >> 4;
-  d |= (uint64_t)((lbo_bytes >> 4) & 0x3FFF) << 16;
-  d |= (uint64_t)(1024 >> 4) << 32;
-  d |= (uint64_t)1 << 46;  // descriptor version (Blackwell)
-  d |= (uint64_t)2 << 61;  // SWIZZLE_128B
-  return d;
+  return sm90::smem_desc_sw128_fields(base, lbo_bytes) | (uint64_t)1 << 46  // descriptor version (Blackwell)
+         | (uint64_t)2 << 61;                                                // SWIZZLE_128B
 }
 // The start address sits in the low bits as in Hopper's descriptor: advancing is the same.
 using sm90::desc_advance;
