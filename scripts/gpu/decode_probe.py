@@ -13,6 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import fa_lib
 from bench import time_step
+from gpu_time import heaviest, kernel_totals
 
 
 SPLITS = [-1, 4, 8, 16, 32, 64, 128, 256]
@@ -27,12 +28,7 @@ def kernel_times(fn, reps=20):
         for _ in range(reps):
             fn()
         torch.cuda.synchronize()
-    out = {}
-    for e in prof.key_averages():
-        if e.device_type == DeviceType.CUDA:
-            t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
-            out[e.key[:48]] = out.get(e.key[:48], 0) + t / reps
-    return "; ".join(f"{k} {v:.1f}" for k, v in sorted(out.items(), key=lambda kv: -kv[1]))
+    return "; ".join(f"{k} {v / reps:.1f}" for k, v in heaviest(kernel_totals(prof, name_width=48)))
 
 
 def timeline(fn, calls=4):

@@ -100,23 +100,19 @@ def time_session(sess, ids_np, reps):
 
 def kernel_profile(path, lib, ids_np, runs=3, top=12):
     """Where a model's GPU time goes: the CUDA kernels of its prefills by name, GPU time per prefill (ms), from
-    torch.profiler (CUPTI sees the kernels of every library in the process: ORT's and ours). ORT's own
-    profiler times CUDA nodes on the host (launch, not execution), so it cannot say this."""
-    from torch.autograd import DeviceType
+    torch.profiler (gpu_time.py)."""
     from torch.profiler import ProfilerActivity, profile
+
+    from gpu_time import heaviest, kernel_totals
 
     sess = session(path, lib)
     time_session(sess, ids_np, 1)  # allocator growth, cuBLAS/cuDNN algorithm choice
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         time_session(sess, ids_np, runs)
     prefills = runs + 2  # time_session's two warm-up runs are inside the profile too
-    gpu = {}
-    for e in prof.key_averages():
-        if e.device_type == DeviceType.CUDA:
-            t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
-            gpu[e.key] = gpu.get(e.key, 0) + t
+    gpu = kernel_totals(prof)
     total = sum(gpu.values())
-    ranked = sorted(gpu.items(), key=lambda kv: -kv[1])[:top]
+    ranked = heaviest(gpu, top)
     return f"{total / prefills / 1e3:.2f} ms of GPU kernels per prefill: " + "; ".join(
         f"{name[:70]} {us / prefills / 1e3:.3f}" for name, us in ranked)
 

@@ -168,8 +168,9 @@ def buffer_loop(sess, prompt, steps, cap, device="cuda", dtype=np.float16):
 def profile_decode(loop, steps, top=6):
     """GPU time per decode step by kernel (torch.profiler sees ORT's kernels and ours) against the wall time
     per step: how host-bound the loop is, and where its GPU time goes."""
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
+
+    from gpu_time import heaviest, kernel_totals
 
     prof = profile(activities=[ProfilerActivity.CUDA])
     ON_DECODE_START.append(prof.start)
@@ -178,13 +179,9 @@ def profile_decode(loop, steps, top=6):
     finally:
         ON_DECODE_START.clear()
         prof.stop()
-    gpu = {}
-    for e in prof.key_averages():
-        if e.device_type == DeviceType.CUDA:
-            t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
-            gpu[e.key] = gpu.get(e.key, 0) + t
+    gpu = kernel_totals(prof)
     total = sum(gpu.values()) / steps
-    ranked = sorted(gpu.items(), key=lambda kv: -kv[1])[:top]
+    ranked = heaviest(gpu, top)
     return (f"wall {dec / steps * 1e6:.0f} µs/step, GPU kernels {total:.0f} µs/step: "
             + "; ".join(f"{k[:60]} {v / steps:.1f}" for k, v in ranked))
 
