@@ -269,13 +269,14 @@ pub fn launch(plan: &DecodePlan, p: &AttnParams, kernels: &DeviceKernels, ws: Wo
     }
     let mut n_splits = plan.splits;
     let grid = (plan.splits as u32, p.heads_kv as u32, p.batch as u32);
-    // Both launches may overlap the kernel before them (the KV append, then the decode kernel): each waits
-    // for it in-kernel before touching memory (kernels/dependent_launch.cuh).
+    // Both launches may overlap the kernel before them (the KV append, then the decode kernel) on Hopper and
+    // newer: each waits for it in-kernel before touching memory (kernels/dependent_launch.cuh).
+    let dependent = kernels.cc >= 90;
     {
         let mut args: [*mut c_void; 3] =
             [(&mut arg as *mut AttnParams).cast(), (&mut o_part as *mut u64).cast(), (&mut lse_part as *mut u64).cast()];
         let l = Launch { grid, threads: THREADS, smem: plan.spec.smem_bytes(), args: &mut args };
-        launch_kernel(f, l, stream, kernels.cc, true, &format!("launching {}", plan.spec.name()))?;
+        launch_kernel(f, l, stream, dependent, &format!("launching {}", plan.spec.name()))?;
     }
     if plan.splits > 1 {
         let fc = kernels.named(&plan.spec.combine_name())?;
@@ -293,7 +294,7 @@ pub fn launch(plan: &DecodePlan, p: &AttnParams, kernels: &DeviceKernels, ws: Wo
             (&mut rows_per_block as *mut i32).cast(),
         ];
         let l = Launch { grid: (blocks, 1, 1), threads: COMBINE_THREADS, smem: 0, args: &mut args };
-        launch_kernel(fc, l, stream, kernels.cc, true, &format!("launching {}", plan.spec.combine_name()))?;
+        launch_kernel(fc, l, stream, dependent, &format!("launching {}", plan.spec.combine_name()))?;
     }
     Ok(())
 }

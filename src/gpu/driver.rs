@@ -117,12 +117,13 @@ pub struct Launch<'a> {
     pub args: &'a mut [*mut std::ffi::c_void],
 }
 
-/// Queues `f` on `stream`. `dependent`: the kernel calls `dependent_wait()` (kernels/dependent_launch.cuh)
-/// before touching memory, so on compute capability 9.0+ it may be launched while the kernel before it
-/// finishes (programmatic stream serialization), hiding the launch latency between the two.
-pub fn launch_kernel(f: sys::CUfunction, l: Launch<'_>, stream: sys::CUstream, cc: i32, dependent: bool, what: &str) -> Result<(), GpuError> {
+/// Queues `f` on `stream`; every kernel launch of the library goes through here. `dependent`: the kernel
+/// calls `dependent_wait()` (kernels/dependent_launch.cuh) before touching memory and the device has
+/// compute capability 9.0+, so it may be launched while the kernel before it finishes (programmatic stream
+/// serialization), hiding the launch latency between the two.
+pub fn launch_kernel(f: sys::CUfunction, l: Launch<'_>, stream: sys::CUstream, dependent: bool, what: &str) -> Result<(), GpuError> {
     let (gx, gy, gz) = l.grid;
-    if dependent && cc >= 90 && DEPENDENT_LAUNCH.load(std::sync::atomic::Ordering::Relaxed) {
+    if dependent && DEPENDENT_LAUNCH.load(std::sync::atomic::Ordering::Relaxed) {
         // SAFETY: CUlaunchAttribute is plain data; zeroed is a valid value before the fields are set.
         let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
         attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;

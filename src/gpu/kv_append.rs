@@ -6,7 +6,7 @@ use std::ffi::c_void;
 
 use cudarc::driver::sys;
 
-use super::driver::{self, check, CurrentContext, GpuError};
+use super::driver::{self, CurrentContext, GpuError};
 use super::module;
 use crate::params::{DType, KvAppendParams};
 
@@ -45,8 +45,5 @@ pub fn launch_append(p: &KvAppendParams, stream: *mut c_void) -> Result<(), GpuE
     let _cur = CurrentContext::push(ctx)?;
     let mut arg = *p;
     let mut args = [(&mut arg as *mut KvAppendParams).cast::<c_void>()];
-    check(
-        unsafe { sys::cuLaunchKernel(f, blocks, 1, 1, THREADS, 1, 1, 0, stream, args.as_mut_ptr(), std::ptr::null_mut()) },
-        "launching kv_append",
-    )
+    driver::launch_kernel(f, driver::Launch { grid: (blocks, 1, 1), threads: THREADS, smem: 0, args: &mut args }, stream, false, "launching kv_append")
 }

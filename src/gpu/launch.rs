@@ -8,7 +8,7 @@ use cudarc::driver::sys;
 
 use super::decode::{self, Workspace};
 use super::dispatch::{self, Family, KernelSpec};
-use super::driver::{self, check, CurrentContext, GpuError};
+use super::driver::{self, CurrentContext, GpuError};
 use super::module;
 use super::tensor_map::Operand;
 use crate::params::AttnParams;
@@ -112,10 +112,8 @@ pub fn launch_function(f: sys::CUfunction, spec: &KernelSpec, p: &AttnParams, st
     let (gx, gy, gz) = grid(spec, p, num_sms)?;
     let mut arg = *p;
     let launch = |args: &mut [*mut c_void]| {
-        check(
-            unsafe { sys::cuLaunchKernel(f, gx, gy, gz, spec.threads(), 1, 1, spec.smem_bytes(), stream, args.as_mut_ptr(), std::ptr::null_mut()) },
-            &format!("launching {}", spec.name()),
-        )
+        let l = driver::Launch { grid: (gx, gy, gz), threads: spec.threads(), smem: spec.smem_bytes(), args };
+        driver::launch_kernel(f, l, stream, false, &format!("launching {}", spec.name()))
     };
     match spec.family {
         Family::Sm80 => launch(&mut [(&mut arg as *mut AttnParams).cast()]),
