@@ -57,6 +57,19 @@ template <class Cfg> struct Barriers {
 template <int STAGES> __device__ __forceinline__ int stage_of(int i) { return i % STAGES; }
 template <int STAGES> __device__ __forceinline__ uint32_t phase_of(int i) { return (uint32_t)(i / STAGES) & 1u; }
 
+// A ring position carried from step to step, so that the main loop does not divide the step count anew.
+template <int STAGES> struct RingPos {
+  int stage;
+  uint32_t phase;
+  __device__ __forceinline__ explicit RingPos(int step) : stage(stage_of<STAGES>(step)), phase(phase_of<STAGES>(step)) {}
+  __device__ __forceinline__ void advance() {
+    if (++stage == STAGES) {
+      stage = 0;
+      phase ^= 1u;
+    }
+  }
+};
+
 template <typename T, class Cfg>
 __device__ __forceinline__ void produce(const AttnParams &p, unsigned char *smem, const CUtensorMap *tq,
                                         const CUtensorMap *tk, const CUtensorMap *tv) {
@@ -88,9 +101,10 @@ __device__ __forceinline__ void produce(const AttnParams &p, unsigned char *smem
 
 // Key rows [kv_len, seq_kv) of a V tile hold whatever the caller's buffer holds there (a KV cache's unused
 // tail, say); P is 0 on them but 0 * NaN is not, so they are zeroed before the PV GEMM reads the tile.
-// Both consumers share the tile: each zeroes half of the rows, then they meet.
+// Both consumers share the tile: each zeroes half of the rows, then they meet. Not inlined: it is rare, and
+// inlined its index arithmetic gets hoisted into every main-loop step.
 template <typename T, class Cfg>
-__device__ __forceinline__ void zero_v_tail(unsigned char *v_tile, int first_row, int end_row, int consumer_tid) {
+__device__ __noinline__ void zero_v_tail(unsigned char *v_tile, int first_row, int end_row, int consumer_tid) {
   constexpr int CHUNKS = Cfg::D / 8;  // 16-byte chunks per row, over all panels
   const int rows = end_row - first_row;
   for (int idx = consumer_tid; idx < rows * CHUNKS; idx += 256) {
@@ -130,6 +144,7 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
 
   float s[1][NTN][4], o[1][NTD][4];
   uint32_t pa[KP][4];
+  uint32_t(&pa_flat)[KP * 4] = reinterpret_cast<uint32_t(&)[KP * 4]>(pa);
   float(&s_flat)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(s);
   float(&o_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);
 #pragma unroll
@@ -168,12 +183,13 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
       pa[kk][3] = Elem<T>::pack2(s[0][2 * kk + 1][2], s[0][2 * kk + 1][3]);
     }
   };
-  auto prepare_v = [&](int i) {
-    const int c0 = (w.n_begin + i) * BN;
-    if (zero_tail && c0 + BN > w.kv_len) {
+  // Key blocks from zero_from on reach past kv_len (block j does when (j + 1) * BN > kv_len).
+  const int zero_from = zero_tail ? w.kv_len / BN - w.n_begin : n_blocks;
+  auto prepare_v = [&](int i, int st) {
+    if (i >= zero_from) {
+      const int c0 = (w.n_begin + i) * BN;
       const int end = min(BN, p.seq_kv - c0);
-      zero_v_tail<T, Cfg>(smem + Cfg::V_OFFSET + stage_of<STAGES>(ring + i) * Cfg::KV_BYTES, max(w.kv_len - c0, 0),
-                          end, threadIdx.x - 128);
+      zero_v_tail<T, Cfg>(smem + Cfg::V_OFFSET + st * Cfg::KV_BYTES, max(w.kv_len - c0, 0), end, threadIdx.x - 128);
     }
   };
   auto release_q_after = [&](int i) {
@@ -183,15 +199,16 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
   mbar_wait(bar.q_full, (uint32_t)(loaded & 1));
 
   // Step 0: S_0 = Q K_0^T, P_0.
-  mbar_wait(&bar.k_full[stage_of<STAGES>(ring)], phase_of<STAGES>(ring));
+  RingPos<STAGES> cur(ring);
+  mbar_wait(&bar.k_full[cur.stage], cur.phase);
   turn.wait();
   wgmma_fence();
-  issue_qk(stage_of<STAGES>(ring));
+  issue_qk(cur.stage);
   wgmma_commit();
   turn.pass();
   wgmma_wait<0>();
   fence_regs(s_flat);
-  release(&bar.k_empty[stage_of<STAGES>(ring)]);
+  release(&bar.k_empty[cur.stage]);
   release_q_after(0);
   score_mods(0);
   {
@@ -202,10 +219,12 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
 
   // Step i: S_i = Q K_i^T and O += P_{i-1} V_{i-1} in flight together; softmax of S_i while PV runs.
   for (int i = 1; i < n_blocks; ++i) {
-    const int st = stage_of<STAGES>(ring + i), pst = stage_of<STAGES>(ring + i - 1);
-    mbar_wait(&bar.k_full[st], phase_of<STAGES>(ring + i));
-    mbar_wait(&bar.v_full[pst], phase_of<STAGES>(ring + i - 1));
-    prepare_v(i - 1);
+    const RingPos<STAGES> prev = cur;
+    cur.advance();
+    const int st = cur.stage, pst = prev.stage;
+    mbar_wait(&bar.k_full[st], cur.phase);
+    mbar_wait(&bar.v_full[pst], prev.phase);
+    prepare_v(i - 1, pst);
     turn.wait();
     wgmma_fence();
     issue_qk(st);
@@ -221,6 +240,11 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
     float corr[1][2];
     const bool rescale =
         sm.template exponentiate<Opt::RESCALE_THRESHOLD, Opt::EMULATED_EXP2_EVERY>(s, corr, scale_log2);
+    // The softmax above must run while PV_{i-1} does. P stays live until here (else ptxas reuses its
+    // registers for the softmax and waits for PV first), and the branch in keep_live ends the basic block,
+    // so ptxas cannot schedule the wait above the softmax.
+    fence_regs(s_flat);
+    keep_live(pa_flat, smem, p.seq_q < 0);
     wgmma_wait<0>();
     fence_regs(o_flat);
     release(&bar.v_empty[pst]);
@@ -229,9 +253,9 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
   }
 
   // Last PV.
-  const int last = n_blocks - 1, lst = stage_of<STAGES>(ring + last);
-  mbar_wait(&bar.v_full[lst], phase_of<STAGES>(ring + last));
-  prepare_v(last);
+  const int lst = cur.stage;
+  mbar_wait(&bar.v_full[lst], cur.phase);
+  prepare_v(n_blocks - 1, lst);
   turn.wait();
   wgmma_fence();
   issue_pv(lst);
@@ -286,7 +310,9 @@ __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtens
     return;
   }
   regs_alloc<kConsumerRegs>();
-  const int consumer = group - 1;
+  // Broadcast from lane 0 so that the compiler knows it is warp-uniform: the descriptors and barrier addresses
+  // derived from it then live in uniform registers instead of being moved there before every wgmma.
+  const int consumer = __shfl_sync(0xffffffffu, group - 1, 0);
   const Turn<Opt> turn{consumer};
   // The consumers' GEMM issue alternates over the whole run, tile after tile: consumer 0 starts, and
   // consumer 1's very last pass is taken by consumer 0 at the end.

@@ -63,6 +63,21 @@ template <int N> __device__ __forceinline__ void fence_regs(uint32_t (&r)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
 }
+// An empty asm (fence_regs) orders code for the compiler but never reaches ptxas, which treats a wgmma's
+// register A operand as dead once the wgmma is issued: it then reuses those registers and waits for the
+// wgmma before the first reuse. A store that never runs (`never` is false at run time, which ptxas cannot
+// see) keeps the registers live up to this point; the trap after it keeps ptxas from predicating the store
+// instead of branching around it, so the branch also ends a basic block, which ptxas does not schedule
+// instructions across (code before the call stays before a wgmma wait placed after it).
+template <int N> __device__ __forceinline__ void keep_live(const uint32_t (&r)[N], unsigned char *sink, bool never) {
+  static_assert(N % 4 == 0, "whole 16-byte stores");
+  if (never) {
+#pragma unroll
+    for (int i = 0; i < N; i += 4)
+      *reinterpret_cast<uint4 *>(sink + 4 * i) = make_uint4(r[i], r[i + 1], r[i + 2], r[i + 3]);
+    __trap();
+  }
+}
 
 // The fields Hopper's and Blackwell's shared-memory matrix descriptors have in common, for a 128-byte-swizzled
 // operand (panels of 64 16-bit columns, rows of 128 bytes, 8-row groups 1024 bytes apart): start address,
