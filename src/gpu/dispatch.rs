@@ -30,10 +30,15 @@ pub struct KernelSpec {
     /// A Hopper instance with other pipeline/softmax options, compiled to measure them (docs/PERF.md);
     /// only chosen when forced by name.
     pub variant: Variant,
-    /// A wide key tile that pays only without masking work (its full instance spills): chosen only for
-    /// plain problems without causal/window bounds.
+    /// A wide key tile that pays only without masking work (its full instance spills) and over many key
+    /// blocks: chosen only for plain problems without causal/window bounds and with at least
+    /// [`WIDE_TILE_MIN_KEYS`] keys.
     pub unbounded_plain_only: bool,
 }
+
+/// Below this many keys the 128-key tile beat the 192-key one at d 64 (H200, 2026-11-30, docs/PERF.md: -7%
+/// at 512 keys, -4% at 1k, level at 2k, +3 to +5% from 4k on).
+pub const WIDE_TILE_MIN_KEYS: i32 = 2048;
 
 /// Options of a Hopper instance (kernels/flash_fwd_sm90.cu, Sm90Options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,7 +272,9 @@ pub(crate) fn select_forced(p: &AttnParams, cc: i32, max_smem: i32, verdict: &Ve
             && k.smem_bytes() as i64 <= max_smem as i64
             && (!k.plain || plain_ok)
             && (k.variant == Variant::Default || forced == Some(k.name().as_str()))
-            && (!k.unbounded_plain_only || (plain_ok && p.window_left < 0 && p.window_right < 0) || forced == Some(k.name().as_str()))
+            && (!k.unbounded_plain_only
+                || (plain_ok && p.window_left < 0 && p.window_right < 0 && p.seq_kv >= WIDE_TILE_MIN_KEYS)
+                || forced == Some(k.name().as_str()))
             && family_serves(k.family, p, cc, verdict)
     };
     if let Some(name) = forced {
@@ -325,7 +332,10 @@ mod tests {
         assert_eq!(pick(&aligned(DType::BF16, 256, 256), 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d256_m128n80w12_plain");
         let masked = AttnParams { mask_kind: 2, ..aligned(DType::BF16, 64, 64) };
         assert_eq!(pick(&masked, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n128w12");
-        assert_eq!(pick(&aligned(DType::BF16, 64, 64), 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n192w12_plain");
+        let long = AttnParams { seq_q: WIDE_TILE_MIN_KEYS, seq_kv: WIDE_TILE_MIN_KEYS, ..aligned(DType::BF16, 64, 64) };
+        assert_eq!(pick(&long, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n192w12_plain");
+        let short = AttnParams { seq_kv: WIDE_TILE_MIN_KEYS - 1, ..long };
+        assert_eq!(pick(&short, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n128w12_plain");
         let causal = AttnParams { window_right: 0, ..aligned(DType::BF16, 64, 64) };
         assert_eq!(pick(&causal, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n128w12_plain");
         for cc in [80, 86, 89, 100, 120] {
