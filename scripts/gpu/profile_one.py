@@ -1,5 +1,5 @@
 """Launch one problem a few times (for ncu / compute-sanitizer):
-    python3 profile_one.py LIB [D] [SEQ] [causal]          # prefill, batch*seq = 16k, width 2048
+    python3 profile_one.py LIB [D] [SEQ] [causal] [fa4]    # prefill, batch*seq = 16k, width 2048 (fa4: FA4 instead)
     python3 profile_one.py LIB decode BATCH KV_HEADS KV_LEN  # one decode step, 32 query heads, d 128"""
 import sys
 
@@ -18,6 +18,14 @@ else:
     B, H = 16384 // S, 2048 // D
     q, k, v = (torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
 causal = len(sys.argv) > 4 and sys.argv[2] != "decode" and sys.argv[4] == "1"
+if sys.argv[-1] == "fa4":  # the same problem through FlashAttention-4, to profile side by side
+    from flash_attn.cute import flash_attn_func
+
+    for _ in range(3):
+        flash_attn_func(q, k, v, causal=causal)
+    torch.cuda.synchronize()
+    print("kernel FlashAttention-4")
+    sys.exit(0)
 out = torch.empty_like(q)
 P = fa_lib.make_params(lib, q, k, v, out, causal=causal)
 for _ in range(3):

@@ -3,7 +3,7 @@
 # built here and carried in .gpu/ (scripts/gpu/pack.sh), with staged wheel parts.
 #
 #   bash scripts/gpu/run.sh stage [DIR...]     # copy this call's wheel parts (.gpu/stage/*, or DIRs) to /tmp/fa-stage
-#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-decode decode-probe e2e e2e-profile e2e-memcheck gen-bench profile profile-decode selfcheck
+#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-prefill bench-decode decode-probe e2e e2e-profile e2e-memcheck gen-bench profile profile-vs profile-decode selfcheck
 #                                              # (default: numerics sanitize ort rust-ort bench)
 #
 # Logs and the benchmark table go to $OUT (or /tmp/fa-out). Exit status: nonzero if any step failed.
@@ -65,6 +65,7 @@ for s in "${steps[@]}"; do
       ORT_DYLIB_PATH=$(ls /tmp/site/onnxruntime/capi/libonnxruntime.so.* | head -n 1) LD_LIBRARY_PATH=$nvlibs:${LD_LIBRARY_PATH:-} \
         FLASHATTN_ORT_LIB="$lib" "$root/.gpu/gpu_ort" --ignored --test-threads 1 --nocapture 2>&1 | tee "$out/rust-ort.log" ;;
     bench) python3 bench.py "$lib" --out "$out/bench.md" 2>&1 | tee "$out/bench.log" ;;
+    bench-prefill) python3 bench.py "$lib" --no-decode --variants "${FA_VARIANTS:-}" --out "$out/bench-prefill.md" 2>&1 | tee "$out/bench-prefill.log" ;;
     bench-decode) python3 bench.py "$lib" --no-prefill --out "$out/bench-decode.md" 2>&1 | tee "$out/bench-decode.log" ;;
     decode-probe) python3 decode_probe.py "$lib" ${FA_SPLITS:-} 2>&1 | tee "$out/decode-probe.log" ;;
     e2e)
@@ -90,6 +91,20 @@ for s in "${steps[@]}"; do
         ncu --clock-control none -k regex:flash_fwd -c 1 --section SpeedOfLight --section WarpStateStats \
           --section ComputeWorkloadAnalysis python3 profile_one.py "$lib" $cfg
       done 2>&1 | grep -E "^== |^kernel|Duration|Throughput|Stall|Issued|Eligible|Active Warps|Pipe" | tee "$out/profile.log" ;;
+    profile-vs)
+      # ours and FlashAttention-4 side by side on one prefill problem (FA_PROFILE="D SEQ CAUSAL", default d128
+      # s8192 non-causal): tensor-pipe use, issue stalls and instruction counts of one launch each
+      gmma=$(ncu --query-metrics --chip gh100 2>/dev/null | grep -o "sm__pipe_tensor_op_gmma_cycles_active\|sm__inst_executed_pipe_tensor_op_gmma" | sort -u |
+        sed 's/$/.avg.pct_of_peak_sustained_active/' | paste -sd, -)
+      for who in ours fa4; do
+        echo "== profile $who: ${FA_PROFILE:-128 8192 0}"
+        ncu --clock-control none -k regex:flash_fwd -c 1 --section SpeedOfLight --section WarpStateStats \
+          --section InstructionStats --section SchedulerStats \
+          --metrics "$(printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' long_scoreboard barrier \
+          short_scoreboard wait math_pipe_throttle mio_throttle lg_throttle not_selected selected no_instruction \
+          dispatch_stall membar branch_resolving sleeping)${gmma:+$gmma,}sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,sm__cycles_elapsed.avg" \
+          python3 profile_one.py "$lib" ${FA_PROFILE:-128 8192 0} $who
+      done 2>&1 | grep -E "^== |^kernel|Duration|Throughput|stalled|inst_executed|cycles|Issued|Eligible|Active Warps|gmma|pipe|==ERR|rror" | tee "$out/profile-vs.log" ;;
     profile-decode)
       # ncu on batch-1 decode steps (GQA 32/8 at 2k and 8k keys, MQA at 32k): the decode kernel and its combine
       for cfg in "1 8 2048" "1 8 8192" "1 1 32768"; do
