@@ -11,8 +11,10 @@ __device__ __forceinline__ void store_output(const AttnParams &p, const float (&
                                              int h, int row_base, int lane) {
   T *out = reinterpret_cast<T *>(p.out_ptr) + (int64_t)b * p.out_batch_stride + (int64_t)h * p.out_head_stride;
   const int dv = p.head_dim_v;
-  // Pairs of elements can be stored as one 4-byte word when every row start is 4-byte aligned.
+  // Pairs of elements can be stored as one 4-byte word when every row start is 4-byte aligned; when also every
+  // column of the tile exists (the common case), without a check per pair.
   const bool pairs = ((p.out_ptr & 3) == 0) && ((p.out_batch_stride | p.out_head_stride | p.out_row_stride) & 1) == 0;
+  const bool whole_rows = pairs && dv >= NTD * 8;
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -20,16 +22,23 @@ __device__ __forceinline__ void store_output(const AttnParams &p, const float (&
       const int row = row_base + mt * 16 + (lane >> 2) + 8 * hf;
       if (row >= p.seq_q) continue;
       T *orow = out + (int64_t)row * p.out_row_stride;
+      if (whole_rows) {
 #pragma unroll
-      for (int nd = 0; nd < NTD; ++nd) {
-        const int col = nd * 8 + 2 * (lane & 3);
-        const float v0 = o[mt][nd][2 * hf] * inv[mt][hf];
-        const float v1 = o[mt][nd][2 * hf + 1] * inv[mt][hf];
-        if (pairs && col + 1 < dv) {
-          *reinterpret_cast<uint32_t *>(orow + col) = Elem<T>::pack2(v0, v1);
-        } else {
-          if (col < dv) orow[col] = Elem<T>::from_f32(v0);
-          if (col + 1 < dv) orow[col + 1] = Elem<T>::from_f32(v1);
+        for (int nd = 0; nd < NTD; ++nd)
+          *reinterpret_cast<uint32_t *>(orow + nd * 8 + 2 * (lane & 3)) =
+              Elem<T>::pack2(o[mt][nd][2 * hf] * inv[mt][hf], o[mt][nd][2 * hf + 1] * inv[mt][hf]);
+      } else {
+#pragma unroll
+        for (int nd = 0; nd < NTD; ++nd) {
+          const int col = nd * 8 + 2 * (lane & 3);
+          const float v0 = o[mt][nd][2 * hf] * inv[mt][hf];
+          const float v1 = o[mt][nd][2 * hf + 1] * inv[mt][hf];
+          if (pairs && col + 1 < dv) {
+            *reinterpret_cast<uint32_t *>(orow + col) = Elem<T>::pack2(v0, v1);
+          } else {
+            if (col < dv) orow[col] = Elem<T>::from_f32(v0);
+            if (col + 1 < dv) orow[col + 1] = Elem<T>::from_f32(v1);
+          }
         }
       }
       if (p.lse_ptr != 0 && (lane & 3) == 0) {

@@ -24,6 +24,7 @@ except Exception as e:  # noqa: BLE001
 
 
 VARIANTS = []
+ROUNDS = 3
 
 
 def timeit(fn, iters=None, budget_s=0.25):
@@ -138,18 +139,25 @@ def run_row(lib, B, S, H, D, causal, Hkv=None, Sq=None, rows_out=None):
     P = fa_lib.make_params(lib, q, k, v, out, causal=causal)
     flops = 4 * B * H * Sq * S * D * (0.5 if causal and Sq == S else 1.0)
     res = {}
-    res["ours"] = timeit(lambda: fa_lib.launch(lib, P))
-    for name in VARIANTS:
-        if name.startswith("grid="):  # the Hopper kernel's grid: grid=0 one block per tile, grid=1 persistent
-            lib.flashattn_ort_gpu_set_persistent(int(name[5:]))
-        elif f"_d{D}_" in name:
-            lib.flashattn_ort_gpu_set_kernel(name.encode())
-        else:
-            continue
-        t = timeit(lambda: fa_lib.launch(lib, P))
-        lib.flashattn_ort_gpu_set_kernel(None)
-        lib.flashattn_ort_gpu_set_persistent(-1)
-        print(f"    variant {name}: {flops / (t * 1e-3) / 1e12:.0f} TFLOP/s", flush=True)
+    # Variants are timed in rounds alternating with the default (median of each over ROUNDS rounds): the
+    # H200's clock drifts by up to ~9% between back-to-back timings of one kernel, so a variant timed once
+    # right after the default is compared with a different clock.
+    variants = [v for v in VARIANTS if v.startswith("grid=") or f"_d{D}_" in v]
+    times = {name: [] for name in ["default"] + variants}
+    for _ in range(ROUNDS if variants else 1):
+        for name in times:
+            if name.startswith("grid="):  # the Hopper kernel's grid: grid=0 one block per tile, grid=1 persistent
+                lib.flashattn_ort_gpu_set_persistent(int(name[5:]))
+            elif name != "default":
+                lib.flashattn_ort_gpu_set_kernel(name.encode())
+            times[name].append(timeit(lambda: fa_lib.launch(lib, P)))
+            lib.flashattn_ort_gpu_set_kernel(None)
+            lib.flashattn_ort_gpu_set_persistent(-1)
+    res["ours"] = statistics.median(times["default"])
+    for name in variants:
+        t = statistics.median(times[name])
+        print(f"    variant {name}: {flops / (t * 1e-3) / 1e12:.0f} TFLOP/s (ratio to the default in the same rounds: "
+              f"{res['ours'] / t:.3f})", flush=True)
     gqa = Hkv != H
     for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
         try:
@@ -195,8 +203,11 @@ def main():
     ap.add_argument("--no-decode", action="store_true")
     ap.add_argument("--no-prefill", action="store_true")
     ap.add_argument("--variants", default="", help="comma-separated kernel names to time too")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of default + variants (when variants are given)")
     a = ap.parse_args()
     VARIANTS.extend(v for v in a.variants.split(",") if v)
+    global ROUNDS
+    ROUNDS = max(1, a.rounds)
     lib = fa_lib.load(a.lib)
     dev = torch.cuda.get_device_name()
     rows = []
