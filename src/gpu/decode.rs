@@ -276,7 +276,7 @@ pub fn launch(plan: &DecodePlan, p: &AttnParams, kernels: &DeviceKernels, ws: Wo
         let mut args: [*mut c_void; 3] =
             [(&mut arg as *mut AttnParams).cast(), (&mut o_part as *mut u64).cast(), (&mut lse_part as *mut u64).cast()];
         let l = Launch { grid, threads: THREADS, smem: plan.spec.smem_bytes(), args: &mut args };
-        launch_kernel(f, l, stream, dependent, &format!("launching {}", plan.spec.name()))?;
+        launch_kernel(f, l, stream, dependent, &|| format!("launching {}", plan.spec.name()))?;
     }
     if plan.splits > 1 {
         let fc = kernels.named(&plan.spec.combine_name())?;
@@ -294,21 +294,9 @@ pub fn launch(plan: &DecodePlan, p: &AttnParams, kernels: &DeviceKernels, ws: Wo
             (&mut rows_per_block as *mut i32).cast(),
         ];
         let l = Launch { grid: (blocks, 1, 1), threads: COMBINE_THREADS, smem: 0, args: &mut args };
-        launch_kernel(fc, l, stream, dependent, &format!("launching {}", plan.spec.combine_name()))?;
+        launch_kernel(fc, l, stream, dependent, &|| format!("launching {}", plan.spec.combine_name()))?;
     }
     Ok(())
-}
-
-/// Workspace bytes a launch of `p` on `stream` would use (0: none), and the stream's device ordinal (for
-/// allocating it there).
-pub fn workspace_size(p: &AttnParams, stream: *mut c_void) -> Result<(usize, i32), GpuError> {
-    super::driver::available()?;
-    let (_, dev) = super::driver::stream_context(stream as sys::CUstream)?;
-    if p.batch == 0 || p.seq_q == 0 || p.heads_q == 0 {
-        return Ok((0, dev));
-    }
-    let kernels = super::module::device_kernels(dev)?;
-    Ok((plan(p, kernels.into(), usize::MAX)?.map_or(0, |pl| pl.workspace_bytes), dev))
 }
 
 #[cfg(test)]

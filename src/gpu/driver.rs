@@ -121,7 +121,8 @@ pub struct Launch<'a> {
 /// calls `dependent_wait()` (kernels/dependent_launch.cuh) before touching memory and the device has
 /// compute capability 9.0+, so it may be launched while the kernel before it finishes (programmatic stream
 /// serialization), hiding the launch latency between the two.
-pub fn launch_kernel(f: sys::CUfunction, l: Launch<'_>, stream: sys::CUstream, dependent: bool, what: &str) -> Result<(), GpuError> {
+/// `what` names the launch in an error; it is only formatted when the launch fails.
+pub fn launch_kernel(f: sys::CUfunction, l: Launch<'_>, stream: sys::CUstream, dependent: bool, what: &dyn Fn() -> String) -> Result<(), GpuError> {
     let (gx, gy, gz) = l.grid;
     if dependent && DEPENDENT_LAUNCH.load(std::sync::atomic::Ordering::Relaxed) {
         // SAFETY: CUlaunchAttribute is plain data; zeroed is a valid value before the fields are set.
@@ -140,8 +141,10 @@ pub fn launch_kernel(f: sys::CUfunction, l: Launch<'_>, stream: sys::CUstream, d
             attrs: &mut attr,
             numAttrs: 1,
         };
-        check(unsafe { sys::cuLaunchKernelEx(&config, f, l.args.as_mut_ptr(), std::ptr::null_mut()) }, what)
+        let r = unsafe { sys::cuLaunchKernelEx(&config, f, l.args.as_mut_ptr(), std::ptr::null_mut()) };
+        if r == sys::CUresult::CUDA_SUCCESS { Ok(()) } else { check(r, &what()) }
     } else {
-        check(unsafe { sys::cuLaunchKernel(f, gx, gy, gz, l.threads, 1, 1, l.smem, stream, l.args.as_mut_ptr(), std::ptr::null_mut()) }, what)
+        let r = unsafe { sys::cuLaunchKernel(f, gx, gy, gz, l.threads, 1, 1, l.smem, stream, l.args.as_mut_ptr(), std::ptr::null_mut()) };
+        if r == sys::CUresult::CUDA_SUCCESS { Ok(()) } else { check(r, &what()) }
     }
 }

@@ -160,8 +160,8 @@ pub unsafe extern "C" fn flashattn_ort_gpu_workspace_size(params: *const AttnPar
         return 1;
     }
     let p = unsafe { *params };
-    match std::panic::catch_unwind(|| super::decode::workspace_size(&p, stream)) {
-        Ok(Ok((n, _))) => {
+    match std::panic::catch_unwind(|| super::launch::prepare(&p, stream).map(|prepared| prepared.map_or(0, |x| x.workspace_bytes()))) {
+        Ok(Ok(n)) => {
             unsafe { *bytes = n };
             0
         }

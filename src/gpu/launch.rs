@@ -55,6 +55,14 @@ pub fn grid(k: &KernelSpec, p: &AttnParams, num_sms: i32) -> Result<(u32, u32, u
     }
 }
 
+fn check_dims(p: &AttnParams) -> Result<(), GpuError> {
+    let dims = [("batch", p.batch), ("query heads", p.heads_q), ("key/value heads", p.heads_kv), ("query length", p.seq_q), ("key length", p.seq_kv), ("head_dim", p.head_dim), ("value head_dim", p.head_dim_v)];
+    match dims.iter().find(|(_, n)| *n < 0) {
+        Some((what, n)) => Err(GpuError::new(format!("{what} {n} is negative"))),
+        None => Ok(()),
+    }
+}
+
 fn check_params(p: &AttnParams) -> Result<(), GpuError> {
     if p.q_ptr == 0 || p.k_ptr == 0 || p.v_ptr == 0 || p.out_ptr == 0 {
         return Err(GpuError::new("query, key, value and output must have device addresses"));
@@ -79,30 +87,66 @@ pub fn launch(p: &AttnParams, stream: *mut c_void) -> Result<(), GpuError> {
 }
 
 /// [`launch`] with device scratch memory the split-KV decode kernel may use (its size from
-/// [`decode::workspace_size`]; a smaller one means fewer splits). The workspace must stay untouched until
+/// [`Prepared::workspace_bytes`]; a smaller one means fewer splits). The workspace must stay untouched until
 /// the kernels queued on `stream` have run.
 pub fn launch_with_workspace(p: &AttnParams, stream: *mut c_void, ws: Workspace) -> Result<(), GpuError> {
+    prepare(p, stream)?.map_or(Ok(()), |prepared| prepared.launch(p, stream, ws))
+}
+
+/// A launch of `p` on a stream, looked up once: the stream's context and device, the device's kernels and,
+/// where the split-KV decode kernel serves `p`, its plan for a full workspace. The CUDA op sizes the
+/// workspace from it and then launches it, instead of looking all of it up twice per call.
+pub struct Prepared {
+    ctx: sys::CUcontext,
+    /// The stream's device ordinal (where the workspace must be allocated).
+    pub device: i32,
+    kernels: &'static module::DeviceKernels,
+    decode: Option<decode::DecodePlan>,
+}
+
+/// Prepares a launch of `p` on `stream` (a `CUstream` / `cudaStream_t`; null = the legacy default stream of
+/// the current context); None when there is nothing to compute (an empty dimension).
+pub fn prepare(p: &AttnParams, stream: *mut c_void) -> Result<Option<Prepared>, GpuError> {
     driver::available()?;
+    check_dims(p)?;
     if p.batch == 0 || p.seq_q == 0 || p.heads_q == 0 {
-        return Ok(()); // nothing to compute, nothing to write
+        return Ok(None); // nothing to compute, nothing to write (empty tensors may have no address)
     }
     check_params(p)?;
-    let stream = stream as sys::CUstream;
-    let (ctx, dev) = driver::stream_context(stream)?;
-    let kernels = module::device_kernels(dev)?;
+    let (ctx, device) = driver::stream_context(stream as sys::CUstream)?;
+    let kernels = module::device_kernels(device)?;
     if ctx != kernels.ctx {
         return Err(GpuError::new(format!(
-            "the compute stream belongs to a non-primary CUDA context of device {dev}; only primary contexts (as ONNX Runtime and PyTorch use) are supported"
+            "the compute stream belongs to a non-primary CUDA context of device {device}; only primary contexts (as ONNX Runtime and PyTorch use) are supported"
         )));
     }
-    if let Some(plan) = decode::plan(p, kernels.into(), ws.bytes)? {
-        let _cur = CurrentContext::push(ctx)?;
-        return decode::launch(&plan, p, kernels, ws, stream);
+    let decode = decode::plan(p, kernels.into(), usize::MAX)?;
+    Ok(Some(Prepared { ctx, device, kernels, decode }))
+}
+
+impl Prepared {
+    /// Device bytes of workspace the launch would use (0: none).
+    pub fn workspace_bytes(&self) -> usize {
+        self.decode.as_ref().map_or(0, |plan| plan.workspace_bytes)
     }
-    let spec = dispatch::select(p, kernels.cc, kernels.max_smem_optin, &kernels.verdict)?;
-    let f = kernels.function(&spec)?;
-    let _cur = CurrentContext::push(ctx)?;
-    launch_function(f, &spec, p, stream, kernels.num_sms)
+
+    /// Queues the kernels for `p` (the problem it was prepared for) on `stream` (the stream it was prepared
+    /// on) with workspace `ws`. Returns once they are queued.
+    pub fn launch(&self, p: &AttnParams, stream: *mut c_void, ws: Workspace) -> Result<(), GpuError> {
+        let stream = stream as sys::CUstream;
+        if let Some(full) = self.decode {
+            // A smaller workspace than asked for: plan again for the splits it holds.
+            let plan = if ws.bytes >= full.workspace_bytes { Some(full) } else { decode::plan(p, self.kernels.into(), ws.bytes)? };
+            if let Some(plan) = plan {
+                let _cur = CurrentContext::push(self.ctx)?;
+                return decode::launch(&plan, p, self.kernels, ws, stream);
+            }
+        }
+        let spec = dispatch::select(p, self.kernels.cc, self.kernels.max_smem_optin, &self.kernels.verdict)?;
+        let f = self.kernels.function(&spec)?;
+        let _cur = CurrentContext::push(self.ctx)?;
+        launch_function(f, &spec, p, stream, self.kernels.num_sms)
+    }
 }
 
 /// Queues kernel `f` with the geometry and parameters of `spec` (its grid, block, shared memory, and for the
@@ -113,7 +157,7 @@ pub fn launch_function(f: sys::CUfunction, spec: &KernelSpec, p: &AttnParams, st
     let mut arg = *p;
     let launch = |args: &mut [*mut c_void]| {
         let l = driver::Launch { grid: (gx, gy, gz), threads: spec.threads(), smem: spec.smem_bytes(), args };
-        driver::launch_kernel(f, l, stream, false, &format!("launching {}", spec.name()))
+        driver::launch_kernel(f, l, stream, false, &|| format!("launching {}", spec.name()))
     };
     match spec.family {
         Family::Sm80 => launch(&mut [(&mut arg as *mut AttnParams).cast()]),
@@ -123,5 +167,20 @@ pub fn launch_function(f: sys::CUfunction, spec: &KernelSpec, p: &AttnParams, st
             let mut tv = Operand::value(p).encode(p.dtype, spec.bn as u32)?;
             launch(&mut [(&mut arg as *mut AttnParams).cast(), (&mut tq as *mut sys::CUtensorMap).cast(), (&mut tk as *mut sys::CUtensorMap).cast(), (&mut tv as *mut sys::CUtensorMap).cast()])
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_negative_dimensions() {
+        let ok = AttnParams { batch: 1, heads_q: 4, heads_kv: 2, seq_q: 0, seq_kv: 8, head_dim: 64, head_dim_v: 64, ..Default::default() };
+        assert!(check_dims(&ok).is_ok());
+        let bad = AttnParams { seq_q: -300, ..ok };
+        assert!(check_dims(&bad).unwrap_err().to_string().ends_with("query length -300 is negative"));
+        let bad = AttnParams { head_dim_v: -1, ..ok };
+        assert!(check_dims(&bad).unwrap_err().to_string().contains("value head_dim -1"));
     }
 }

@@ -24,7 +24,7 @@ pub mod selfcheck;
 pub mod tensor_map;
 
 pub use driver::GpuError;
-pub use launch::{launch, launch_with_workspace};
+pub use launch::{launch, launch_with_workspace, prepare, Prepared};
 
 /// True when this build embeds CUDA kernels (nvcc was found at build time).
 pub const fn kernels_built() -> bool {

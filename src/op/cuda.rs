@@ -178,17 +178,20 @@ impl Backend for Cuda {
         }
         let stream = stream.as_ptr().cast();
         let gpu_err = |e: crate::gpu::GpuError| ort::Error::new(e.to_string());
-        let (ws_bytes, device) = crate::gpu::decode::workspace_size(&params, stream).map_err(gpu_err)?;
+        let Some(prepared) = crate::gpu::prepare(&params, stream).map_err(gpu_err)? else {
+            return Ok(()); // an empty dimension: nothing to compute
+        };
+        let ws_bytes = prepared.workspace_bytes();
         if ws_bytes == 0 {
-            return crate::gpu::launch(&params, stream).map_err(gpu_err);
+            return prepared.launch(&params, stream, crate::gpu::decode::Workspace::default()).map_err(gpu_err);
         }
         // Split-KV decode scratch from ORT's allocator of this device (its arena under CUDA graphs too).
         // Freed when Compute returns, before the kernels have run: like the CUDA EP's own scratch buffers
         // this relies on the next user of the block being queued on the same compute stream.
-        let info = MemoryInfo::new(AllocationDevice::CUDA, device, AllocatorType::Device, MemoryType::Default)?;
+        let info = MemoryInfo::new(AllocationDevice::CUDA, prepared.device, AllocatorType::Device, MemoryType::Default)?;
         let ws_allocator = ctx.allocator(&info)?;
         let block = ws_allocator.alloc::<u8>(ws_bytes)?;
         let ws = crate::gpu::decode::Workspace { ptr: block.as_ptr() as u64, bytes: ws_bytes };
-        crate::gpu::launch_with_workspace(&params, stream, ws).map_err(gpu_err)
+        prepared.launch(&params, stream, ws).map_err(gpu_err)
     }
 }
