@@ -34,7 +34,8 @@ def make_model(arch):
     elif arch == "qwen2":
         cfg, cls = tf.Qwen2Config(num_key_value_heads=2, **small, **common), tf.Qwen2ForCausalLM
     elif arch == "mistral":
-        cfg, cls = tf.MistralConfig(num_key_value_heads=1, head_dim=8, **small, **common), tf.MistralForCausalLM
+        # A window shorter than past + new tokens, so that the export carries a sliding-window mask that binds.
+        cfg, cls = tf.MistralConfig(num_key_value_heads=1, head_dim=8, sliding_window=4, **small, **common), tf.MistralForCausalLM
     elif arch == "phi3":
         cfg, cls = tf.Phi3Config(num_key_value_heads=2, pad_token_id=0, **small, **common), tf.Phi3ForCausalLM
     elif arch == "gpt2":
@@ -72,7 +73,11 @@ def make_wrapper(model):
             self.m = m
 
         def forward(self, input_ids, attention_mask, *past):
-            cache = DynamicCache(config=self.m.config)
+            # A sliding-window model's cache, built from its config, keeps only the window (cropping with a
+            # data-dependent length that torch.export cannot trace); ORT GenAI and GroupQueryAttention keep the
+            # whole past and mask it. So does this export: present = past followed by the new tokens.
+            sliding = getattr(self.m.config, "sliding_window", None) is not None
+            cache = DynamicCache() if sliding else DynamicCache(config=self.m.config)
             for i in range(n_layers):
                 cache.update(past[2 * i], past[2 * i + 1], i)
             out = self.m(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True,
@@ -151,12 +156,18 @@ def main():
     import transformers
 
     torch.set_num_threads(1)
+    log_path = os.path.join(a.out, "kv_export_log.json")
     log = {"versions": {"torch": torch.__version__, "transformers": transformers.__version__}, "jobs": []}
+    if os.path.exists(log_path):  # keep the records of the architectures not exported this time
+        with open(log_path) as f:
+            old = json.load(f)
+        if old.get("versions") == log["versions"]:
+            log["jobs"] = [j for j in old.get("jobs", []) if j.get("arch") not in a.only.split(",")]
     for arch in a.only.split(","):
         rec = export_one(arch, a.out)
         print(("ok   " if rec["ok"] else "FAIL ") + rec["name"], rec.get("ort_max_abs_err", rec.get("error", ""))[:300] if isinstance(rec.get("ort_max_abs_err", rec.get("error", "")), str) else rec.get("ort_max_abs_err"), flush=True)
         log["jobs"].append(rec)
-    with open(os.path.join(a.out, "kv_export_log.json"), "w") as f:
+    with open(log_path, "w") as f:
         json.dump(log, f, indent=1)
 
 

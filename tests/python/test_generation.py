@@ -4,9 +4,10 @@ different lengths + 32 decode steps; same tokens, logits within tolerance (loops
 - genai_gqa_decoder and genai_gqa_packed_decoder (packed QKV, interleaved rotary) (GenAI-style com.microsoft GroupQueryAttention with past and rotary; right-padded
   prompts): both cache modes — one buffer per cache bound as past and present (in place, as ORT GenAI's
   past_present_share_buffer) and separate past/present buffers swapped each step;
-- torch.onnx dynamo exports of Hugging Face Llama (GQA), Qwen2, Phi-3 and GPT-2 with past_key_values /
-  present outputs: prefill from an empty past + 32 steps, present fed back; the Concat(past, new) of Llama, Qwen2
-  and Phi-3 is taken into the op (its concat mode);
+- torch.onnx dynamo exports of Hugging Face Llama (GQA), Qwen2, Phi-3, Mistral (MQA, a 4-token sliding window
+  that binds from the 5th token on) and GPT-2 with past_key_values / present outputs: prefill from an empty
+  past + 32 steps, present fed back; the Concat(past, new) of Llama, Qwen2, Phi-3 and Mistral is taken into the
+  op (its concat mode);
 - ort_mha_decoder (com.microsoft MultiHeadAttention with past, as ORT's transformer optimizer emits;
   left-padded prompts): the concat mode, present fed back as past.
 float32 and float16 models."""
@@ -26,7 +27,7 @@ CLI = os.environ.get("FLASHATTN_ORT_CLI", str(pathlib.Path(LIB).parent / "flasha
 # compounded over 2 layers and 32 steps (logits ~3e2; seen up to 2.5% of the scale for MHA); tokens must match.
 RTOL = {"": 1e-4, "_fp16": 5e-2}
 # torch.onnx (dynamo) exports of Hugging Face decoders with past_key_values (models/export_kv.py).
-HF = ("llama_kv_dynamo", "qwen2_kv_dynamo", "phi3_kv_dynamo", "gpt2_kv_dynamo")
+HF = ("llama_kv_dynamo", "qwen2_kv_dynamo", "phi3_kv_dynamo", "mistral_kv_dynamo", "gpt2_kv_dynamo")
 
 
 @pytest.fixture(scope="module")
