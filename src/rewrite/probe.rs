@@ -30,15 +30,41 @@ pub struct Ctx<'g, 'a> {
 
 impl<'g, 'a> Ctx<'g, 'a> {
     pub fn new(gi: &'g GraphIndex<'a>, ext: &'g dyn Fn(&TensorProto) -> Option<Vec<u8>>) -> Self {
-        let evaluators = |probes: &[(i64, i64)], first_row_full: bool| -> Vec<Evaluator<'g, 'a>> {
-            probes.iter().enumerate().map(|(k, &(b, s))| Evaluator::new(gi, make_probe(gi, b, s, k as u64 + 1, first_row_full), ext)).collect()
+        let evaluators = |probes: &[(i64, i64)], first_row_full: bool, wide: &[&str]| -> Vec<Evaluator<'g, 'a>> {
+            probes
+                .iter()
+                .enumerate()
+                .map(|(k, &(b, s))| Evaluator::new(gi, make_probe(gi, b, s, k as u64 + 1, first_row_full, wide), ext))
+                .collect()
         };
-        let mut evs = evaluators(&PROBES, true);
-        let standard = inferable_outputs(gi, &evs);
-        if standard < gi.g.output.len() {
-            let batch1 = evaluators(&BATCH1_PROBES, false);
-            if inferable_outputs(gi, &batch1) > standard {
-                evs = batch1;
+        let mut evs = evaluators(&PROBES, true, &[]);
+        let best = inferable_outputs(gi, &evs);
+        // Where some outputs are not inferable: an export that fixes batch 1 (BATCH1_PROBES), and a KV-cache
+        // export whose [B, past + new] padding mask is wider than its [B, new] inputs (its past and new axes
+        // are independent symbols in the export, so the standard probes give them one size and the mask's
+        // width disagrees with past + new). Each [B, S] integer input is tried at both widths.
+        // A KV-cache export can have every output inferable and still a mask that indexes its padding mask
+        // out of range, so there the probes are also ranked by how many values they can compute.
+        let kv = has_kv_cache_inputs(gi);
+        let score = |evs: &[Evaluator]| (inferable_outputs(gi, evs), if kv { computable_values(gi, evs) } else { 0 });
+        let mut best = (best, if kv { computable_values(gi, &evs) } else { 0 });
+        let candidates = if kv { rank2_integer_inputs(gi) } else { Vec::new() };
+        let subsets = if candidates.len() <= 3 { 1usize << candidates.len() } else { 1 };
+        for (probes, first_row_full) in [(&PROBES, true), (&BATCH1_PROBES, false)] {
+            for subset in 0..subsets {
+                if best.0 == gi.g.output.len() && !kv {
+                    break;
+                }
+                if subset == 0 && first_row_full {
+                    continue; // the standard probes, already evaluated
+                }
+                let wide: Vec<&str> = candidates.iter().enumerate().filter(|(k, _)| subset >> k & 1 == 1).map(|(_, n)| *n).collect();
+                let trial = evaluators(probes, first_row_full, &wide);
+                let n = score(&trial);
+                if n > best {
+                    best = n;
+                    evs = trial;
+                }
             }
         }
         Ctx { gi, evs, ext, big: RefCell::default() }
@@ -54,8 +80,15 @@ impl<'g, 'a> Ctx<'g, 'a> {
         self.big
             .borrow_mut()
             .entry(seq)
-            .or_insert_with(|| Rc::new(Evaluator::new(self.gi, make_probe(self.gi, 1, seq, 99, true), self.ext)))
+            .or_insert_with(|| Rc::new(Evaluator::new(self.gi, make_probe(self.gi, 1, seq, 99, true, &self.wide_inputs()), self.ext)))
             .clone()
+    }
+
+    /// The [B, S] integer inputs the chosen probes give width past + new (see [`Ctx::new`]).
+    fn wide_inputs(&self) -> Vec<&'a str> {
+        let Some(e) = self.evs.first() else { return Vec::new() };
+        let seq = e.probe().axis_dims[1];
+        rank2_integer_inputs(self.gi).into_iter().filter(|n| e.probe().values.get(*n).is_some_and(|v| v.shape.get(1) == Some(&(2 * seq as usize)))).collect()
     }
 
     /// A scalar that has the same value under every probe.
@@ -94,6 +127,30 @@ fn inferable_outputs(gi: &GraphIndex, evs: &[Evaluator]) -> usize {
     gi.g.output.iter().filter(|o| evs.iter().all(|e| e.shape(&o.name).is_some())).count()
 }
 
+/// Whether the graph takes a past KV cache: a float input of rank 4 whose sequence axis (2) is symbolic.
+fn has_kv_cache_inputs(gi: &GraphIndex) -> bool {
+    gi.g.input.iter().filter(|v| !gi.inits.contains_key(v.name.as_str())).any(|v| {
+        gi.elem_type(&v.name).is_some_and(dt::is_float) && gi.declared_shape(&v.name).is_some_and(|d| d.len() == 4 && !matches!(d[2], Dim::Known(_)))
+    })
+}
+
+/// How many node outputs have a value under every evaluator.
+fn computable_values(gi: &GraphIndex, evs: &[Evaluator]) -> usize {
+    gi.g.node.iter().flat_map(|n| n.output.iter()).filter(|o| !o.is_empty() && evs.iter().all(|e| e.value(o).is_some())).count()
+}
+
+/// Integer graph inputs of shape [B, S] with a symbolic S (token ids, padding masks).
+fn rank2_integer_inputs<'a>(gi: &GraphIndex<'a>) -> Vec<&'a str> {
+    gi.g
+        .input
+        .iter()
+        .filter(|v| !gi.inits.contains_key(v.name.as_str()))
+        .filter(|v| gi.elem_type(&v.name).is_some_and(|et| !dt::is_float(et)))
+        .filter(|v| gi.declared_shape(&v.name).is_some_and(|d| d.len() == 2 && !matches!(d[1], Dim::Known(_))))
+        .map(|v| v.name.as_str())
+        .collect()
+}
+
 /// A small deterministic generator (the probes must be reproducible).
 struct Lcg(u64);
 impl Lcg {
@@ -104,8 +161,9 @@ impl Lcg {
 }
 
 /// `first_row_full`: row 0 of a [B, S] integer input attends everywhere (the others are random); false
-/// makes every row random, for batch-1 probes that would otherwise see no padding at all.
-fn make_probe(gi: &GraphIndex, batch: i64, seq: i64, seed: u64, first_row_full: bool) -> Probe {
+/// makes every row random, for batch-1 probes that would otherwise see no padding at all. The `wide`
+/// [B, S] inputs get S = past + new (twice the sequence: a past cache's axes get the sequence size too).
+fn make_probe(gi: &GraphIndex, batch: i64, seq: i64, seed: u64, first_row_full: bool, wide: &[&str]) -> Probe {
     let axis_dims = vec![batch, seq, seq, seq, seq, seq];
     let mut values = HashMap::new();
     let mut rng = Lcg(seed.wrapping_mul(0x9E3779B97F4A7C15));
@@ -123,6 +181,7 @@ fn make_probe(gi: &GraphIndex, batch: i64, seq: i64, seed: u64, first_row_full: 
             .enumerate()
             .map(|(k, d)| match d {
                 Dim::Known(x) => *x as usize,
+                _ if k == 1 && wide.contains(&v.name.as_str()) => 2 * seq as usize,
                 _ => axis_dims.get(k).copied().unwrap_or(3) as usize,
             })
             .collect();

@@ -99,6 +99,11 @@ def test_torch_kv_export_generation_same_tokens(rewritten, name):
     assert len(fa) == 2 and "Softmax" not in [n.op_type for n in m.graph.node], name
     if name != "gpt2_kv_dynamo":  # GPT-2's present is not the attention's Concat output directly: not absorbed
         assert all(len(n.input) > 6 and n.input[5].startswith("past_key_values.") and n.output[2].startswith("present.") for n in fa), name
+    # The mask the export builds from attention_mask over past + new is recognised: causal (bottom-right over the
+    # cache), Mistral's sliding window, and the padding mask as a [B, 1, 1, Skv] key mask.
+    attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in fa]
+    assert all(a.get("causal") == 1 for a in attrs), (name, attrs)
+    assert all(a.get("window_left", -1) == (3 if name == "mistral_kv_dynamo" else -1) for a in attrs), (name, attrs)
     t0, l0 = kg.generate_hf(kg.session(kg.KV_DIR / f"{name}.onnx"))
     t1, l1 = kg.generate_hf(kg.session(rewritten[name], LIB))
     why = kg.compare(t0, l0, t1, l1, 1e-4)
