@@ -38,30 +38,30 @@ impl<'g, 'a> Ctx<'g, 'a> {
                 .collect()
         };
         let mut evs = evaluators(&PROBES, true, &[]);
-        let best = inferable_outputs(gi, &evs);
-        // Where some outputs are not inferable: an export that fixes batch 1 (BATCH1_PROBES), and a KV-cache
-        // export whose [B, past + new] padding mask is wider than its [B, new] inputs (its past and new axes
-        // are independent symbols in the export, so the standard probes give them one size and the mask's
-        // width disagrees with past + new). Each [B, S] integer input is tried at both widths.
-        // A KV-cache export can have every output inferable and still a mask that indexes its padding mask
-        // out of range, so there the probes are also ranked by how many values they can compute.
+        // A KV-cache export declares its [B, past + new] padding mask and its [B, new] token ids with unrelated
+        // symbols, so the standard probes give both one width, and a mask that gathers from the padding mask
+        // at past + new positions indexes it out of range (every output can still be inferable). There each
+        // [B, S] integer input is also tried at width past + new; the probes that compute the most values win.
         let kv = has_kv_cache_inputs(gi);
         let score = |evs: &[Evaluator]| (inferable_outputs(gi, evs), if kv { computable_values(gi, evs) } else { 0 });
-        let mut best = (best, if kv { computable_values(gi, &evs) } else { 0 });
+        let mut best = score(&evs);
         let candidates = if kv { rank2_integer_inputs(gi) } else { Vec::new() };
         let subsets = if candidates.len() <= 3 { 1usize << candidates.len() } else { 1 };
-        for (probes, first_row_full) in [(&PROBES, true), (&BATCH1_PROBES, false)] {
+        let wide = |subset: usize| -> Vec<&str> { candidates.iter().enumerate().filter(|(k, _)| subset >> k & 1 == 1).map(|(_, n)| *n).collect() };
+        for subset in 1..subsets {
+            let trial = evaluators(&PROBES, true, &wide(subset));
+            let n = score(&trial);
+            if n > best {
+                best = n;
+                evs = trial;
+            }
+        }
+        // An export that fixes batch 1 in places (BATCH1_PROBES): batch-1 probes where they infer more outputs.
+        if best.0 < gi.g.output.len() {
             for subset in 0..subsets {
-                if best.0 == gi.g.output.len() && !kv {
-                    break;
-                }
-                if subset == 0 && first_row_full {
-                    continue; // the standard probes, already evaluated
-                }
-                let wide: Vec<&str> = candidates.iter().enumerate().filter(|(k, _)| subset >> k & 1 == 1).map(|(_, n)| *n).collect();
-                let trial = evaluators(probes, first_row_full, &wide);
+                let trial = evaluators(&BATCH1_PROBES, false, &wide(subset));
                 let n = score(&trial);
-                if n > best {
+                if n.0 > best.0 || (n > best && evs.first().is_some_and(|e| e.probe().axis_dims[0] == 1)) {
                     best = n;
                     evs = trial;
                 }
