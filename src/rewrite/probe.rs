@@ -134,9 +134,22 @@ fn has_kv_cache_inputs(gi: &GraphIndex) -> bool {
     })
 }
 
-/// How many node outputs have a value under every evaluator.
+/// How many values computed from the [B, S] integer inputs (the mask chains; nothing else depends on their
+/// widths) have a value under every evaluator. Only those are evaluated: a weight reached from elsewhere
+/// could be large.
 fn computable_values(gi: &GraphIndex, evs: &[Evaluator]) -> usize {
-    gi.g.node.iter().flat_map(|n| n.output.iter()).filter(|o| !o.is_empty() && evs.iter().all(|e| e.value(o).is_some())).count()
+    let mut reached: std::collections::HashSet<&str> = rank2_integer_inputs(gi).into_iter().collect();
+    let mut count = 0;
+    for n in &gi.g.node {  // topological order (ONNX requires it)
+        if !n.input.iter().any(|i| reached.contains(i.as_str())) {
+            continue;
+        }
+        for o in n.output.iter().filter(|o| !o.is_empty()) {
+            reached.insert(o.as_str());
+            count += evs.iter().all(|e| e.value(o).is_some()) as usize;
+        }
+    }
+    count
 }
 
 /// Integer graph inputs of shape [B, S] with a symbolic S (token ids, padding masks).
