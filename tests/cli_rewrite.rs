@@ -50,6 +50,19 @@ fn rewrite_writes_a_fused_model_and_verifies_it() {
 }
 
 #[test]
+fn verifies_kv_cache_exports() {
+    // torch.onnx exports with past_key_values: the generated attention_mask spans past + new positions.
+    let d = tmpdir("kv");
+    for name in ["llama_kv_dynamo.onnx", "mistral_kv_dynamo.onnx"] {
+        let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/kv").join(name);
+        let out = d.join(name);
+        let o = run(&["rewrite", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--verify"]);
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        assert!(text(&o).contains("PASSED"), "{name}: {}", text(&o));
+    }
+}
+
+#[test]
 fn dry_run_and_json() {
     let d = tmpdir("dry");
     let out = d.join("never.onnx");

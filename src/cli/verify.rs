@@ -165,6 +165,11 @@ pub fn generate_inputs(m: &ModelProto, tol: &Tolerance) -> Result<Vec<(String, H
     let g = m.graph.as_ref().ok_or_else(|| anyhow!("model has no graph"))?;
     let gi = GraphIndex::new(g, crate::rewrite::onnx_opset(m).unwrap_or(0));
     let mut rng = Lcg(tol.seed.wrapping_add(0x5DEECE66D));
+    // A KV-cache export (a float input of rank 4 with a symbolic axis 2, the past): its padding mask spans
+    // past + new positions, so a [B, S] mask input gets twice the sequence size (past and new get `seq` each).
+    let kv_cache = g.input.iter().filter(|v| !gi.inits.contains_key(v.name.as_str())).any(|v| {
+        gi.elem_type(&v.name).is_some_and(dt::is_float) && gi.declared_shape(&v.name).is_some_and(|d| d.len() == 4 && !matches!(d[2], Dim::Known(_)))
+    });
     let mut out = vec![];
     for v in &g.input {
         if gi.inits.contains_key(v.name.as_str()) {
@@ -172,17 +177,19 @@ pub fn generate_inputs(m: &ModelProto, tol: &Tolerance) -> Result<Vec<(String, H
         }
         let et = gi.elem_type(&v.name).ok_or_else(|| anyhow!("input '{}' has no tensor type", v.name))?;
         let decl = gi.declared_shape(&v.name).ok_or_else(|| anyhow!("input '{}' has no shape", v.name))?;
+        let lname = v.name.to_lowercase();
+        let past_and_new = kv_cache && decl.len() == 2 && !dt::is_float(et) && lname.contains("mask");
         let shape: Vec<i64> = decl
             .iter()
             .enumerate()
             .map(|(k, d)| match d {
                 Dim::Known(x) if *x >= 0 => *x,
                 _ if k == 0 => tol.batch,
+                _ if past_and_new => 2 * tol.seq,
                 _ => tol.seq,
             })
             .collect();
         let n: usize = shape.iter().product::<i64>().max(0) as usize;
-        let lname = v.name.to_lowercase();
         // Upper bound for integer inputs used as Gather indices (embedding tables).
         let bound = gi
             .users(&v.name)
