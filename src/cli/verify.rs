@@ -167,9 +167,7 @@ pub fn generate_inputs(m: &ModelProto, tol: &Tolerance) -> Result<Vec<(String, H
     let mut rng = Lcg(tol.seed.wrapping_add(0x5DEECE66D));
     // A KV-cache export (a float input of rank 4 with a symbolic axis 2, the past): its padding mask spans
     // past + new positions, so a [B, S] mask input gets twice the sequence size (past and new get `seq` each).
-    let kv_cache = g.input.iter().filter(|v| !gi.inits.contains_key(v.name.as_str())).any(|v| {
-        gi.elem_type(&v.name).is_some_and(dt::is_float) && gi.declared_shape(&v.name).is_some_and(|d| d.len() == 4 && !matches!(d[2], Dim::Known(_)))
-    });
+    let kv_cache = crate::rewrite::probe::has_kv_cache_inputs(&gi);
     let mut out = vec![];
     for v in &g.input {
         if gi.inits.contains_key(v.name.as_str()) {

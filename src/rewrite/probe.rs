@@ -128,7 +128,7 @@ fn inferable_outputs(gi: &GraphIndex, evs: &[Evaluator]) -> usize {
 }
 
 /// Whether the graph takes a past KV cache: a float input of rank 4 whose sequence axis (2) is symbolic.
-fn has_kv_cache_inputs(gi: &GraphIndex) -> bool {
+pub fn has_kv_cache_inputs(gi: &GraphIndex) -> bool {
     gi.g.input.iter().filter(|v| !gi.inits.contains_key(v.name.as_str())).any(|v| {
         gi.elem_type(&v.name).is_some_and(dt::is_float) && gi.declared_shape(&v.name).is_some_and(|d| d.len() == 4 && !matches!(d[2], Dim::Known(_)))
     })
