@@ -47,8 +47,8 @@ __device__ __forceinline__ void combine_rows(const AttnParams &p, const float *o
   const float *o_s = o_part + ((int64_t)bk * n_splits * rows + r) * dv;
   const int64_t split_stride = rows;
 
-  const int per = units, shares = tpr / units;
-  const int share = lt / per, c = lt % per;
+  const int shares = tpr / units;
+  const int share = lt / units, c = lt % units;
   float m = -INFINITY, l = 0.f;
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
   if (valid && share < shares) {
@@ -86,17 +86,17 @@ __device__ __forceinline__ void combine_rows(const AttnParams &p, const float *o
   run_max[threadIdx.x] = m;
   run_sum[threadIdx.x] = l;
   __syncthreads();
-  if (!valid || lt >= per) return;
+  if (!valid || lt >= units) return;
 
   // Merge the shares of column unit c: rescale each to the largest max.
   const int base = slot * tpr + c;
   float mx = -INFINITY;
-  for (int sh = 0; sh < shares; ++sh) mx = nan_max(mx, run_max[base + sh * per]);
+  for (int sh = 0; sh < shares; ++sh) mx = nan_max(mx, run_max[base + sh * units]);
   float total = 0.f;
   float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
   if (mx != -INFINITY) {
     for (int sh = 0; sh < shares; ++sh) {
-      const int t = base + sh * per;
+      const int t = base + sh * units;
       const float f = __expf(run_max[t] - mx);
       total += f * run_sum[t];
       sum = fma4(f, part[t], sum);

@@ -64,9 +64,8 @@ template <class Cfg> struct Barriers {
   }
 };
 
-// Main-loop step i uses K/V stage i % STAGES for the (i / STAGES)-th time, and S/P buffer i % 2 for the
-// (i / 2)-th time: the parities their mbarriers are waited on.
-template <int STAGES> __device__ __forceinline__ uint32_t ring_phase(int i) { return (uint32_t)(i / STAGES) & 1u; }
+// Main-loop step i uses K/V stage stage_of<STAGES>(i) and S/P buffer i % 2 (tma_kv_ring.cuh's ring
+// positions, the S/P buffers as a 2-deep ring).
 
 template <class Cfg>
 __device__ __forceinline__ void load_warp(const BlockWork &w, unsigned char *smem, const CUtensorMap *tq,
@@ -83,8 +82,8 @@ __device__ __forceinline__ void load_warp(const BlockWork &w, unsigned char *sme
     tma_load_4d(smem + pn * BM * 128, tq, bar.q_full, pn * 64, w.m_block * BM, w.head, w.batch, kEvictFirst);
   const int n_blocks = w.n_end - w.n_begin;
   for (int i = 0; i < n_blocks; ++i) {
-    const int st = i % STAGES;
-    const uint32_t ph = ring_phase<STAGES>(i);
+    const int st = stage_of<STAGES>(i);
+    const uint32_t ph = phase_of<STAGES>(i);
     tma_load_kv_block<Cfg>(smem, bar, st, ph, (w.n_begin + i) * BN, w.kv_head, w.batch, tk, tv,
                            [](uint64_t *b, uint32_t parity) { mbar_wait_or_trap(b, parity); });
   }
@@ -100,9 +99,9 @@ __device__ __forceinline__ void mma_warp(const BlockWork &w, unsigned char *smem
   const int n_blocks = w.n_end - w.n_begin;
 
   auto issue_qk = [&](int i) {
-    const int st = i % STAGES, sb = i & 1;
-    if (i >= 2) mbar_wait_or_trap(&bar.s_free[sb], ring_phase<2>(i - 2));  // S_{i-2} read by the softmax
-    mbar_wait_or_trap(&bar.k_full[st], ring_phase<STAGES>(i));
+    const int st = stage_of<STAGES>(i), sb = i & 1;
+    if (i >= 2) mbar_wait_or_trap(&bar.s_free[sb], phase_of<2>(i - 2));  // S_{i-2} read by the softmax
+    mbar_wait_or_trap(&bar.k_full[st], phase_of<STAGES>(i));
     fence_after_sync();
     const uint64_t k_desc = smem_desc_sw128(smem + Cfg::K_OFFSET + st * Cfg::KV_BYTES, 16);
 #pragma unroll
@@ -118,9 +117,9 @@ __device__ __forceinline__ void mma_warp(const BlockWork &w, unsigned char *smem
   issue_qk(0);
   for (int i = 0; i < n_blocks; ++i) {
     if (i + 1 < n_blocks) issue_qk(i + 1);
-    const int st = i % STAGES, pb = i & 1;
-    mbar_wait_or_trap(&bar.p_full[pb], ring_phase<2>(i));  // P_i written (and O corrected) by the softmax
-    mbar_wait_or_trap(&bar.v_full[st], ring_phase<STAGES>(i));
+    const int st = stage_of<STAGES>(i), pb = i & 1;
+    mbar_wait_or_trap(&bar.p_full[pb], phase_of<2>(i));  // P_i written (and O corrected) by the softmax
+    mbar_wait_or_trap(&bar.v_full[st], phase_of<STAGES>(i));
     fence_after_sync();
     const uint64_t v_desc = smem_desc_sw128(smem + Cfg::V_OFFSET + st * Cfg::KV_BYTES, BN * 128);
 #pragma unroll
@@ -156,7 +155,7 @@ __device__ __forceinline__ void softmax_warps(const AttnParams &p, const BlockWo
 
   for (int i = 0; i < n_blocks; ++i) {
     const int sb = i & 1, c0 = (w.n_begin + i) * BN;
-    mbar_wait_or_trap(&bar.s_full[sb], ring_phase<2>(i));
+    mbar_wait_or_trap(&bar.s_full[sb], phase_of<2>(i));
     fence_after_sync();
     __syncwarp();  // tcgen05.ld/st are warp-wide (.sync.aligned): the warp must be converged
     uint32_t raw[BN];

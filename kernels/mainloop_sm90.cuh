@@ -53,23 +53,6 @@ template <class Cfg> struct Barriers {
   }
 };
 
-// Ring position of main-loop step i: stage and the parity of its use of that stage.
-template <int STAGES> __device__ __forceinline__ int stage_of(int i) { return i % STAGES; }
-template <int STAGES> __device__ __forceinline__ uint32_t phase_of(int i) { return (uint32_t)(i / STAGES) & 1u; }
-
-// A ring position carried from step to step, so that the main loop does not divide the step count anew.
-template <int STAGES> struct RingPos {
-  int stage;
-  uint32_t phase;
-  __device__ __forceinline__ explicit RingPos(int step) : stage(stage_of<STAGES>(step)), phase(phase_of<STAGES>(step)) {}
-  __device__ __forceinline__ void advance() {
-    if (++stage == STAGES) {
-      stage = 0;
-      phase ^= 1u;
-    }
-  }
-};
-
 template <typename T, class Cfg>
 __device__ __forceinline__ void produce(const AttnParams &p, unsigned char *smem, const CUtensorMap *tq,
                                         const CUtensorMap *tk, const CUtensorMap *tv) {

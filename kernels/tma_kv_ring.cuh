@@ -1,4 +1,5 @@
-// One key block into the K/V ring through TMA: the producer step the Hopper and Blackwell kernels share.
+// The K/V ring of the Hopper and Blackwell kernels: ring positions, and the producer step they share, one
+// key block into the ring through TMA.
 // Wait until the consumers freed ring slot `st` (parity `ph`), then load K, then V, each with one 4D TMA load
 // per 64-column panel that completes on the slot's "full" mbarrier. `wait` is the kernel's own mbarrier wait
 // (the Blackwell kernel traps on a hang instead of spinning).
@@ -6,6 +7,24 @@
 #include "sm90_ptx.cuh"
 
 namespace flashattn {
+
+// Ring position of step i of a STAGES-deep ring: its stage, and the parity of that stage's use (the phase its
+// mbarriers are waited on).
+template <int STAGES> __device__ __forceinline__ int stage_of(int i) { return i % STAGES; }
+template <int STAGES> __device__ __forceinline__ uint32_t phase_of(int i) { return (uint32_t)(i / STAGES) & 1u; }
+
+// A ring position carried from step to step, so that a main loop does not divide the step count anew.
+template <int STAGES> struct RingPos {
+  int stage;
+  uint32_t phase;
+  __device__ __forceinline__ explicit RingPos(int step) : stage(stage_of<STAGES>(step)), phase(phase_of<STAGES>(step)) {}
+  __device__ __forceinline__ void advance() {
+    if (++stage == STAGES) {
+      stage = 0;
+      phase ^= 1u;
+    }
+  }
+};
 
 template <class Cfg, class Bar, class Wait>
 __device__ __forceinline__ void tma_load_kv_block(unsigned char *smem, Bar &bar, int st, uint32_t ph, int row, int kv_head,
