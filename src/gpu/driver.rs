@@ -124,7 +124,7 @@ pub struct Launch<'a> {
 /// `what` names the launch in an error; it is only formatted when the launch fails.
 pub fn launch_kernel(f: sys::CUfunction, l: Launch<'_>, stream: sys::CUstream, dependent: bool, what: &dyn Fn() -> String) -> Result<(), GpuError> {
     let (gx, gy, gz) = l.grid;
-    if dependent && DEPENDENT_LAUNCH.load(std::sync::atomic::Ordering::Relaxed) {
+    let r = if dependent && DEPENDENT_LAUNCH.load(std::sync::atomic::Ordering::Relaxed) {
         // SAFETY: CUlaunchAttribute is plain data; zeroed is a valid value before the fields are set.
         let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
         attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
@@ -141,10 +141,9 @@ pub fn launch_kernel(f: sys::CUfunction, l: Launch<'_>, stream: sys::CUstream, d
             attrs: &mut attr,
             numAttrs: 1,
         };
-        let r = unsafe { sys::cuLaunchKernelEx(&config, f, l.args.as_mut_ptr(), std::ptr::null_mut()) };
-        if r == sys::CUresult::CUDA_SUCCESS { Ok(()) } else { check(r, &what()) }
+        unsafe { sys::cuLaunchKernelEx(&config, f, l.args.as_mut_ptr(), std::ptr::null_mut()) }
     } else {
-        let r = unsafe { sys::cuLaunchKernel(f, gx, gy, gz, l.threads, 1, 1, l.smem, stream, l.args.as_mut_ptr(), std::ptr::null_mut()) };
-        if r == sys::CUresult::CUDA_SUCCESS { Ok(()) } else { check(r, &what()) }
-    }
+        unsafe { sys::cuLaunchKernel(f, gx, gy, gz, l.threads, 1, 1, l.smem, stream, l.args.as_mut_ptr(), std::ptr::null_mut()) }
+    };
+    if r == sys::CUresult::CUDA_SUCCESS { Ok(()) } else { check(r, &what()) }
 }

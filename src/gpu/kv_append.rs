@@ -25,11 +25,7 @@ pub fn launch_append(p: &KvAppendParams, stream: *mut c_void) -> Result<(), GpuE
         return Err(GpuError::new("rotary needs device addresses of cos_cache and sin_cache"));
     }
     let stream = stream as sys::CUstream;
-    let (ctx, dev) = driver::stream_context(stream)?;
-    let k = module::device_kernels(dev)?;
-    if ctx != k.ctx {
-        return Err(GpuError::new("the compute stream belongs to a non-primary CUDA context; only primary contexts are supported"));
-    }
+    let (ctx, k) = module::stream_kernels(stream)?;
     let f = match p.dtype {
         x if x == DType::F16 as i32 => k.named(KERNEL_NAMES[0])?,
         x if x == DType::BF16 as i32 => k.named(KERNEL_NAMES[1])?,

@@ -90,16 +90,16 @@ pub fn launch(p: &AttnParams, stream: *mut c_void) -> Result<(), GpuError> {
 /// [`Prepared::workspace_bytes`]; a smaller one means fewer splits). The workspace must stay untouched until
 /// the kernels queued on `stream` have run.
 pub fn launch_with_workspace(p: &AttnParams, stream: *mut c_void, ws: Workspace) -> Result<(), GpuError> {
-    prepare(p, stream)?.map_or(Ok(()), |prepared| prepared.launch(p, stream, ws))
+    prepare(p, stream)?.map_or(Ok(()), |prepared| prepared.launch(ws))
 }
 
-/// A launch of `p` on a stream, looked up once: the stream's context and device, the device's kernels and,
-/// where the split-KV decode kernel serves `p`, its plan for a full workspace. The CUDA op sizes the
+/// A launch of a problem on a stream, looked up once: the stream's context, the device's kernels and, where
+/// the split-KV decode kernel serves the problem, its plan for a full workspace. The CUDA op sizes the
 /// workspace from it and then launches it, instead of looking all of it up twice per call.
 pub struct Prepared {
+    p: AttnParams,
+    stream: sys::CUstream,
     ctx: sys::CUcontext,
-    /// The stream's device ordinal (where the workspace must be allocated).
-    pub device: i32,
     kernels: &'static module::DeviceKernels,
     decode: Option<decode::DecodePlan>,
 }
@@ -113,15 +113,10 @@ pub fn prepare(p: &AttnParams, stream: *mut c_void) -> Result<Option<Prepared>, 
         return Ok(None); // nothing to compute, nothing to write (empty tensors may have no address)
     }
     check_params(p)?;
-    let (ctx, device) = driver::stream_context(stream as sys::CUstream)?;
-    let kernels = module::device_kernels(device)?;
-    if ctx != kernels.ctx {
-        return Err(GpuError::new(format!(
-            "the compute stream belongs to a non-primary CUDA context of device {device}; only primary contexts (as ONNX Runtime and PyTorch use) are supported"
-        )));
-    }
+    let stream = stream as sys::CUstream;
+    let (ctx, kernels) = module::stream_kernels(stream)?;
     let decode = decode::plan(p, kernels.into(), usize::MAX)?;
-    Ok(Some(Prepared { ctx, device, kernels, decode }))
+    Ok(Some(Prepared { p: *p, stream, ctx, kernels, decode }))
 }
 
 impl Prepared {
@@ -130,10 +125,14 @@ impl Prepared {
         self.decode.as_ref().map_or(0, |plan| plan.workspace_bytes)
     }
 
-    /// Queues the kernels for `p` (the problem it was prepared for) on `stream` (the stream it was prepared
-    /// on) with workspace `ws`. Returns once they are queued.
-    pub fn launch(&self, p: &AttnParams, stream: *mut c_void, ws: Workspace) -> Result<(), GpuError> {
-        let stream = stream as sys::CUstream;
+    /// The stream's device ordinal (where the workspace must be allocated).
+    pub fn device(&self) -> i32 {
+        self.kernels.ordinal
+    }
+
+    /// Queues the kernels with workspace `ws`. Returns once they are queued.
+    pub fn launch(&self, ws: Workspace) -> Result<(), GpuError> {
+        let (p, stream) = (&self.p, self.stream);
         if let Some(full) = self.decode {
             // A smaller workspace than asked for: plan again for the splits it holds.
             let plan = if ws.bytes >= full.workspace_bytes { Some(full) } else { decode::plan(p, self.kernels.into(), ws.bytes)? };

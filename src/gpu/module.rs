@@ -71,6 +71,19 @@ pub fn device_kernels(dev: sys::CUdevice) -> Result<&'static DeviceKernels, GpuE
     slot.get_or_init(|| load(dev)).as_ref().map_err(Clone::clone)
 }
 
+/// The context of `stream` and its device's kernels. Only a primary context holds them (the modules are
+/// loaded there), as ONNX Runtime and PyTorch use; a stream of another context is refused.
+pub fn stream_kernels(stream: sys::CUstream) -> Result<(sys::CUcontext, &'static DeviceKernels), GpuError> {
+    let (ctx, dev) = super::driver::stream_context(stream)?;
+    let kernels = device_kernels(dev)?;
+    if ctx != kernels.ctx {
+        return Err(GpuError::new(format!(
+            "the compute stream belongs to a non-primary CUDA context of device {dev}; only primary contexts (as ONNX Runtime and PyTorch use) are supported"
+        )));
+    }
+    Ok((ctx, kernels))
+}
+
 fn load(dev: sys::CUdevice) -> Result<DeviceKernels, GpuError> {
     let Some(image) = FATBIN else {
         return Err(GpuError::new("this build of libflashattn_ort has no CUDA kernels (nvcc was not found when it was built)"));

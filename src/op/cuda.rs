@@ -183,15 +183,15 @@ impl Backend for Cuda {
         };
         let ws_bytes = prepared.workspace_bytes();
         if ws_bytes == 0 {
-            return prepared.launch(&params, stream, crate::gpu::decode::Workspace::default()).map_err(gpu_err);
+            return prepared.launch(crate::gpu::decode::Workspace::default()).map_err(gpu_err);
         }
         // Split-KV decode scratch from ORT's allocator of this device (its arena under CUDA graphs too).
         // Freed when Compute returns, before the kernels have run: like the CUDA EP's own scratch buffers
         // this relies on the next user of the block being queued on the same compute stream.
-        let info = MemoryInfo::new(AllocationDevice::CUDA, prepared.device, AllocatorType::Device, MemoryType::Default)?;
+        let info = MemoryInfo::new(AllocationDevice::CUDA, prepared.device(), AllocatorType::Device, MemoryType::Default)?;
         let ws_allocator = ctx.allocator(&info)?;
         let block = ws_allocator.alloc::<u8>(ws_bytes)?;
         let ws = crate::gpu::decode::Workspace { ptr: block.as_ptr() as u64, bytes: ws_bytes };
-        prepared.launch(&params, stream, ws).map_err(gpu_err)
+        prepared.launch(ws).map_err(gpu_err)
     }
 }
