@@ -41,6 +41,11 @@ if [ "${FA_INSTALL:-0}" = 1 ] && ls "$stage"/*.whl* >/dev/null 2>&1; then
   [ -n "$cudnn" ] && export LD_LIBRARY_PATH=$cudnn:${LD_LIBRARY_PATH:-}
 fi
 
+# ncu's issue-stall reasons (per issued instruction) for the profile steps.
+stall_metrics=$(printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' long_scoreboard barrier short_scoreboard \
+  wait math_pipe_throttle mio_throttle lg_throttle not_selected selected no_instruction dispatch_stall membar \
+  branch_resolving sleeping drain)
+
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader | tee "$out/device.txt"
 cd "$root/scripts/gpu"
 status=0
@@ -100,9 +105,7 @@ for s in "${steps[@]}"; do
         echo "== profile $who: ${FA_PROFILE:-128 8192 0}"
         ncu --clock-control none -k regex:flash_fwd -c 1 --section SpeedOfLight --section WarpStateStats \
           --section InstructionStats --section SchedulerStats \
-          --metrics "$(printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' long_scoreboard barrier \
-          short_scoreboard wait math_pipe_throttle mio_throttle lg_throttle not_selected selected no_instruction \
-          dispatch_stall membar branch_resolving sleeping)${gmma:+$gmma,}sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,sm__cycles_elapsed.avg" \
+          --metrics "${stall_metrics}${gmma:+$gmma,}sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,sm__cycles_elapsed.avg" \
           python3 profile_one.py "$lib" ${FA_PROFILE:-128 8192 0} $who
       done 2>&1 | grep -E "^== |^kernel|Duration|Throughput|stalled|inst_executed|cycles|Issued|Eligible|Active Warps|gmma|pipe|==ERR|rror" | tee "$out/profile-vs.log" ;;
     profile-decode)
@@ -110,9 +113,7 @@ for s in "${steps[@]}"; do
       for cfg in "1 8 2048" "1 8 8192" "1 1 32768"; do
         echo "== profile decode batch/kv_heads/kv_len: $cfg"
         ncu --clock-control none -k regex:flash_decode -c 2 --section SpeedOfLight --section Occupancy \
-          --metrics "$(printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' long_scoreboard barrier \
-          short_scoreboard wait math_pipe_throttle mio_throttle lg_throttle not_selected selected no_instruction \
-          dispatch_stall membar branch_resolving drain)smsp__inst_executed.sum,sm__cycles_elapsed.avg" \
+          --metrics "${stall_metrics}smsp__inst_executed.sum,sm__cycles_elapsed.avg" \
           python3 profile_one.py "$lib" decode $cfg
       done 2>&1 | grep -E "^== |^kernel|flash_decode|Duration|Throughput|stalled|inst_executed|cycles_elapsed|Achieved" | tee "$out/profile-decode.log" ;;
     selfcheck)
