@@ -8,6 +8,7 @@
 namespace flashattn {
 
 constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
 
 template <typename T> struct Elem;
 

@@ -17,6 +17,8 @@ template <int D_, int BN_, int STAGES_> struct Sm100Config {
   static constexpr int LOAD_WARP = 4;
   static constexpr int MMA_WARP = 5;
   static constexpr int THREADS = 32 * 6;
+  static constexpr int PANEL_COLS = 64;  // 128-byte-swizzled panels (see Sm90Config)
+  static constexpr int PANEL_BYTES = 128;
   static constexpr int PANELS = D / 64;
   // Tensor Memory columns (32-bit): two S buffers (fp32, BN each), two P buffers (16-bit pairs, BN/2 each),
   // then O (fp32, D). S_{i+1} is computed while the softmax turns S_i into P_i.

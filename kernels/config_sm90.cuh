@@ -1,31 +1,42 @@
 // Tile shapes and shared-memory layout of the Hopper (sm_90a) forward kernel. The entry-point names in
-// flash_fwd_sm90.cu spell D and BN (…_d{D}_m128n{BN}w12); src/gpu/dispatch.rs builds the same names and
-// computes the same shared-memory size.
+// flash_fwd_sm90.cu spell D, BM, BN and the warps (…_d{D}_m{BM}n{BN}w{4 * (CONSUMERS + 1)}); src/gpu/dispatch.rs
+// builds the same names and computes the same shared-memory size.
 #pragma once
 #include <stdint.h>
 
 namespace flashattn {
 
-template <int D_, int BN_, int STAGES_> struct Sm90Config {
-  static constexpr int D = D_;    // padded head dim (q/k and v): a multiple of 64, one 128-byte-swizzled panel per 64
+template <int D_, int BN_, int STAGES_, int CONSUMERS_ = 2> struct Sm90Config {
+  static constexpr int D = D_;    // padded head dim (q/k and v): a multiple of 32
   static constexpr int BN = BN_;  // key rows per main-loop step
   static constexpr int STAGES = STAGES_;
-  static constexpr int CONSUMERS = 2;          // math warpgroups, 64 query rows each
-  static constexpr int BM = 64 * CONSUMERS;    // query rows per block
+  static constexpr int CONSUMERS = CONSUMERS_;  // math warpgroups, 64 query rows each
+  static constexpr int BM = 64 * CONSUMERS;      // query rows per block
   static constexpr int THREADS = 128 * (CONSUMERS + 1);  // + the producer warpgroup
-  static constexpr int PANELS = D / 64;
+  // Registers per thread after reallocation (setmaxnreg), the whole block within the SM's 64K: the producer
+  // needs few, the consumers hold S, P and O.
+  static constexpr int PRODUCER_REGS = CONSUMERS == 2 ? 24 : 32;
+  static constexpr int CONSUMER_REGS = CONSUMERS == 2 ? 240 : 160;
+  // Tiles are stored as panels of PANEL_COLS columns, rows of PANEL_BYTES swizzled over PANEL_BYTES (the layout
+  // TMA writes and wgmma reads): 128-byte panels where D is a multiple of 64, else 64-byte ones (d96 runs
+  // unpadded as three).
+  static constexpr int PANEL_COLS = D % 64 == 0 ? 64 : 32;
+  static constexpr int PANEL_BYTES = PANEL_COLS * 2;
+  static constexpr int PANELS = D / PANEL_COLS;
   static constexpr int Q_BYTES = BM * D * 2;
   static constexpr int KV_BYTES = BN * D * 2;  // one K or V stage
-  // Q, then K stages, then V stages (each 1024-byte aligned, as 128-byte swizzling needs), then barriers.
+  // Q, then K stages, then V stages (each 1024-byte aligned, as swizzling needs), then barriers.
   static constexpr int K_OFFSET = Q_BYTES;
   static constexpr int V_OFFSET = K_OFFSET + STAGES * KV_BYTES;
   static constexpr int BAR_OFFSET = V_OFFSET + STAGES * KV_BYTES;
   static constexpr int BARRIERS = 2 + 4 * STAGES;  // q_full, q_empty, k_full[], k_empty[], v_full[], v_empty[]
   // +1024: the dynamic shared-memory base is aligned up to 1024 bytes inside the kernel.
   static constexpr int SMEM_BYTES = BAR_OFFSET + BARRIERS * 8 + 1024;
-  static_assert(D % 64 == 0 && D <= 256, "D: multiple of 64 up to 256");
+  static_assert(D % 32 == 0 && D <= 256, "D: multiple of 32 up to 256");
   static_assert(BN % 16 == 0 && BN <= 256, "BN: multiple of 16 up to 256");
   static_assert(KV_BYTES % 1024 == 0 && Q_BYTES % 1024 == 0, "tiles must keep 1024-byte alignment");
+  static_assert(CONSUMERS == 2 || CONSUMERS == 3, "two or three consumer warpgroups");
+  static_assert(128 * PRODUCER_REGS + 128 * CONSUMERS * CONSUMER_REGS <= 65536, "registers of one SM");
 };
 
 }  // namespace flashattn

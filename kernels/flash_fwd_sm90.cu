@@ -1,22 +1,25 @@
-// Entry points of the Hopper (sm_90a) forward kernel, one per (dtype, padded head dim, key tile):
-// flash_fwd_sm90_{f16|bf16}_d{D}_m128n{BN}w12[_plain]; src/gpu/dispatch.rs lists the same set. Q, K and V
+// Entry points of the Hopper (sm_90a) forward kernel, one per (dtype, padded head dim, query tile, key tile):
+// flash_fwd_sm90_{f16|bf16}_d{D}_m{BM}n{BN}w{WARPS}[_plain], BM = 128 with two consumer warpgroups (12 warps)
+// or 192 with three (16 warps); src/gpu/dispatch.rs lists the same set. Q, K and V
 // arrive as TMA tensor maps (4D: head_dim, row, head, batch) built by src/gpu/tensor_map.rs. Compiled into
 // every cubin so the module's symbol table is the same everywhere; only the sm_90a cubin has a body.
 #include "mainloop_sm90.cuh"
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, OPT, MODS) \
-  flashattn::flash_fwd_sm90<T, flashattn::Sm90Config<D, BN, STAGES>, OPT, MODS>(p, &tq, &tk, &tv);
+#define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, OPT, MODS) \
+  flashattn::flash_fwd_sm90<T, flashattn::Sm90Config<D, BN, STAGES, C>, OPT, MODS>(p, &tq, &tk, &tv);
 #else
-#define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, OPT, MODS) __trap();
+#define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, OPT, MODS) __trap();
 #endif
 
-#define FLASH_FWD_SM90_ENTRY(NAME, T, D, BN, STAGES, OPT, MODS)                                       \
-  extern "C" __global__ void __launch_bounds__(384, 1)                                                \
+// C: consumer warpgroups (the block has C + 1 warpgroups).
+#define FLASH_FWD_SM90_ENTRY_C(NAME, T, D, BN, STAGES, C, OPT, MODS)                                  \
+  extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1)                                      \
       NAME(const __grid_constant__ flashattn::AttnParams p, const __grid_constant__ CUtensorMap tq,   \
            const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv) {          \
-    FLASH_FWD_SM90_BODY(T, D, BN, STAGES, OPT, MODS)                                                  \
+    FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, OPT, MODS)                                               \
   }
+#define FLASH_FWD_SM90_ENTRY(NAME, T, D, BN, STAGES, OPT, MODS) FLASH_FWD_SM90_ENTRY_C(NAME, T, D, BN, STAGES, 2, OPT, MODS)
 
 // Default options: ping-pong on, exact rescaling skipped only when no max moved, MUFU exp2 only.
 using Sm90Default = flashattn::Sm90Options<true, 0, 0>;
@@ -29,8 +32,21 @@ using Sm90Default = flashattn::Sm90Options<true, 0, 0>;
   FLASH_FWD_SM90(f16, __half, D, BN, STAGES)          \
   FLASH_FWD_SM90(bf16, __nv_bfloat16, D, BN, STAGES)
 
+// Shapes compiled in their plain form only, for plain problems (their full form would spill registers); BM, C
+// (consumer warpgroups) and WARPS spell one choice: 128, 2, 12 or 192, 3, 16.
+#define FLASH_FWD_SM90_PLAIN_ONLY(TNAME, T, D, BM, BN, C, WARPS) \
+  FLASH_FWD_SM90_ENTRY_C(flash_fwd_sm90_##TNAME##_d##D##_m##BM##n##BN##w##WARPS##_plain, T, D, BN, 2, C, Sm90Default, false)
+#define FLASH_FWD_SM90_PLAIN_ONLY_BOTH(D, BM, BN, C, WARPS)           \
+  FLASH_FWD_SM90_PLAIN_ONLY(f16, __half, D, BM, BN, C, WARPS)         \
+  FLASH_FWD_SM90_PLAIN_ONLY(bf16, __nv_bfloat16, D, BM, BN, C, WARPS)
+
 FLASH_FWD_SM90_BOTH(64, 128, 2)
-FLASH_FWD_SM90_BOTH(64, 192, 2)
+FLASH_FWD_SM90_BOTH(96, 128, 2)
+// Three consumer warpgroups (192 query rows) for the small head dims, whose softmax weighs most per MMA: more
+// warps hide it, and each K/V tile serves more rows. They replaced 128x192 tiles (d64, d96), which lost to
+// them at every length they were chosen for (docs/PERF.md).
+FLASH_FWD_SM90_PLAIN_ONLY_BOTH(64, 192, 128, 3, 16)
+FLASH_FWD_SM90_PLAIN_ONLY_BOTH(96, 192, 112, 3, 16)
 FLASH_FWD_SM90_BOTH(128, 128, 2)
 FLASH_FWD_SM90_BOTH(128, 176, 2)
 FLASH_FWD_SM90_BOTH(192, 96, 2)

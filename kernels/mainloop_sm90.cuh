@@ -1,13 +1,13 @@
 // The Hopper (sm_90a) forward kernel body, FlashAttention-3 style. Blocks are persistent (one per SM):
-// each walks the tiles of 128 query rows of one (batch, head) that persistent_tile hands it, with three
-// warpgroups:
+// each walks the tiles of BM query rows of one (batch, head) that persistent_tile hands it, with a producer
+// and two or three consumer warpgroups (BM = 128 or 192):
 //   - the producer (warpgroup 0, one thread) streams Q once and K/V tiles through a STAGES-deep ring with
 //     TMA, each load completing on a "full" mbarrier; consumers hand stages back on "empty" mbarriers,
 //     and Q back as soon as their last QK^T of a tile is done, so the next tile's Q loads under the epilogue;
-//   - two consumers (64 query rows each) compute S = Q K^T with wgmma from shared memory and O += P V with
+//   - the consumers (64 query rows each) compute S = Q K^T with wgmma from shared memory and O += P V with
 //     P from registers. Inside a consumer, the next tile's QK^T and the current PV run on the tensor cores
 //     while the softmax of the tile in between runs on the other units; across consumers, named barriers
-//     make their GEMM issue alternate (ping-pong), so one warpgroup's softmax hides behind the other's GEMMs.
+//     make their GEMM issue take turns (ping-pong), so one warpgroup's softmax hides behind the others' GEMMs.
 // Scores stay in raw units (scale folded into the exponent), masking and the online softmax are the ones
 // the portable kernel uses (mask.cuh, softmax.cuh), on wgmma's accumulator layout, which per warp is the
 // mma.sync m16n8 layout.
@@ -34,11 +34,10 @@ template <bool PINGPONG_, int RESCALE_THRESHOLD_, int EMULATED_EXP2_EVERY_> stru
 
 namespace sm90 {
 
-constexpr int kProducerRegs = 24;
-constexpr int kConsumerRegs = 240;
-// Named barrier ids (0 is __syncthreads): one per consumer for the ping-pong turn, one for both consumers.
+// Named barrier ids (0 is __syncthreads): one per consumer for the ping-pong turn (up to three), one for all
+// consumers.
 constexpr int kBarTurn0 = 1;
-constexpr int kBarConsumers = 3;
+constexpr int kBarConsumers = 4;
 
 template <class Cfg> struct Barriers {
   uint64_t *q_full, *q_empty, *k_full, *k_empty, *v_full, *v_empty;
@@ -71,7 +70,8 @@ __device__ __forceinline__ void produce(const AttnParams &p, unsigned char *smem
     mbar_expect_tx(bar.q_full, Cfg::Q_BYTES);
 #pragma unroll
     for (int pn = 0; pn < Cfg::PANELS; ++pn)
-      tma_load_4d(smem + pn * BM * 128, tq, bar.q_full, pn * 64, w.m_block * BM, w.head, w.batch, kEvictFirst);
+      tma_load_4d(smem + pn * BM * Cfg::PANEL_BYTES, tq, bar.q_full, pn * Cfg::PANEL_COLS, w.m_block * BM, w.head,
+                  w.batch, kEvictFirst);
     ++loaded;
     for (int i = 0; i < n_blocks; ++i, ++ring) {
       const int st = stage_of<STAGES>(ring);
@@ -88,26 +88,27 @@ __device__ __forceinline__ void produce(const AttnParams &p, unsigned char *smem
 // inlined its index arithmetic gets hoisted into every main-loop step.
 template <typename T, class Cfg>
 __device__ __noinline__ void zero_v_tail(unsigned char *v_tile, int first_row, int end_row, int consumer_tid) {
-  constexpr int CHUNKS = Cfg::D / 8;  // 16-byte chunks per row, over all panels
+  constexpr int CHUNKS = Cfg::D / 8, PANEL_CHUNKS = Cfg::PANEL_COLS / 8;  // 16-byte chunks per row: all, per panel
   const int rows = end_row - first_row;
-  for (int idx = consumer_tid; idx < rows * CHUNKS; idx += 256) {
+  for (int idx = consumer_tid; idx < rows * CHUNKS; idx += 128 * Cfg::CONSUMERS) {
     const int r = first_row + idx / CHUNKS, c = idx % CHUNKS;
-    const int pn = c / 8, chunk = c % 8;
+    const int pn = c / PANEL_CHUNKS, chunk = c % PANEL_CHUNKS;
     // Any permutation of the 16-byte chunks of a row is fine here: every chunk of the row is zeroed.
-    *reinterpret_cast<uint4 *>(v_tile + pn * Cfg::BN * 128 + r * 128 + chunk * 16) = make_uint4(0, 0, 0, 0);
+    *reinterpret_cast<uint4 *>(v_tile + (pn * Cfg::BN + r) * Cfg::PANEL_BYTES + chunk * 16) = make_uint4(0, 0, 0, 0);
   }
   fence_proxy_async();
-  named_barrier_sync(kBarConsumers, 256);
+  named_barrier_sync(kBarConsumers, 128 * Cfg::CONSUMERS);
 }
 
-// The turn of the ping-pong: a consumer waits for it before issuing its GEMMs and passes it on after.
-template <class Opt> struct Turn {
+// The turn of the ping-pong: a consumer waits for it before issuing its GEMMs and passes it on after, to the
+// next consumer in a ring (each barrier joins the waiting warpgroup and the one passing to it).
+template <class Opt, int CONSUMERS> struct Turn {
   int consumer;
   __device__ __forceinline__ void wait() const {
     if (Opt::PINGPONG) named_barrier_sync(kBarTurn0 + consumer, 256);
   }
   __device__ __forceinline__ void pass() const {
-    if (Opt::PINGPONG) named_barrier_arrive(kBarTurn0 + (consumer ^ 1), 256);
+    if (Opt::PINGPONG) named_barrier_arrive(kBarTurn0 + (consumer + 1 == CONSUMERS ? 0 : consumer + 1), 256);
   }
 };
 
@@ -115,9 +116,10 @@ template <class Opt> struct Turn {
 // tiles before it.
 template <typename T, class Cfg, class Opt, bool MODS>
 __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWork &w, unsigned char *smem,
-                                             int consumer, int ring, int loaded, const Turn<Opt> &turn) {
+                                             int consumer, int ring, int loaded, const Turn<Opt, Cfg::CONSUMERS> &turn) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, D = Cfg::D, STAGES = Cfg::STAGES;
   constexpr int NTN = BN / 8, NTD = D / 8, KQ = D / 16, KP = BN / 16;
+  constexpr int PB = Cfg::PANEL_BYTES, KQ_PER_PANEL = Cfg::PANEL_COLS / 16;
   Barriers<Cfg> bar(smem);
   const int lane = threadIdx.x & 31, warp_in_group = (threadIdx.x / 32) & 3;
   const int row_base = w.m_block * BM + consumer * 64 + warp_in_group * 16;
@@ -129,26 +131,27 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
   uint32_t pa[KP][4];
   uint32_t(&pa_flat)[KP * 4] = reinterpret_cast<uint32_t(&)[KP * 4]>(pa);
   float(&s_flat)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(s);
-  float(&o_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o_flat[i] = 0.f;
+  float(&o_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);  // first written by the tile's first PV
   OnlineSoftmax<1, NTN, NTD> sm;
   sm.init();
 
   // Q rows of this consumer: rows [64*consumer, +64) of every panel.
-  const uint64_t q_desc = smem_desc_sw128(smem + consumer * 64 * 128, 1);
+  const uint64_t q_desc = smem_desc_sw<PB>(smem + consumer * 64 * PB, 1);
   auto issue_qk = [&](int st) {
-    const uint64_t k_desc = smem_desc_sw128(smem + Cfg::K_OFFSET + st * Cfg::KV_BYTES, 1);
+    const uint64_t k_desc = smem_desc_sw<PB>(smem + Cfg::K_OFFSET + st * Cfg::KV_BYTES, 1);
 #pragma unroll
     for (int kk = 0; kk < KQ; ++kk) {
-      const uint32_t off_q = (kk / 4) * BM * 128 + (kk % 4) * 32, off_k = (kk / 4) * BN * 128 + (kk % 4) * 32;
+      const uint32_t in_panel = (kk % KQ_PER_PANEL) * 32;
+      const uint32_t off_q = (kk / KQ_PER_PANEL) * BM * PB + in_panel, off_k = (kk / KQ_PER_PANEL) * BN * PB + in_panel;
       Wgmma<T, BN>::ss(s_flat, desc_advance(q_desc, off_q), desc_advance(k_desc, off_k), kk > 0);
     }
   };
-  auto issue_pv = [&](int st) {
-    const uint64_t v_desc = smem_desc_sw128(smem + Cfg::V_OFFSET + st * Cfg::KV_BYTES, BN * 128);
+  // The tile's first PV overwrites O instead of adding to it, so O needs no zeroing.
+  auto issue_pv = [&](int st, bool first) {
+    const uint64_t v_desc = smem_desc_sw<PB>(smem + Cfg::V_OFFSET + st * Cfg::KV_BYTES, BN * PB);
 #pragma unroll
-    for (int kk = 0; kk < KP; ++kk) Wgmma<T, D>::rs(o_flat, pa[kk], desc_advance(v_desc, kk * 16 * 128), 1);
+    for (int kk = 0; kk < KP; ++kk)
+      Wgmma<T, D>::rs(o_flat, pa[kk], desc_advance(v_desc, kk * 16 * PB), kk > 0 || !first);
   };
   auto release = [&](uint64_t *b) {
     if (lane == 0) mbar_arrive(b);
@@ -212,7 +215,7 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
     wgmma_fence();
     issue_qk(st);
     wgmma_commit();
-    issue_pv(pst);
+    issue_pv(pst, i == 1);
     wgmma_commit();
     turn.pass();
     wgmma_wait<1>();
@@ -241,7 +244,7 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
   prepare_v(n_blocks - 1, lst);
   turn.wait();
   wgmma_fence();
-  issue_pv(lst);
+  issue_pv(lst, n_blocks == 1);
   wgmma_commit();
   turn.pass();
   wgmma_wait<0>();
@@ -288,18 +291,18 @@ __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtens
   }
   __syncthreads();
   if (group == 0) {
-    regs_dealloc<kProducerRegs>();
+    regs_dealloc<Cfg::PRODUCER_REGS>();
     if (threadIdx.x == 0) produce<T, Cfg>(p, smem, tq, tk, tv);
     return;
   }
-  regs_alloc<kConsumerRegs>();
+  regs_alloc<Cfg::CONSUMER_REGS>();
   // Broadcast from lane 0 so that the compiler knows it is warp-uniform: the descriptors and barrier addresses
   // derived from it then live in uniform registers instead of being moved there before every wgmma.
   const int consumer = __shfl_sync(0xffffffffu, group - 1, 0);
-  const Turn<Opt> turn{consumer};
-  // The consumers' GEMM issue alternates over the whole run, tile after tile: consumer 0 starts, and
-  // consumer 1's very last pass is taken by consumer 0 at the end.
-  if (consumer == 1) turn.pass();
+  const Turn<Opt, Cfg::CONSUMERS> turn{consumer};
+  // The consumers' GEMM issue takes turns over the whole run, tile after tile: consumer 0 starts, and the
+  // last consumer's very last pass is taken by consumer 0 at the end.
+  if (consumer == Cfg::CONSUMERS - 1) turn.pass();
   const int tiles = query_blocks(p, Cfg::BM) * p.heads_q * p.batch;
   int ring = 0, loaded = 0;
   for (int k = 0, t; (t = persistent_tile_index(k)) < tiles; ++k) {

@@ -79,21 +79,26 @@ template <int N> __device__ __forceinline__ void keep_live(const uint32_t (&r)[N
   }
 }
 
-// The fields Hopper's and Blackwell's shared-memory matrix descriptors have in common, for a 128-byte-swizzled
-// operand (panels of 64 16-bit columns, rows of 128 bytes, 8-row groups 1024 bytes apart): start address,
-// `lbo` (for K-major operands unused; for MN-major operands the distance between 64-wide MN panels) and
-// `sbo` = 1024. The layout and version bits differ between the two and are added by each.
-__device__ __forceinline__ uint64_t smem_desc_sw128_fields(const void *base, uint32_t lbo_bytes) {
+// The fields Hopper's and Blackwell's shared-memory matrix descriptors have in common, for an operand swizzled
+// over SWIZZLE bytes (128: panels of 64 16-bit columns; 64: panels of 32), rows of SWIZZLE bytes, 8-row groups
+// 8 * SWIZZLE bytes apart: start address, `lbo` (for K-major operands unused; for MN-major operands the
+// distance between MN panels) and `sbo` = the 8-row group stride. The layout and version bits differ between
+// the two and are added by each.
+template <int SWIZZLE> __device__ __forceinline__ uint64_t smem_desc_fields(const void *base, uint32_t lbo_bytes) {
+  static_assert(SWIZZLE == 128 || SWIZZLE == 64, "128- or 64-byte swizzle");
   const uint64_t addr = smem_u32(base);
   uint64_t d = 0;
   d |= (addr & 0x3FFFF) >> 4;
   d |= (uint64_t)((lbo_bytes >> 4) & 0x3FFF) << 16;
-  d |= (uint64_t)(1024 >> 4) << 32;
+  d |= (uint64_t)(8 * SWIZZLE >> 4) << 32;
   return d;
 }
-// Hopper (wgmma) descriptor: 128-byte swizzle is layout 1 in bits 62-63.
-__device__ __forceinline__ uint64_t smem_desc_sw128(const void *base, uint32_t lbo_bytes) {
-  return smem_desc_sw128_fields(base, lbo_bytes) | (uint64_t)1 << 62;
+__device__ __forceinline__ uint64_t smem_desc_sw128_fields(const void *base, uint32_t lbo_bytes) {
+  return smem_desc_fields<128>(base, lbo_bytes);
+}
+// Hopper (wgmma) descriptor: the swizzle is the layout in bits 62-63 (1: 128 bytes, 2: 64 bytes).
+template <int SWIZZLE> __device__ __forceinline__ uint64_t smem_desc_sw(const void *base, uint32_t lbo_bytes) {
+  return smem_desc_fields<SWIZZLE>(base, lbo_bytes) | (uint64_t)(SWIZZLE == 128 ? 1 : 2) << 62;
 }
 // Advancing a descriptor's start address by `bytes` (a multiple of 16) keeps its other fields.
 __device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }

@@ -92,7 +92,9 @@ template <int MT, int NTN, int NTD> struct OnlineSoftmax {
     if (__any_sync(0xffffffffu, exponentiate(s, corr, scale_log2))) rescale(o, corr);
   }
 
-  // Full row sums (across the 4 threads of a row), their inverses, and natural-log lse.
+  // Full row sums (across the 4 threads of a row), their inverses, and natural-log lse. A row that saw a key
+  // has a sum of at least 1 (its max contributes 2^0, or more against a stale max), far from where the
+  // special-function unit's reciprocal and log2 lose accuracy, so they need no IEEE slow paths.
   __device__ __forceinline__ void finalize(float (&inv)[MT][2], float (&lse)[MT][2], float scale) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -100,8 +102,8 @@ template <int MT, int NTN, int NTD> struct OnlineSoftmax {
       for (int hf = 0; hf < 2; ++hf) {
         const float tot = quad_sum(l[mt][hf]);
         const bool any = tot > 0.f;
-        inv[mt][hf] = any ? 1.f / tot : 0.f;
-        lse[mt][hf] = any ? m[mt][hf] * scale + logf(tot) : -INFINITY;
+        inv[mt][hf] = any ? __fdividef(1.f, tot) : 0.f;
+        lse[mt][hf] = any ? m[mt][hf] * scale + __log2f(tot) * kLn2 : -INFINITY;
       }
   }
 };

@@ -193,6 +193,9 @@ def fixed_cases():
     cases.append(dict(base, layout="BNSH", d=128, dv=64, sq=2048, skv=2048, causal=True, softcap=20.0))
     # shapes the Hopper kernel serves: padded head dims, long causal, windows, ragged lengths, GQA, masks
     cases.append(dict(base, d=96, dv=96, sq=1000, skv=1000, causal=True))
+    cases.append(dict(base, d=96, dv=64, sq=700, skv=1300, seqlens=True))  # 64-byte panels, V tail zeroed
+    cases.append(dict(base, dtype=torch.float16, d=80, dv=96, sq=513, skv=900, mask="bool", mask_shape="col",
+                      softcap=10.0, strided=True))
     cases.append(dict(base, dtype=torch.float16, d=192, dv=128, sq=777, skv=1500, seqlens=True))
     cases.append(dict(base, d=128, dv=128, sq=4096, skv=4096, causal=True, hq=8, hkv=2))
     cases.append(dict(base, d=64, dv=64, sq=3000, skv=3000, window_left=200, window_right=0))

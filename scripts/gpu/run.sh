@@ -3,7 +3,7 @@
 # built here and carried in .gpu/ (scripts/gpu/pack.sh), with staged wheel parts.
 #
 #   bash scripts/gpu/run.sh stage [DIR...]     # copy this call's wheel parts (.gpu/stage/*, or DIRs) to /tmp/fa-stage
-#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-prefill bench-decode decode-probe e2e e2e-profile e2e-memcheck gen-bench profile profile-vs profile-decode selfcheck
+#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-prefill bench-decode decode-probe e2e e2e-profile e2e-memcheck gen-bench profile profile-vs profile-source profile-decode selfcheck
 #                                              # (default: numerics sanitize ort rust-ort bench)
 #
 # Logs and the benchmark table go to $OUT (or /tmp/fa-out). Exit status: nonzero if any step failed.
@@ -70,7 +70,7 @@ for s in "${steps[@]}"; do
       ORT_DYLIB_PATH=$(ls /tmp/site/onnxruntime/capi/libonnxruntime.so.* | head -n 1) LD_LIBRARY_PATH=$nvlibs:${LD_LIBRARY_PATH:-} \
         FLASHATTN_ORT_LIB="$lib" "$root/.gpu/gpu_ort" --ignored --test-threads 1 --nocapture 2>&1 | tee "$out/rust-ort.log" ;;
     bench) python3 bench.py "$lib" --out "$out/bench.md" 2>&1 | tee "$out/bench.log" ;;
-    bench-prefill) python3 bench.py "$lib" --no-decode --variants "${FA_VARIANTS:-}" --out "$out/bench-prefill.md" 2>&1 | tee "$out/bench-prefill.log" ;;
+    bench-prefill) python3 bench.py "$lib" --no-decode --dims "${FA_DIMS:-64,96,128,192,256}" --variants "${FA_VARIANTS:-}" --out "$out/bench-prefill.md" 2>&1 | tee "$out/bench-prefill.log" ;;
     bench-decode) python3 bench.py "$lib" --no-prefill --out "$out/bench-decode.md" 2>&1 | tee "$out/bench-decode.log" ;;
     decode-probe) python3 decode_probe.py "$lib" ${FA_SPLITS:-} 2>&1 | tee "$out/decode-probe.log" ;;
     e2e)
@@ -108,6 +108,13 @@ for s in "${steps[@]}"; do
           --metrics "${stall_metrics}${gmma:+$gmma,}sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,sm__cycles_elapsed.avg" \
           python3 profile_one.py "$lib" ${FA_PROFILE:-128 8192 0} $who
       done 2>&1 | grep -E "^== |^kernel|Duration|Throughput|stalled|inst_executed|cycles|Issued|Eligible|Active Warps|gmma|pipe|==ERR|rror" | tee "$out/profile-vs.log" ;;
+    profile-source)
+      # per-SASS-instruction executed counts and stall samples of our kernel on one prefill problem
+      # (FA_PROFILE="D SEQ CAUSAL"): where a tile's instructions and waits go, as CSV for reading here
+      ncu --clock-control none -k regex:flash_fwd -c 1 --section SourceCounters --section WarpStateStats -f \
+        -o "$out/source" python3 profile_one.py "$lib" ${FA_PROFILE:-128 512 0} ours 2>&1 | tail -3
+      ncu --import "$out/source.ncu-rep" --page source --csv --print-source sass > "$out/source.csv" 2> "$out/source.err"
+      rc_src=$?; rm -f "$out/source.ncu-rep"; wc -l "$out/source.csv" "$out/source.err"; ( exit $rc_src ) ;;
     profile-decode)
       # ncu on batch-1 decode steps (GQA 32/8 at 2k and 8k keys, MQA at 32k): the decode kernel and its combine
       for cfg in "1 8 2048" "1 8 8192" "1 1 32768"; do

@@ -30,15 +30,23 @@ pub struct KernelSpec {
     /// A Hopper instance with other pipeline/softmax options, compiled to measure them (docs/PERF.md);
     /// only chosen when forced by name.
     pub variant: Variant,
-    /// A wide key tile that pays only without masking work (its full instance spills) and over many key
-    /// blocks: chosen only for plain problems without causal/window bounds and with at least
-    /// [`WIDE_TILE_MIN_KEYS`] keys.
-    pub unbounded_plain_only: bool,
+    /// Which problems the default choice may give it (a kernel forced by name serves whatever it fits).
+    pub scope: Scope,
 }
 
-/// Below this many keys the 128-key tile beat the 192-key one at d 64 (H200, 2026-11-30, docs/PERF.md: -7%
-/// at 512 keys, -4% at 1k, level at 2k, +3 to +5% from 4k on).
-pub const WIDE_TILE_MIN_KEYS: i32 = 2048;
+/// The problems a kernel may get by default. Kernels narrower than `All` exist in their plain form only:
+/// their full form would spill registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    /// Plain (no mask tensor, no softcap; causal and windows allowed) over at least [`LONG_MIN_KEYS`] keys.
+    PlainLong,
+}
+
+/// From this many keys on the three-warpgroup (192-row) tiles beat the two-warpgroup ones at d64 and d96, by
+/// 2-18% (H200, 2026-11-30, docs/PERF.md); below it, with few key blocks per tile, they lose up to 11% (d96,
+/// and causal d64).
+pub const LONG_MIN_KEYS: i32 = 2048;
 
 /// Options of a Hopper instance (kernels/flash_fwd_sm90.cu, Sm90Options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +132,17 @@ impl KernelSpec {
         let suffix = if self.plain { "_plain" } else { "" };
         format!("flash_fwd_{fam}_{t}_d{}_m{}n{}w{}{suffix}{}", self.d, self.bm, self.bn, self.warps, self.variant.suffix())
     }
-    pub fn threads(&self) -> u32 {
+    /// Columns of one shared-memory panel and TMA box of the TMA families (kernels/config_sm90.cuh
+    /// PANEL_COLS): 64, swizzled over 128 bytes, where the padded head dim is a multiple of 64; else 32,
+    /// swizzled over 64 bytes.
+    pub fn panel_cols(&self) -> u32 {
+        if self.d % 64 == 0 {
+            64
+        } else {
+            32
+        }
+    }
+        pub fn threads(&self) -> u32 {
         self.warps as u32 * 32
     }
     /// Dynamic shared memory: Q tile + `stages` K and V tiles, 2-byte elements (kernels/config.cuh
@@ -142,21 +160,22 @@ impl KernelSpec {
 }
 
 const fn sm80(dtype: DType, d: i32, bm: i32, bn: i32, warps: i32) -> KernelSpec {
-    KernelSpec { family: Family::Sm80, dtype, d, bm, bn, warps, stages: 2, plain: false, variant: Variant::Default, unbounded_plain_only: false }
+    KernelSpec { family: Family::Sm80, dtype, d, bm, bn, warps, stages: 2, plain: false, variant: Variant::Default, scope: Scope::All }
 }
 
 /// A Hopper instance: 128 query rows, a producer and two consumer warpgroups.
 const fn sm90(dtype: DType, d: i32, bn: i32, stages: i32) -> KernelSpec {
-    KernelSpec { family: Family::Sm90, dtype, d, bm: 128, bn, warps: 12, stages, plain: false, variant: Variant::Default, unbounded_plain_only: false }
+    KernelSpec { family: Family::Sm90, dtype, d, bm: 128, bn, warps: 12, stages, plain: false, variant: Variant::Default, scope: Scope::All }
 }
 
-const fn sm90_wide(dtype: DType, d: i32, bn: i32) -> KernelSpec {
-    KernelSpec { unbounded_plain_only: true, ..sm90(dtype, d, bn, 2) }
+/// A Hopper instance with three consumer warpgroups: 192 query rows, 16 warps (plain problems over many keys).
+const fn sm90_m192(dtype: DType, d: i32, bn: i32) -> KernelSpec {
+    KernelSpec { bm: 192, warps: 16, scope: Scope::PlainLong, ..sm90(dtype, d, bn, 2) }
 }
 
 /// A Blackwell instance: 128 query rows, 128 keys per step, a load warp, an MMA warp and a softmax warpgroup.
 const fn sm100(dtype: DType, d: i32, stages: i32) -> KernelSpec {
-    KernelSpec { family: Family::Sm100, dtype, d, bm: 128, bn: 128, warps: 6, stages, plain: true, variant: Variant::Default, unbounded_plain_only: false }
+    KernelSpec { family: Family::Sm100, dtype, d, bm: 128, bn: 128, warps: 6, stages, plain: true, variant: Variant::Default, scope: Scope::All }
 }
 
 const fn sm90_variant(d: i32, bn: i32, variant: Variant) -> KernelSpec {
@@ -174,10 +193,14 @@ pub const KERNELS: &[KernelSpec] = &[
     sm80(DType::BF16, 128, 128, 64, 4),
     sm80(DType::F16, 256, 64, 32, 4),
     sm80(DType::BF16, 256, 64, 32, 4),
-    sm90_wide(DType::F16, 64, 192),
-    sm90_wide(DType::BF16, 64, 192),
+    sm90_m192(DType::F16, 64, 128),
+    sm90_m192(DType::BF16, 64, 128),
     sm90(DType::F16, 64, 128, 2),
     sm90(DType::BF16, 64, 128, 2),
+    sm90_m192(DType::F16, 96, 112),
+    sm90_m192(DType::BF16, 96, 112),
+    sm90(DType::F16, 96, 128, 2),
+    sm90(DType::BF16, 96, 128, 2),
     sm90(DType::F16, 128, 128, 2),
     sm90(DType::BF16, 128, 128, 2),
     sm90(DType::F16, 128, 176, 2),
@@ -201,10 +224,10 @@ pub const KERNELS: &[KernelSpec] = &[
 static OVERRIDE: std::sync::RwLock<Option<Option<String>>> = std::sync::RwLock::new(None);
 
 /// Every entry point of the fatbin: each shape of [`KERNELS`], full and plain (plain only for
-/// [`Family::plain_only`]).
+/// [`Family::plain_only`] and for a [`Scope`] narrower than `All`).
 pub fn all_kernels() -> impl Iterator<Item = KernelSpec> {
     KERNELS.iter().flat_map(|k| {
-        let full = (!k.family.plain_only()).then_some(KernelSpec { plain: false, ..*k });
+        let full = (!k.family.plain_only() && k.scope == Scope::All).then_some(KernelSpec { plain: false, ..*k });
         full.into_iter().chain([KernelSpec { plain: true, ..*k }])
     })
 }
@@ -272,9 +295,12 @@ pub(crate) fn select_forced(p: &AttnParams, cc: i32, max_smem: i32, verdict: &Ve
             && k.smem_bytes() as i64 <= max_smem as i64
             && (!k.plain || plain_ok)
             && (k.variant == Variant::Default || forced == Some(k.name().as_str()))
-            && (!k.unbounded_plain_only
-                || (plain_ok && p.window_left < 0 && p.window_right < 0 && p.seq_kv >= WIDE_TILE_MIN_KEYS)
-                || forced == Some(k.name().as_str()))
+            // (a narrower scope's kernel exists in plain form only: a forced full name of it matches nothing)
+            && ((forced == Some(k.name().as_str()) && (k.plain || k.scope == Scope::All))
+                || match k.scope {
+                    Scope::All => true,
+                    Scope::PlainLong => plain_ok && p.seq_kv >= LONG_MIN_KEYS,
+                })
             && family_serves(k.family, p, cc, verdict)
     };
     if let Some(name) = forced {
@@ -327,17 +353,29 @@ mod tests {
         let k = pick(&aligned(DType::BF16, 128, 128), 90, h100, None).unwrap();
         assert_eq!(k.name(), "flash_fwd_sm90_bf16_d128_m128n128w12_plain");
         assert!(k.smem_bytes() as i32 <= h100);
-        assert_eq!(pick(&aligned(DType::F16, 96, 96), 90, h100, None).unwrap().name(), "flash_fwd_sm90_f16_d128_m128n128w12_plain");
+        // d64 and d96: three consumer warpgroups for plain problems over many keys, causal or not; else two
+        let long96 = AttnParams { seq_q: LONG_MIN_KEYS, seq_kv: LONG_MIN_KEYS, ..aligned(DType::F16, 96, 96) };
+        let d96 = pick(&long96, 90, h100, None).unwrap();
+        assert_eq!((d96.name().as_str(), d96.panel_cols(), d96.threads()), ("flash_fwd_sm90_f16_d96_m192n112w16_plain", 32, 512));
+        let short96 = AttnParams { seq_kv: LONG_MIN_KEYS - 1, ..long96 };
+        assert_eq!(pick(&short96, 90, h100, None).unwrap().name(), "flash_fwd_sm90_f16_d96_m128n128w12_plain");
+        assert_eq!(pick(&AttnParams { head_dim: 80, head_dim_v: 64, ..long96 }, 90, h100, None).unwrap().name(), "flash_fwd_sm90_f16_d96_m192n112w16_plain");
+        let masked96 = AttnParams { softcap: 30.0, ..long96 };
+        assert_eq!(pick(&masked96, 90, h100, None).unwrap().name(), "flash_fwd_sm90_f16_d96_m128n128w12");
+        let long = AttnParams { seq_q: LONG_MIN_KEYS, seq_kv: LONG_MIN_KEYS, ..aligned(DType::BF16, 64, 64) };
+        assert_eq!(pick(&long, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m192n128w16_plain");
+        let causal = AttnParams { window_right: 0, ..long };
+        assert_eq!(pick(&causal, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m192n128w16_plain");
+        assert_eq!(pick(&aligned(DType::BF16, 64, 64), 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n128w12_plain");
+        let masked = AttnParams { mask_kind: 2, ..long };
+        assert_eq!(pick(&masked, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n128w12");
+        // a forced 192-row kernel serves what it fits, and has no full form
+        let m192 = "flash_fwd_sm90_bf16_d64_m192n128w16_plain";
+        assert_eq!(pick(&aligned(DType::BF16, 64, 64), 90, h100, Some(m192)).unwrap().name(), m192);
+        assert_eq!(pick(&masked, 90, h100, Some("flash_fwd_sm90_bf16_d64_m192n128w16")).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n128w12");
+        assert_eq!(pick(&aligned(DType::BF16, 128, 128), 90, h100, None).unwrap().panel_cols(), 64);
         assert_eq!(pick(&aligned(DType::BF16, 192, 128), 90, h100, None).unwrap().d, 192);
         assert_eq!(pick(&aligned(DType::BF16, 256, 256), 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d256_m128n80w12_plain");
-        let masked = AttnParams { mask_kind: 2, ..aligned(DType::BF16, 64, 64) };
-        assert_eq!(pick(&masked, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n128w12");
-        let long = AttnParams { seq_q: WIDE_TILE_MIN_KEYS, seq_kv: WIDE_TILE_MIN_KEYS, ..aligned(DType::BF16, 64, 64) };
-        assert_eq!(pick(&long, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n192w12_plain");
-        let short = AttnParams { seq_kv: WIDE_TILE_MIN_KEYS - 1, ..long };
-        assert_eq!(pick(&short, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n128w12_plain");
-        let causal = AttnParams { window_right: 0, ..aligned(DType::BF16, 64, 64) };
-        assert_eq!(pick(&causal, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n128w12_plain");
         for cc in [80, 86, 89, 100, 120] {
             assert_eq!(pick(&aligned(DType::BF16, 128, 128), cc, h100, None).unwrap().family, Family::Sm80, "cc {cc}");
         }
@@ -387,7 +425,7 @@ mod tests {
         let mut names: Vec<String> = all_kernels().map(|k| k.name()).collect();
         names.sort();
         names.dedup();
-        let plain_only = KERNELS.iter().filter(|k| k.family.plain_only()).count();
+        let plain_only = KERNELS.iter().filter(|k| k.family.plain_only() || k.scope != Scope::All).count();
         assert_eq!(names.len(), 2 * KERNELS.len() - plain_only);
     }
 

@@ -161,9 +161,10 @@ pub fn launch_function(f: sys::CUfunction, spec: &KernelSpec, p: &AttnParams, st
     match spec.family {
         Family::Sm80 => launch(&mut [(&mut arg as *mut AttnParams).cast()]),
         Family::Sm90 | Family::Sm100 => {
-            let mut tq = Operand::query(p).encode(p.dtype, spec.bm as u32)?;
-            let mut tk = Operand::key(p).encode(p.dtype, spec.bn as u32)?;
-            let mut tv = Operand::value(p).encode(p.dtype, spec.bn as u32)?;
+            let cols = spec.panel_cols();
+            let mut tq = Operand::query(p).encode(p.dtype, cols, spec.bm as u32)?;
+            let mut tk = Operand::key(p).encode(p.dtype, cols, spec.bn as u32)?;
+            let mut tv = Operand::value(p).encode(p.dtype, cols, spec.bn as u32)?;
             launch(&mut [(&mut arg as *mut AttnParams).cast(), (&mut tq as *mut sys::CUtensorMap).cast(), (&mut tk as *mut sys::CUtensorMap).cast(), (&mut tv as *mut sys::CUtensorMap).cast()])
         }
     }

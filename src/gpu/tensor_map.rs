@@ -1,6 +1,7 @@
 //! TMA tensor maps for the Hopper kernel: Q, K and V each described to the Tensor Memory Accelerator as a
-//! 4D tensor (head_dim, row, head, batch) with the caller's strides, loaded in boxes of 64 columns × a
-//! tile's rows with 128-byte swizzling (the layout wgmma reads). Columns past head_dim and rows past the
+//! 4D tensor (head_dim, row, head, batch) with the caller's strides, loaded in boxes of one swizzle panel
+//! (64 columns with 128-byte swizzling, or 32 with 64-byte swizzling) × a tile's rows: the layout wgmma
+//! reads. Columns past head_dim and rows past the
 //! sequence are zero-filled by the hardware, so padded head dims and ragged tiles need no special case.
 //! Encoded on the host for each launch (a driver call, no GPU work) and passed by value as
 //! `__grid_constant__` kernel parameters, so CUDA graph capture records them.
@@ -9,9 +10,6 @@ use cudarc::driver::sys;
 
 use super::driver::{check, GpuError};
 use crate::params::AttnParams;
-
-/// Columns of one box: 64 16-bit elements = the 128-byte swizzle span.
-pub const BOX_COLS: u32 = 64;
 
 /// One operand's geometry in elements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,15 +57,21 @@ impl Operand {
         self.addr % 16 == 0 && dims.iter().all(|&d| d >= 1 && d <= 1 << 32) && strides.iter().all(|&s| s % 16 == 0 && s > 0 && s < 1 << 40)
     }
 
-    /// The tensor map for boxes of `box_rows` rows (a tile's height).
-    pub fn encode(&self, dtype: i32, box_rows: u32) -> Result<sys::CUtensorMap, GpuError> {
+    /// The tensor map for boxes of `box_cols` columns (a swizzle panel: 64 or 32 16-bit elements, swizzled
+    /// over 128 or 64 bytes) and `box_rows` rows (a tile's height).
+    pub fn encode(&self, dtype: i32, box_cols: u32, box_rows: u32) -> Result<sys::CUtensorMap, GpuError> {
         let (dims, strides) = self.dims_and_strides();
         let data_type = match dtype {
             1 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
             2 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
             d => return Err(GpuError::new(format!("no tensor map for dtype code {d}"))),
         };
-        let boxes = [BOX_COLS, box_rows, 1, 1];
+        let swizzle = match box_cols {
+            64 => sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            32 => sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_64B,
+            c => return Err(GpuError::new(format!("no swizzle for boxes of {c} columns"))),
+        };
+        let boxes = [box_cols, box_rows, 1, 1];
         let element_strides = [1u32; 4];
         let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
         check(
@@ -82,7 +86,7 @@ impl Operand {
                     boxes.as_ptr(),
                     element_strides.as_ptr(),
                     sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-                    sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+                    swizzle,
                     sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                     sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
                 )
