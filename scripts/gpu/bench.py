@@ -142,7 +142,8 @@ def run_row(lib, B, S, H, D, causal, Hkv=None, Sq=None, rows_out=None):
     # Variants are timed in rounds alternating with the default (median of each over ROUNDS rounds): the
     # H200's clock drifts by up to ~9% between back-to-back timings of one kernel, so a variant timed once
     # right after the default is compared with a different clock.
-    variants = [v for v in VARIANTS if v.startswith("grid=") or f"_d{D}_" in v]
+    # a grid variant only where it differs from the default (persistent blocks unless causal)
+    variants = [v for v in VARIANTS if (v.startswith("grid=") and int(v[5:]) == int(causal)) or f"_d{D}_" in v]
     times = {name: [] for name in ["default"] + variants}
     for _ in range(ROUNDS if variants else 1):
         for name in times:

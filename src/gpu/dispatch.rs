@@ -213,6 +213,7 @@ pub const KERNELS: &[KernelSpec] = &[
     sm90_variant(128, 128, Variant::RescaleThreshold8),
     sm90_variant(128, 128, Variant::EmulatedExp2),
     sm90_variant(64, 128, Variant::EmulatedExp2),
+    KernelSpec { variant: Variant::EmulatedExp2, ..sm90_m192(DType::BF16, 64, 128) },
     sm100(DType::F16, 64, 3),
     sm100(DType::BF16, 64, 3),
     sm100(DType::F16, 128, 2),
