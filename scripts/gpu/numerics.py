@@ -194,6 +194,10 @@ def fixed_cases():
     # shapes the Hopper kernel serves: padded head dims, long causal, windows, ragged lengths, GQA, masks
     cases.append(dict(base, d=96, dv=96, sq=1000, skv=1000, causal=True))
     cases.append(dict(base, d=96, dv=64, sq=700, skv=1300, seqlens=True))  # 64-byte panels, V tail zeroed
+    # three consumer warpgroups (plain d64/d96 over >= 2048 keys): causal, ragged lengths (V tail), GQA, odd rows
+    cases.append(dict(base, d=64, dv=64, sq=2100, skv=2100, causal=True, hq=8, hkv=2))
+    cases.append(dict(base, d=96, dv=96, sq=333, skv=2500, seqlens=True, b=3))
+    cases.append(dict(base, dtype=torch.float16, d=80, dv=64, sq=1000, skv=4100, window_left=700, window_right=50))
     cases.append(dict(base, dtype=torch.float16, d=80, dv=96, sq=513, skv=900, mask="bool", mask_shape="col",
                       softcap=10.0, strided=True))
     cases.append(dict(base, dtype=torch.float16, d=192, dv=128, sq=777, skv=1500, seqlens=True))

@@ -22,7 +22,9 @@ for i in range(n):
     lib.flashattn_ort_gpu_set_kernel(b"sm80" if i % 3 == 1 else b"sm90")
     c = rand_decode_case(rng, True) if i % 3 == 2 else rand_case(rng, True)
     if i == 0:  # always one Hopper case on 64-byte panels (d96), with a V tail to zero
-        c.update(d=96, dv=96, seqlens=True)
+        c.update(d=96, dv=96, seqlens=True, strided=False)
+    if i == 3:  # and one on three consumer warpgroups (plain, >= 2048 keys), with a V tail to zero
+        c.update(d=64, dv=64, sq=300, skv=2100, seqlens=True, mask=None, softcap=0.0, b=1, strided=False)
     B, Hq, Hkv, Sq, Skv, D, Dv, dt = c["b"], c["hq"], c["hkv"], c["sq"], c["skv"], c["d"], c["dv"], c["dtype"]
     bsnh = c["layout"] == "BSNH"
     shp = lambda s, h, d: (B, s, h, d) if bsnh else (B, h, s, d)  # noqa: E731

@@ -22,14 +22,19 @@ pub fn set_grid_mode(mode: i32) {
     GRID_MODE.store(mode.clamp(-1, 1), Ordering::Relaxed);
 }
 
-/// Whether the Hopper kernel runs persistent blocks for `p`. With causal or right-bounded windows tiles
-/// differ in work, and the hardware handing out one-tile blocks as others finish balances that better than
-/// a fixed share (docs/PERF.md).
+/// Up to this many keys persistent blocks also serve causal / right-bounded problems: their tiles are short,
+/// and a block per tile pays its start-up per tile (H200, 2026-11-30, docs/PERF.md: +6 to +36% at 512-4096
+/// keys over d64-d256, one row -3%; at 8192 keys -16 to +3%, at 16384 -13 to -32%).
+pub const PERSISTENT_BOUNDED_MAX_KEYS: i32 = 4096;
+
+/// Whether the Hopper kernel runs persistent blocks for `p`. With causal or right-bounded windows over many
+/// keys tiles differ much in work, and the hardware handing out one-tile blocks as others finish balances
+/// that better than a fixed share.
 pub fn persistent(p: &AttnParams) -> bool {
     match GRID_MODE.load(Ordering::Relaxed) {
         0 => false,
         1 => true,
-        _ => p.window_right < 0,
+        _ => p.window_right < 0 || p.seq_kv <= PERSISTENT_BOUNDED_MAX_KEYS,
     }
 }
 
@@ -173,6 +178,14 @@ pub fn launch_function(f: sys::CUfunction, spec: &KernelSpec, p: &AttnParams, st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn causal_blocks_are_persistent_up_to_4096_keys() {
+        let p = AttnParams { window_left: -1, window_right: 0, seq_q: 4096, seq_kv: 4096, ..Default::default() };
+        assert!(persistent(&p));
+        assert!(!persistent(&AttnParams { seq_kv: 4097, ..p }));
+        assert!(persistent(&AttnParams { seq_kv: 100_000, window_right: -1, ..p }));
+    }
 
     #[test]
     fn refuses_negative_dimensions() {
