@@ -41,11 +41,13 @@ pub enum Scope {
     All,
     /// Plain (no mask tensor, no softcap; causal and windows allowed) over at least [`LONG_MIN_KEYS`] keys.
     PlainLong,
+    /// As `PlainLong`, and also plain problems of any length without causal/window bounds.
+    PlainLongOrUnbounded,
 }
 
 /// From this many keys on the three-warpgroup (192-row) tiles beat the two-warpgroup ones at d64 and d96, by
-/// 2-18% (H200, 2026-11-30, docs/PERF.md); below it, with few key blocks per tile, they lose up to 11% (d96,
-/// and causal d64).
+/// 2-18% (H200, 2026-11-30, docs/PERF.md); below it, with few key blocks per tile, they lose up to 19% (d96,
+/// and causal d64), but win 2-8% at d64 without causal/window bounds.
 pub const LONG_MIN_KEYS: i32 = 2048;
 
 /// Options of a Hopper instance (kernels/flash_fwd_sm90.cu, Sm90Options).
@@ -168,9 +170,10 @@ const fn sm90(dtype: DType, d: i32, bn: i32, stages: i32) -> KernelSpec {
     KernelSpec { family: Family::Sm90, dtype, d, bm: 128, bn, warps: 12, stages, plain: false, variant: Variant::Default, scope: Scope::All }
 }
 
-/// A Hopper instance with three consumer warpgroups: 192 query rows, 16 warps (plain problems over many keys).
-const fn sm90_m192(dtype: DType, d: i32, bn: i32) -> KernelSpec {
-    KernelSpec { bm: 192, warps: 16, scope: Scope::PlainLong, ..sm90(dtype, d, bn, 2) }
+/// A Hopper instance with three consumer warpgroups: 192 query rows, 16 warps (plain problems, `scope` says
+/// which).
+const fn sm90_m192(dtype: DType, d: i32, bn: i32, scope: Scope) -> KernelSpec {
+    KernelSpec { bm: 192, warps: 16, scope, ..sm90(dtype, d, bn, 2) }
 }
 
 /// A Blackwell instance: 128 query rows, 128 keys per step, a load warp, an MMA warp and a softmax warpgroup.
@@ -193,12 +196,12 @@ pub const KERNELS: &[KernelSpec] = &[
     sm80(DType::BF16, 128, 128, 64, 4),
     sm80(DType::F16, 256, 64, 32, 4),
     sm80(DType::BF16, 256, 64, 32, 4),
-    sm90_m192(DType::F16, 64, 128),
-    sm90_m192(DType::BF16, 64, 128),
+    sm90_m192(DType::F16, 64, 128, Scope::PlainLongOrUnbounded),
+    sm90_m192(DType::BF16, 64, 128, Scope::PlainLongOrUnbounded),
     sm90(DType::F16, 64, 128, 2),
     sm90(DType::BF16, 64, 128, 2),
-    sm90_m192(DType::F16, 96, 112),
-    sm90_m192(DType::BF16, 96, 112),
+    sm90_m192(DType::F16, 96, 112, Scope::PlainLong),
+    sm90_m192(DType::BF16, 96, 112, Scope::PlainLong),
     sm90(DType::F16, 96, 128, 2),
     sm90(DType::BF16, 96, 128, 2),
     sm90(DType::F16, 128, 128, 2),
@@ -213,7 +216,7 @@ pub const KERNELS: &[KernelSpec] = &[
     sm90_variant(128, 128, Variant::RescaleThreshold8),
     sm90_variant(128, 128, Variant::EmulatedExp2),
     sm90_variant(64, 128, Variant::EmulatedExp2),
-    KernelSpec { variant: Variant::EmulatedExp2, ..sm90_m192(DType::BF16, 64, 128) },
+    KernelSpec { variant: Variant::EmulatedExp2, ..sm90_m192(DType::BF16, 64, 128, Scope::PlainLongOrUnbounded) },
     sm100(DType::F16, 64, 3),
     sm100(DType::BF16, 64, 3),
     sm100(DType::F16, 128, 2),
@@ -301,6 +304,9 @@ pub(crate) fn select_forced(p: &AttnParams, cc: i32, max_smem: i32, verdict: &Ve
                 || match k.scope {
                     Scope::All => true,
                     Scope::PlainLong => plain_ok && p.seq_kv >= LONG_MIN_KEYS,
+                    Scope::PlainLongOrUnbounded => {
+                        plain_ok && (p.seq_kv >= LONG_MIN_KEYS || (p.window_left < 0 && p.window_right < 0))
+                    }
                 })
             && family_serves(k.family, p, cc, verdict)
     };
@@ -367,12 +373,14 @@ mod tests {
         assert_eq!(pick(&long, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m192n128w16_plain");
         let causal = AttnParams { window_right: 0, ..long };
         assert_eq!(pick(&causal, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m192n128w16_plain");
-        assert_eq!(pick(&aligned(DType::BF16, 64, 64), 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n128w12_plain");
+        assert_eq!(pick(&aligned(DType::BF16, 64, 64), 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m192n128w16_plain");
+        let short_causal = AttnParams { window_right: 0, ..aligned(DType::BF16, 64, 64) };
+        assert_eq!(pick(&short_causal, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n128w12_plain");
         let masked = AttnParams { mask_kind: 2, ..long };
         assert_eq!(pick(&masked, 90, h100, None).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n128w12");
         // a forced 192-row kernel serves what it fits, and has no full form
         let m192 = "flash_fwd_sm90_bf16_d64_m192n128w16_plain";
-        assert_eq!(pick(&aligned(DType::BF16, 64, 64), 90, h100, Some(m192)).unwrap().name(), m192);
+        assert_eq!(pick(&short_causal, 90, h100, Some(m192)).unwrap().name(), m192);
         assert_eq!(pick(&masked, 90, h100, Some("flash_fwd_sm90_bf16_d64_m192n128w16")).unwrap().name(), "flash_fwd_sm90_bf16_d64_m128n128w12");
         assert_eq!(pick(&aligned(DType::BF16, 128, 128), 90, h100, None).unwrap().panel_cols(), 64);
         assert_eq!(pick(&aligned(DType::BF16, 192, 128), 90, h100, None).unwrap().d, 192);
