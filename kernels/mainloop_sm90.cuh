@@ -84,7 +84,7 @@ __device__ __forceinline__ void produce(const AttnParams &p, unsigned char *smem
 
 // Key rows [kv_len, seq_kv) of a V tile hold whatever the caller's buffer holds there (a KV cache's unused
 // tail, say); P is 0 on them but 0 * NaN is not, so they are zeroed before the PV GEMM reads the tile.
-// Both consumers share the tile: each zeroes half of the rows, then they meet. Not inlined: it is rare, and
+// The consumers share the tile: each zeroes a share of the rows, then they meet. Not inlined: it is rare, and
 // inlined its index arithmetic gets hoisted into every main-loop step.
 template <typename T, class Cfg>
 __device__ __noinline__ void zero_v_tail(unsigned char *v_tile, int first_row, int end_row, int consumer_tid) {

@@ -144,7 +144,7 @@ impl KernelSpec {
             32
         }
     }
-        pub fn threads(&self) -> u32 {
+    pub fn threads(&self) -> u32 {
         self.warps as u32 * 32
     }
     /// Dynamic shared memory: Q tile + `stages` K and V tiles, 2-byte elements (kernels/config.cuh
