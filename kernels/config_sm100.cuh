@@ -19,7 +19,7 @@ template <int D_, int BN_, int STAGES_> struct Sm100Config {
   static constexpr int THREADS = 32 * 6;
   static constexpr int PANEL_COLS = 64;  // 128-byte-swizzled panels (see Sm90Config)
   static constexpr int PANEL_BYTES = 128;
-  static constexpr int PANELS = D / 64;
+  static constexpr int PANELS = D / PANEL_COLS;
   // Tensor Memory columns (32-bit): two S buffers (fp32, BN each), two P buffers (16-bit pairs, BN/2 each),
   // then O (fp32, D). S_{i+1} is computed while the softmax turns S_i into P_i.
   static constexpr int TMEM_S = 0;

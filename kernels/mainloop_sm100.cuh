@@ -77,9 +77,7 @@ __device__ __forceinline__ void load_warp(const BlockWork &w, unsigned char *sme
   prefetch_tensor_map(tk);
   prefetch_tensor_map(tv);
   mbar_expect_tx(bar.q_full, Cfg::Q_BYTES);
-#pragma unroll
-  for (int pn = 0; pn < Cfg::PANELS; ++pn)
-    tma_load_4d(smem + pn * BM * 128, tq, bar.q_full, pn * 64, w.m_block * BM, w.head, w.batch, kEvictFirst);
+  tma_load_tile<Cfg>(smem, BM, tq, bar.q_full, w.m_block * BM, w.head, w.batch, kEvictFirst);
   const int n_blocks = w.n_end - w.n_begin;
   for (int i = 0; i < n_blocks; ++i) {
     const int st = stage_of<STAGES>(i);

@@ -68,10 +68,7 @@ __device__ __forceinline__ void produce(const AttnParams &p, unsigned char *smem
     if (n_blocks <= 0) continue;
     mbar_wait(bar.q_empty, (uint32_t)(loaded & 1) ^ 1u);
     mbar_expect_tx(bar.q_full, Cfg::Q_BYTES);
-#pragma unroll
-    for (int pn = 0; pn < Cfg::PANELS; ++pn)
-      tma_load_4d(smem + pn * BM * Cfg::PANEL_BYTES, tq, bar.q_full, pn * Cfg::PANEL_COLS, w.m_block * BM, w.head,
-                  w.batch, kEvictFirst);
+    tma_load_tile<Cfg>(smem, BM, tq, bar.q_full, w.m_block * BM, w.head, w.batch, kEvictFirst);
     ++loaded;
     for (int i = 0; i < n_blocks; ++i, ++ring) {
       const int st = stage_of<STAGES>(ring);

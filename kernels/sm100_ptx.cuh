@@ -36,7 +36,7 @@ __device__ __forceinline__ void fence_after_sync() { asm volatile("tcgen05.fence
 // 46-47, layout type SWIZZLE_128B = 2 in bits 61-63; address, lbo and sbo as Hopper's). K-major: 8-row groups
 // `sbo` = 1024 bytes apart, `lbo` unused (16 bytes). MN-major: `lbo` = distance between 64-element MN panels.
 __device__ __forceinline__ uint64_t smem_desc_sw128(const void *base, uint32_t lbo_bytes) {
-  return sm90::smem_desc_sw128_fields(base, lbo_bytes) | (uint64_t)1 << 46  // descriptor version (Blackwell)
+  return sm90::smem_desc_fields<128>(base, lbo_bytes) | (uint64_t)1 << 46  // descriptor version (Blackwell)
          | (uint64_t)2 << 61;                                                // SWIZZLE_128B
 }
 // The start address sits in the low bits as in Hopper's descriptor: advancing is the same.

@@ -93,9 +93,6 @@ template <int SWIZZLE> __device__ __forceinline__ uint64_t smem_desc_fields(cons
   d |= (uint64_t)(8 * SWIZZLE >> 4) << 32;
   return d;
 }
-__device__ __forceinline__ uint64_t smem_desc_sw128_fields(const void *base, uint32_t lbo_bytes) {
-  return smem_desc_fields<128>(base, lbo_bytes);
-}
 // Hopper (wgmma) descriptor: the swizzle is the layout in bits 62-63 (1: 128 bytes, 2: 64 bytes).
 template <int SWIZZLE> __device__ __forceinline__ uint64_t smem_desc_sw(const void *base, uint32_t lbo_bytes) {
   return smem_desc_fields<SWIZZLE>(base, lbo_bytes) | (uint64_t)(SWIZZLE == 128 ? 1 : 2) << 62;

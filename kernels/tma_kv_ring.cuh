@@ -1,6 +1,6 @@
-// The K/V ring of the Hopper and Blackwell kernels: ring positions, and the producer step they share, one
-// key block into the ring through TMA.
-// Wait until the consumers freed ring slot `st` (parity `ph`), then load K, then V, each with one 4D TMA load
+// The TMA loads and K/V ring of the Hopper and Blackwell kernels: a tile into its swizzle panels, ring
+// positions, and the producer step they share, one key block into the ring (tma_load_kv_block below):
+// wait until the consumers freed ring slot `st` (parity `ph`), then load K, then V, each with one 4D TMA load
 // per panel that completes on the slot's "full" mbarrier. `wait` is the kernel's own mbarrier wait
 // (the Blackwell kernel traps on a hang instead of spinning).
 #pragma once
@@ -26,6 +26,16 @@ template <int STAGES> struct RingPos {
   }
 };
 
+// A tile of `rows` rows (a Q tile, or one K or V stage) into its panels at `tile`: one 4D TMA load per panel,
+// each completing on `full` (whose expected bytes the caller has set).
+template <class Cfg>
+__device__ __forceinline__ void tma_load_tile(unsigned char *tile, int rows, const CUtensorMap *map, uint64_t *full,
+                                              int row, int head, int batch, uint64_t evict) {
+#pragma unroll
+  for (int pn = 0; pn < Cfg::PANELS; ++pn)
+    sm90::tma_load_4d(tile + pn * rows * Cfg::PANEL_BYTES, map, full, pn * Cfg::PANEL_COLS, row, head, batch, evict);
+}
+
 template <class Cfg, class Bar, class Wait>
 __device__ __forceinline__ void tma_load_kv_block(unsigned char *smem, Bar &bar, int st, uint32_t ph, int row, int kv_head,
                                                   int batch, const CUtensorMap *tk, const CUtensorMap *tv, Wait wait) {
@@ -33,14 +43,10 @@ __device__ __forceinline__ void tma_load_kv_block(unsigned char *smem, Bar &bar,
   unsigned char *v_tile = smem + Cfg::V_OFFSET + st * Cfg::KV_BYTES;
   wait(&bar.k_empty[st], ph ^ 1u);
   sm90::mbar_expect_tx(&bar.k_full[st], Cfg::KV_BYTES);
-#pragma unroll
-  for (int pn = 0; pn < Cfg::PANELS; ++pn)
-    sm90::tma_load_4d(k_tile + pn * Cfg::BN * Cfg::PANEL_BYTES, tk, &bar.k_full[st], pn * Cfg::PANEL_COLS, row, kv_head, batch, sm90::kEvictLast);
+  tma_load_tile<Cfg>(k_tile, Cfg::BN, tk, &bar.k_full[st], row, kv_head, batch, sm90::kEvictLast);
   wait(&bar.v_empty[st], ph ^ 1u);
   sm90::mbar_expect_tx(&bar.v_full[st], Cfg::KV_BYTES);
-#pragma unroll
-  for (int pn = 0; pn < Cfg::PANELS; ++pn)
-    sm90::tma_load_4d(v_tile + pn * Cfg::BN * Cfg::PANEL_BYTES, tv, &bar.v_full[st], pn * Cfg::PANEL_COLS, row, kv_head, batch, sm90::kEvictLast);
+  tma_load_tile<Cfg>(v_tile, Cfg::BN, tv, &bar.v_full[st], row, kv_head, batch, sm90::kEvictLast);
 }
 
 }  // namespace flashattn
