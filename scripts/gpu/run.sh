@@ -70,7 +70,7 @@ for s in "${steps[@]}"; do
       ORT_DYLIB_PATH=$(ls /tmp/site/onnxruntime/capi/libonnxruntime.so.* | head -n 1) LD_LIBRARY_PATH=$nvlibs:${LD_LIBRARY_PATH:-} \
         FLASHATTN_ORT_LIB="$lib" "$root/.gpu/gpu_ort" --ignored --test-threads 1 --nocapture 2>&1 | tee "$out/rust-ort.log" ;;
     bench) python3 bench.py "$lib" --out "$out/bench.md" 2>&1 | tee "$out/bench.log" ;;
-    bench-prefill) python3 bench.py "$lib" --no-decode --dims "${FA_DIMS:-64,96,128,192,256}" --variants "${FA_VARIANTS:-}" --out "$out/bench-prefill.md" 2>&1 | tee "$out/bench-prefill.log" ;;
+    bench-prefill) python3 bench.py "$lib" --no-decode ${FA_DIMS:+--dims "$FA_DIMS"} --variants "${FA_VARIANTS:-}" --out "$out/bench-prefill.md" 2>&1 | tee "$out/bench-prefill.log" ;;
     bench-decode) python3 bench.py "$lib" --no-prefill --out "$out/bench-decode.md" 2>&1 | tee "$out/bench-decode.log" ;;
     decode-probe) python3 decode_probe.py "$lib" ${FA_SPLITS:-} 2>&1 | tee "$out/decode-probe.log" ;;
     e2e)
