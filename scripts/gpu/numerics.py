@@ -6,6 +6,10 @@ must be written); any NaN fails; rows with no visible key must be exactly 0 with
 With key_seqlens, the key/value rows past each batch entry's length are filled with NaN (what an unused KV-cache
 tail may hold): they must not reach the output.
 
+Every prefill case also picks how the Hopper kernel's blocks take their tiles (`grid`: auto = by problem, 0 = one
+block per tile, 1 = persistent blocks walking a fixed share); fixed cases with more tiles than SMs pin each, so
+a persistent block walks several tiles, some without keys.
+
 Decode-shaped cases (seq_q * group <= 64) also pin the split-KV decode kernel's split count (auto, off, forced
 n) and check from the kernel name that the decode kernel served them.
 
@@ -46,7 +50,13 @@ def rand_case(rng, small):
     c["seqlens"] = rng.random() < 0.25
     c["strided"] = rng.random() < 0.2  # q/k/v as views into wider buffers
     c["lse"] = rng.random() < 0.8
+    c["grid"] = rng.choice(GRID_MODES)
     return c
+
+
+# How the Hopper kernel's blocks take tiles (flashattn_ort_gpu_set_persistent): -1 by problem, 0 one block per
+# tile, 1 a fixed share per persistent block.
+GRID_MODES = [-1, -1, 0, 1]
 
 
 # Split-KV decode kernel settings a case may ask for: "auto" (the library's choice), "off" (prefill kernel),
@@ -136,12 +146,14 @@ def run_case(lib, c, gen):
               softcap=c["softcap"], window_left=c["window_left"], window_right=c["window_right"])
     P = fa_lib.make_params(lib, q, k_in, v_in, out, lse, **kw)
     fa_lib.set_decode_splits(lib, splits_code(c))
+    lib.flashattn_ort_gpu_set_persistent(c.get("grid", -1))
     try:
         kname = fa_lib.kernel_name(lib, P)
         fa_lib.launch(lib, P)
         torch.cuda.synchronize()
     finally:
         fa_lib.set_decode_splits(lib, -1)
+        lib.flashattn_ort_gpu_set_persistent(-1)
     ref, ref_lse = fa_lib.reference(q, k, v, **kw)
     naive, _ = fa_lib.reference(q, k, v, dtype=dt, **kw)
     problems = []
@@ -205,6 +217,13 @@ def fixed_cases():
     cases.append(dict(base, d=64, dv=64, sq=3000, skv=3000, window_left=200, window_right=0))
     cases.append(dict(base, dtype=torch.float16, d=256, dv=256, sq=1025, skv=2049, mask="additive", mask_shape="col"))
     cases.append(dict(base, d=128, dv=128, sq=300, skv=5000, seqlens=True, causal=True, strided=True))
+    # more tiles than SMs, so persistent blocks walk several: causal (tiles of every length), ragged key lengths
+    # with an empty batch entry (tiles without keys), under each schedule
+    many = dict(base, b=2, hq=32, hkv=8, sq=1100, skv=1100, d=128, dv=128, causal=True)
+    for grid in (-1, 0, 1):
+        cases.append(dict(many, grid=grid))
+        cases.append(dict(many, grid=grid, causal=False, seqlens=True, zero_len=True, d=64, dv=64))
+        cases.append(dict(many, grid=grid, causal=False, hq=16, d=64, dv=64, sq=2100, skv=2100))  # 192-row tiles
     # Split-KV decode: the split path (auto and forced), the one-split path (straight to the outputs), off.
     dec = dict(base, b=1, hq=32, hkv=8, sq=1, skv=32768, d=128, dv=128, splits="auto")
     cases.append(dec)                                                       # GQA 32/8, long cache, split

@@ -25,6 +25,8 @@ for i in range(n):
         c.update(d=96, dv=96, seqlens=True, strided=False)
     if i == 3:  # and one on three consumer warpgroups (plain, >= 2048 keys), with a V tail to zero
         c.update(d=64, dv=64, sq=300, skv=2100, seqlens=True, mask=None, softcap=0.0, b=1, strided=False)
+    if i == 6:  # and one with more tiles than SMs (192), so persistent blocks walk several
+        c.update(d=64, dv=64, sq=700, skv=700, b=1, hq=32, hkv=8, causal=True, strided=False)
     B, Hq, Hkv, Sq, Skv, D, Dv, dt = c["b"], c["hq"], c["hkv"], c["sq"], c["skv"], c["d"], c["dv"], c["dtype"]
     bsnh = c["layout"] == "BSNH"
     shp = lambda s, h, d: (B, s, h, d) if bsnh else (B, h, s, d)  # noqa: E731
