@@ -25,6 +25,7 @@ except Exception as e:  # noqa: BLE001
 
 VARIANTS = []
 ROUNDS = 3
+OTHER = None  # (library, name) of another build timed as variant "lib" (--other-lib)
 
 
 def timeit(fn, iters=None, budget_s=0.25):
@@ -142,11 +143,15 @@ def run_row(lib, B, S, H, D, causal, Hkv=None, Sq=None, rows_out=None):
     # Variants are timed in rounds alternating with the default (median of each over ROUNDS rounds): the
     # H200's clock drifts by up to ~9% between back-to-back timings of one kernel, so a variant timed once
     # right after the default is compared with a different clock.
-    # a grid variant only where it differs from the default (persistent blocks unless causal)
-    variants = [v for v in VARIANTS if (v.startswith("grid=") and int(v[5:]) == int(causal)) or f"_d{D}_" in v]
+    # grid variants (how the Hopper kernel's blocks take tiles) on every row, kernel variants on their head dim
+    variants = [v for v in VARIANTS if v.startswith("grid=") or f"_d{D}_" in v] + (["lib"] if OTHER else [])
     times = {name: [] for name in ["default"] + variants}
+    P_other = fa_lib.make_params(OTHER, q, k, v, out, causal=causal) if OTHER else None
     for _ in range(ROUNDS if variants else 1):
         for name in times:
+            if name == "lib":  # the same problem through the other build
+                times[name].append(timeit(lambda: fa_lib.launch(OTHER, P_other)))
+                continue
             if name.startswith("grid="):  # the Hopper kernel's grid: grid=0 one block per tile, grid=1 persistent
                 lib.flashattn_ort_gpu_set_persistent(int(name[5:]))
             elif name != "default":
@@ -205,11 +210,15 @@ def main():
     ap.add_argument("--no-prefill", action="store_true")
     ap.add_argument("--variants", default="", help="comma-separated kernel names to time too")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of default + variants (when variants are given)")
+    ap.add_argument("--other-lib", default=None, help="another build of the library, timed as variant 'lib' in the same rounds")
     a = ap.parse_args()
     VARIANTS.extend(v for v in a.variants.split(",") if v)
     global ROUNDS
     ROUNDS = max(1, a.rounds)
     lib = fa_lib.load(a.lib)
+    global OTHER
+    if a.other_lib:
+        OTHER = fa_lib.load(a.other_lib)
     dev = torch.cuda.get_device_name()
     rows = []
     dims = [128] if a.quick else [int(d) for d in a.dims.split(",")]

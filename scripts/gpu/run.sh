@@ -70,7 +70,10 @@ for s in "${steps[@]}"; do
       ORT_DYLIB_PATH=$(ls /tmp/site/onnxruntime/capi/libonnxruntime.so.* | head -n 1) LD_LIBRARY_PATH=$nvlibs:${LD_LIBRARY_PATH:-} \
         FLASHATTN_ORT_LIB="$lib" "$root/.gpu/gpu_ort" --ignored --test-threads 1 --nocapture 2>&1 | tee "$out/rust-ort.log" ;;
     bench) python3 bench.py "$lib" --out "$out/bench.md" 2>&1 | tee "$out/bench.log" ;;
-    bench-prefill) python3 bench.py "$lib" --no-decode ${FA_DIMS:+--dims "$FA_DIMS"} --variants "${FA_VARIANTS:-}" --out "$out/bench-prefill.md" 2>&1 | tee "$out/bench-prefill.log" ;;
+    bench-prefill)
+      # FA_OTHER_LIB: another build, timed in the same rounds as variant "lib" (an A/B inside one process)
+      python3 bench.py "$lib" --no-decode ${FA_DIMS:+--dims "$FA_DIMS"} --variants "${FA_VARIANTS:-}" \
+        ${FA_OTHER_LIB:+--other-lib "$FA_OTHER_LIB"} --out "$out/bench-prefill.md" 2>&1 | tee "$out/bench-prefill.log" ;;
     bench-decode) python3 bench.py "$lib" --no-prefill --out "$out/bench-decode.md" 2>&1 | tee "$out/bench-decode.log" ;;
     decode-probe) python3 decode_probe.py "$lib" ${FA_SPLITS:-} 2>&1 | tee "$out/decode-probe.log" ;;
     e2e)
@@ -109,12 +112,14 @@ for s in "${steps[@]}"; do
           python3 profile_one.py "$lib" ${FA_PROFILE:-128 8192 0} $who
       done 2>&1 | grep -E "^== |^kernel|Duration|Throughput|stalled|inst_executed|cycles|Issued|Eligible|Active Warps|gmma|pipe|==ERR|rror" | tee "$out/profile-vs.log" ;;
     profile-source)
-      # per-SASS-instruction executed counts and stall samples of our kernel on one prefill problem
-      # (FA_PROFILE="D SEQ CAUSAL"): where a tile's instructions and waits go, as CSV for reading here
+      # per-SASS-instruction executed counts and stall samples of our kernel, or FlashAttention-4's (FA_WHO=fa4),
+      # on one prefill problem (FA_PROFILE="D SEQ CAUSAL"): where a tile's instructions and waits go, as CSV
+      # (source-ours.csv / source-fa4.csv) for reading here
+      who=${FA_WHO:-ours}
       ncu --clock-control none -k regex:flash_fwd -c 1 --section SourceCounters --section WarpStateStats -f \
-        -o "$out/source" python3 profile_one.py "$lib" ${FA_PROFILE:-128 512 0} ours 2>&1 | tail -3
-      ncu --import "$out/source.ncu-rep" --page source --csv --print-source sass > "$out/source.csv" 2> "$out/source.err"
-      rc_src=$?; rm -f "$out/source.ncu-rep"; wc -l "$out/source.csv" "$out/source.err"; ( exit $rc_src ) ;;
+        -o "$out/source" python3 profile_one.py "$lib" ${FA_PROFILE:-128 512 0} $who 2>&1 | tail -3
+      ncu --import "$out/source.ncu-rep" --page source --csv --print-source sass > "$out/source-$who.csv" 2> "$out/source.err"
+      rc_src=$?; rm -f "$out/source.ncu-rep"; wc -l "$out/source-$who.csv" "$out/source.err"; ( exit $rc_src ) ;;
     profile-decode)
       # ncu on batch-1 decode steps (GQA 32/8 at 2k and 8k keys, MQA at 32k): the decode kernel and its combine
       for cfg in "1 8 2048" "1 8 8192" "1 1 32768"; do
