@@ -30,7 +30,9 @@ template <int D_, int BN_, int STAGES_, int CONSUMERS_ = 2> struct Sm90Config {
   static constexpr int V_OFFSET = K_OFFSET + STAGES * KV_BYTES;
   static constexpr int BAR_OFFSET = V_OFFSET + STAGES * KV_BYTES;
   static constexpr int BARRIERS = 2 + 4 * STAGES;  // q_full, q_empty, k_full[], k_empty[], v_full[], v_empty[]
-  // +1024: the dynamic shared-memory base is aligned up to 1024 bytes inside the kernel.
+  // +1024: slack for aligning the base to 1024 bytes. The Hopper kernel declares its dynamic shared memory
+  // 1024-aligned (as it is on sm_90: no static shared memory precedes it) and traps if it is not, so that the
+  // main loop's addresses fold into constants instead of being realigned at each use.
   static constexpr int SMEM_BYTES = BAR_OFFSET + BARRIERS * 8 + 1024;
   static_assert(D % 32 == 0 && D <= 256, "D: multiple of 32 up to 256");
   static_assert(BN % 16 == 0 && BN <= 256, "BN: multiple of 16 up to 256");

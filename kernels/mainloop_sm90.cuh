@@ -26,10 +26,14 @@
 namespace flashattn {
 
 // Tunables of one Hopper instance (their effect is measured in docs/PERF.md).
-template <bool PINGPONG_, int RESCALE_THRESHOLD_, int EMULATED_EXP2_EVERY_> struct Sm90Options {
+// SPLIT_PV_WAIT: wait for the previous PV after the first of a thread's two rows is exponentiated (not after
+// both), so the new P's conversion and the O rescale run among the second row's exponentials (FlashAttention-4's
+// Hopper order) instead of after them. Measured 1-5% slower at d64-d128 and even at d192/d256: not the default.
+template <bool PINGPONG_, int RESCALE_THRESHOLD_, int EMULATED_EXP2_EVERY_, bool SPLIT_PV_WAIT_ = false> struct Sm90Options {
   static constexpr bool PINGPONG = PINGPONG_;
   static constexpr int RESCALE_THRESHOLD = RESCALE_THRESHOLD_;
   static constexpr int EMULATED_EXP2_EVERY = EMULATED_EXP2_EVERY_;
+  static constexpr bool SPLIT_PV_WAIT = SPLIT_PV_WAIT_;
 };
 
 namespace sm90 {
@@ -79,12 +83,29 @@ __device__ __forceinline__ void produce(const AttnParams &p, unsigned char *smem
   }
 }
 
+// The dynamic shared memory, 1024-byte aligned (128-byte swizzled tiles need it). FOLD: through a symbol declared
+// 1024-aligned (it is on sm_90, with no static shared memory before it; a launch where it is not traps), so
+// that shared addresses fold into constants: the d128 main loop issues ~25 instructions fewer per step than with
+// the base aligned at run time. d256's masked form keeps run-time alignment: with folded addresses it spills
+// around its out-of-line calls.
+template <bool FOLD> __device__ __forceinline__ unsigned char *dynamic_smem_1024() {
+  if constexpr (FOLD) {
+    extern __shared__ __align__(1024) unsigned char smem_aligned[];
+    if (smem_u32(smem_aligned) & 1023) __trap();
+    return smem_aligned;
+  } else {
+    extern __shared__ unsigned char smem_raw[];
+    return align_1024(smem_raw);
+  }
+}
+
 // Key rows [kv_len, seq_kv) of a V tile hold whatever the caller's buffer holds there (a KV cache's unused
 // tail, say); P is 0 on them but 0 * NaN is not, so they are zeroed before the PV GEMM reads the tile.
 // The consumers share the tile: each zeroes a share of the rows, then they meet. Not inlined: it is rare, and
 // inlined its index arithmetic gets hoisted into every main-loop step.
 template <typename T, class Cfg>
-__device__ __noinline__ void zero_v_tail(unsigned char *v_tile, int first_row, int end_row, int consumer_tid) {
+__device__ __noinline__ void zero_v_tail(uint32_t v_tile_addr, int first_row, int end_row, int consumer_tid) {
+  unsigned char *v_tile = static_cast<unsigned char *>(__cvta_shared_to_generic(v_tile_addr));
   constexpr int CHUNKS = Cfg::D / 8, PANEL_CHUNKS = Cfg::PANEL_COLS / 8;  // 16-byte chunks per row: all, per panel
   const int rows = end_row - first_row;
   for (int idx = consumer_tid; idx < rows * CHUNKS; idx += 128 * Cfg::CONSUMERS) {
@@ -117,7 +138,12 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
   constexpr int BM = Cfg::BM, BN = Cfg::BN, D = Cfg::D, STAGES = Cfg::STAGES;
   constexpr int NTN = BN / 8, NTD = D / 8, KQ = D / 16, KP = BN / 16;
   constexpr int PB = Cfg::PANEL_BYTES, KQ_PER_PANEL = Cfg::PANEL_COLS / 16;
-  Barriers<Cfg> bar(smem);
+  // 32-bit shared-memory addresses of the tiles and of the barriers, laid out as Barriers lays them out: q_full,
+  // q_empty, then k_full, k_empty, v_full and v_empty of each stage (8 bytes apart). Derived from the base rather
+  // than converted from Barriers' pointers: d256's masked form has no register to spare for the conversions.
+  const uint32_t sbase = smem_u32(smem);
+  const uint32_t q_full = sbase + Cfg::BAR_OFFSET, q_empty = q_full + 8, k_full = q_full + 16,
+                 k_empty = k_full + 8 * STAGES, v_full = k_empty + 8 * STAGES, v_empty = v_full + 8 * STAGES;
   const int lane = threadIdx.x & 31, warp_in_group = (threadIdx.x / 32) & 3;
   const int row_base = w.m_block * BM + consumer * 64 + warp_in_group * 16;
   const int n_blocks = w.n_end - w.n_begin;
@@ -132,25 +158,32 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
   OnlineSoftmax<1, NTN, NTD> sm;
   sm.init();
 
-  // Q rows of this consumer: rows [64*consumer, +64) of every panel.
-  const uint64_t q_desc = smem_desc_sw<PB>(smem + consumer * 64 * PB, 1);
+  // Q rows of this consumer: rows [64*consumer, +64) of every panel. The k-steps' Q descriptors are the same at
+  // every main-loop step: up to d192 they are computed once per tile (else each step pays an add with carry per
+  // k-step); d256's sixteen would take 32 registers that its masked form does not have.
+  constexpr bool HOIST_Q = KQ <= 12;
+  const uint64_t q_base = smem_desc_sw<PB>(sbase + consumer * 64 * PB, 1);
+  auto q_off = [](int kk) -> uint32_t { return (kk / KQ_PER_PANEL) * BM * PB + (kk % KQ_PER_PANEL) * 32; };
+  uint64_t q_desc[HOIST_Q ? KQ : 1];
+#pragma unroll
+  for (int kk = 0; kk < (HOIST_Q ? KQ : 1); ++kk) q_desc[kk] = desc_advance(q_base, q_off(kk));
   auto issue_qk = [&](int st) {
-    const uint64_t k_desc = smem_desc_sw<PB>(smem + Cfg::K_OFFSET + st * Cfg::KV_BYTES, 1);
+    const uint64_t k_desc = smem_desc_sw<PB>(sbase + Cfg::K_OFFSET + st * Cfg::KV_BYTES, 1);
 #pragma unroll
     for (int kk = 0; kk < KQ; ++kk) {
-      const uint32_t in_panel = (kk % KQ_PER_PANEL) * 32;
-      const uint32_t off_q = (kk / KQ_PER_PANEL) * BM * PB + in_panel, off_k = (kk / KQ_PER_PANEL) * BN * PB + in_panel;
-      Wgmma<T, BN>::ss(s_flat, desc_advance(q_desc, off_q), desc_advance(k_desc, off_k), kk > 0);
+      const uint32_t off_k = (kk / KQ_PER_PANEL) * BN * PB + (kk % KQ_PER_PANEL) * 32;
+      const uint64_t qd = HOIST_Q ? q_desc[HOIST_Q ? kk : 0] : desc_advance(q_base, q_off(kk));
+      Wgmma<T, BN>::ss(s_flat, qd, desc_advance(k_desc, off_k), kk > 0);
     }
   };
   // The tile's first PV overwrites O instead of adding to it, so O needs no zeroing.
   auto issue_pv = [&](int st, bool first) {
-    const uint64_t v_desc = smem_desc_sw<PB>(smem + Cfg::V_OFFSET + st * Cfg::KV_BYTES, BN * PB);
+    const uint64_t v_desc = smem_desc_sw<PB>(sbase + Cfg::V_OFFSET + st * Cfg::KV_BYTES, BN * PB);
 #pragma unroll
     for (int kk = 0; kk < KP; ++kk)
       Wgmma<T, D>::rs(o_flat, pa[kk], desc_advance(v_desc, kk * 16 * PB), kk > 0 || !first);
   };
-  auto release = [&](uint64_t *b) {
+  auto release = [&](uint32_t b) {
     if (lane == 0) mbar_arrive(b);
   };
   auto score_mods = [&](int i) {
@@ -172,18 +205,18 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
     if (i >= zero_from) {
       const int c0 = (w.n_begin + i) * BN;
       const int end = min(BN, p.seq_kv - c0);
-      zero_v_tail<T, Cfg>(smem + Cfg::V_OFFSET + st * Cfg::KV_BYTES, max(w.kv_len - c0, 0), end, threadIdx.x - 128);
+      zero_v_tail<T, Cfg>(sbase + Cfg::V_OFFSET + st * Cfg::KV_BYTES, max(w.kv_len - c0, 0), end, threadIdx.x - 128);
     }
   };
   auto release_q_after = [&](int i) {
-    if (i == n_blocks - 1) release(bar.q_empty);  // the tile's last QK^T is done: Q may be overwritten
+    if (i == n_blocks - 1) release(q_empty);  // the tile's last QK^T is done: Q may be overwritten
   };
 
-  mbar_wait(bar.q_full, (uint32_t)(loaded & 1));
+  mbar_wait(q_full, (uint32_t)(loaded & 1));
 
   // Step 0: S_0 = Q K_0^T, P_0.
   RingPos<STAGES> cur(ring);
-  mbar_wait(&bar.k_full[cur.stage], cur.phase);
+  mbar_wait(k_full + 8 * cur.stage, cur.phase);
   turn.wait();
   wgmma_fence();
   issue_qk(cur.stage);
@@ -191,7 +224,7 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
   turn.pass();
   wgmma_wait<0>();
   fence_regs(s_flat);
-  release(&bar.k_empty[cur.stage]);
+  release(k_empty + 8 * cur.stage);
   release_q_after(0);
   score_mods(0);
   {
@@ -205,8 +238,8 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
     const RingPos<STAGES> prev = cur;
     cur.advance();
     const int st = cur.stage, pst = prev.stage;
-    mbar_wait(&bar.k_full[st], cur.phase);
-    mbar_wait(&bar.v_full[pst], prev.phase);
+    mbar_wait(k_full + 8 * st, cur.phase);
+    mbar_wait(v_full + 8 * pst, prev.phase);
     prepare_v(i - 1, pst);
     turn.wait();
     wgmma_fence();
@@ -217,27 +250,38 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
     turn.pass();
     wgmma_wait<1>();
     fence_regs(s_flat);
-    release(&bar.k_empty[st]);
+    release(k_empty + 8 * st);
     release_q_after(i);
     score_mods(i);
     float corr[1][2];
-    const bool rescale =
-        sm.template exponentiate<Opt::RESCALE_THRESHOLD, Opt::EMULATED_EXP2_EVERY>(s, corr, scale_log2);
-    // The softmax above must run while PV_{i-1} does. P stays live until here (else ptxas reuses its
-    // registers for the softmax and waits for PV first), and the branch in keep_live ends the basic block,
-    // so ptxas cannot schedule the wait above the softmax.
-    fence_regs(s_flat);
-    keep_live(pa_flat, smem, p.seq_q < 0);
-    wgmma_wait<0>();
-    fence_regs(o_flat);
-    release(&bar.v_empty[pst]);
-    if (__any_sync(0xffffffffu, rescale)) OnlineSoftmax<1, NTN, NTD>::rescale(o, corr);
-    to_pa();
+    // The softmax (all of it, or the first row with SPLIT_PV_WAIT) must run while PV_{i-1} does. P stays live
+    // until the wait (else ptxas reuses its registers for the softmax and waits for PV first), and the branch
+    // in keep_live ends the basic block, so ptxas cannot schedule the wait above the softmax.
+    auto wait_pv = [&] {
+      fence_regs(s_flat);
+      keep_live(pa_flat, sbase, p.seq_q < 0);
+      wgmma_wait<0>();
+      fence_regs(o_flat);
+      release(v_empty + 8 * pst);
+    };
+    bool rescale;
+    if constexpr (Opt::SPLIT_PV_WAIT) {
+      rescale = sm.template exponentiate_row<Opt::RESCALE_THRESHOLD, Opt::EMULATED_EXP2_EVERY>(s, corr, scale_log2, 0, 0);
+      wait_pv();
+      rescale |= sm.template exponentiate_row<Opt::RESCALE_THRESHOLD, Opt::EMULATED_EXP2_EVERY>(s, corr, scale_log2, 0, 1);
+      to_pa();
+      if (__any_sync(0xffffffffu, rescale)) OnlineSoftmax<1, NTN, NTD>::rescale(o, corr);
+    } else {
+      rescale = sm.template exponentiate<Opt::RESCALE_THRESHOLD, Opt::EMULATED_EXP2_EVERY>(s, corr, scale_log2);
+      wait_pv();
+      if (__any_sync(0xffffffffu, rescale)) OnlineSoftmax<1, NTN, NTD>::rescale(o, corr);
+      to_pa();
+    }
   }
 
   // Last PV.
   const int lst = cur.stage;
-  mbar_wait(&bar.v_full[lst], cur.phase);
+  mbar_wait(v_full + 8 * lst, cur.phase);
   prepare_v(n_blocks - 1, lst);
   turn.wait();
   wgmma_fence();
@@ -246,7 +290,7 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
   turn.pass();
   wgmma_wait<0>();
   fence_regs(o_flat);
-  release(&bar.v_empty[lst]);
+  release(v_empty + 8 * lst);
 
   float inv[1][2], lse[1][2];
   sm.finalize(inv, lse, p.scale);
@@ -270,9 +314,8 @@ template <typename T, class Cfg, class Opt, bool MODS>
 __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtensorMap *tq, const CUtensorMap *tk,
                                                const CUtensorMap *tv) {
   using namespace sm90;
-  extern __shared__ unsigned char smem_raw[];
   require_dynamic_smem(Cfg::SMEM_BYTES);
-  unsigned char *smem = align_1024(smem_raw);
+  unsigned char *smem = dynamic_smem_1024<!(Cfg::D == 256 && MODS)>();
   const int group = threadIdx.x / 128;
   Barriers<Cfg> bar(smem);
   if (threadIdx.x == 0) {

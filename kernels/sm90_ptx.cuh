@@ -16,19 +16,23 @@ __device__ __forceinline__ void mbar_init(uint64_t *bar, int count) {
 __device__ __forceinline__ void mbar_expect_tx(uint64_t *bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
 }
-__device__ __forceinline__ void mbar_arrive(uint64_t *bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(bar)) : "memory");
+// Arrive and wait take the barrier's shared-memory address (the main loop keeps 32-bit addresses: generic
+// pointers into the dynamic shared memory cost a conversion at each use) or a pointer.
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
 }
+__device__ __forceinline__ void mbar_arrive(uint64_t *bar) { mbar_arrive(smem_u32(bar)); }
 // Blocks until the phase with parity `parity` has completed.
-__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   asm volatile(
       "{\n.reg .pred done;\n"
       "WAIT_%=:\n"
       "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT_%=;\n}\n" ::"r"(smem_u32(bar)),
+      "@!done bra WAIT_%=;\n}\n" ::"r"(bar),
       "r"(parity)
       : "memory");
 }
+__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) { mbar_wait(smem_u32(bar), parity); }
 
 // ---- TMA: a 4D tile (col, row, head, batch) into shared memory, completing on an mbarrier ----
 __device__ __forceinline__ void tma_load_4d(void *dst, const CUtensorMap *map, uint64_t *bar, int c0, int c1, int c2,
@@ -69,12 +73,15 @@ template <int N> __device__ __forceinline__ void fence_regs(uint32_t (&r)[N]) {
 // see) keeps the registers live up to this point; the trap after it keeps ptxas from predicating the store
 // instead of branching around it, so the branch also ends a basic block, which ptxas does not schedule
 // instructions across (code before the call stays before a wgmma wait placed after it).
-template <int N> __device__ __forceinline__ void keep_live(const uint32_t (&r)[N], unsigned char *sink, bool never) {
+// The sink is a shared-memory address (a generic pointer would stay live in registers through the main loop).
+template <int N> __device__ __forceinline__ void keep_live(const uint32_t (&r)[N], uint32_t sink, bool never) {
   static_assert(N % 4 == 0, "whole 16-byte stores");
   if (never) {
 #pragma unroll
     for (int i = 0; i < N; i += 4)
-      *reinterpret_cast<uint4 *>(sink + 4 * i) = make_uint4(r[i], r[i + 1], r[i + 2], r[i + 3]);
+      asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(sink + 4 * i), "r"(r[i]), "r"(r[i + 1]), "r"(r[i + 2]),
+                   "r"(r[i + 3])
+                   : "memory");
     __trap();
   }
 }
@@ -84,17 +91,21 @@ template <int N> __device__ __forceinline__ void keep_live(const uint32_t (&r)[N
 // 8 * SWIZZLE bytes apart: start address, `lbo` (for K-major operands unused; for MN-major operands the
 // distance between MN panels) and `sbo` = the 8-row group stride. The layout and version bits differ between
 // the two and are added by each.
-template <int SWIZZLE> __device__ __forceinline__ uint64_t smem_desc_fields(const void *base, uint32_t lbo_bytes) {
+template <int SWIZZLE> __device__ __forceinline__ uint64_t smem_desc_fields(uint32_t base, uint32_t lbo_bytes) {
   static_assert(SWIZZLE == 128 || SWIZZLE == 64, "128- or 64-byte swizzle");
-  const uint64_t addr = smem_u32(base);
+  const uint64_t addr = base;
   uint64_t d = 0;
   d |= (addr & 0x3FFFF) >> 4;
   d |= (uint64_t)((lbo_bytes >> 4) & 0x3FFF) << 16;
   d |= (uint64_t)(8 * SWIZZLE >> 4) << 32;
   return d;
 }
-// Hopper (wgmma) descriptor: the swizzle is the layout in bits 62-63 (1: 128 bytes, 2: 64 bytes).
-template <int SWIZZLE> __device__ __forceinline__ uint64_t smem_desc_sw(const void *base, uint32_t lbo_bytes) {
+template <int SWIZZLE> __device__ __forceinline__ uint64_t smem_desc_fields(const void *base, uint32_t lbo_bytes) {
+  return smem_desc_fields<SWIZZLE>(smem_u32(base), lbo_bytes);
+}
+// Hopper (wgmma) descriptor of the operand at shared-memory address `base`: the swizzle is the layout in bits
+// 62-63 (1: 128 bytes, 2: 64 bytes).
+template <int SWIZZLE> __device__ __forceinline__ uint64_t smem_desc_sw(uint32_t base, uint32_t lbo_bytes) {
   return smem_desc_fields<SWIZZLE>(base, lbo_bytes) | (uint64_t)(SWIZZLE == 128 ? 1 : 2) << 62;
 }
 // Advancing a descriptor's start address by `bytes` (a multiple of 16) keeps its other fields.

@@ -32,46 +32,53 @@ template <int MT, int NTN, int NTD> struct OnlineSoftmax {
   __device__ __forceinline__ bool exponentiate(float (&s)[MT][NTN][4], float (&corr)[MT][2], float scale_log2) {
     bool rescale = false;
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        // Reductions over the row's NTN*2 values in NP independent chains (latency, not throughput, bound).
-        constexpr int NP = NTN >= 4 ? 4 : NTN;
-        float pm[NP];
+      for (int hf = 0; hf < 2; ++hf)
+        rescale |= exponentiate_row<RESCALE_THRESHOLD, EMULATED_EXP2_EVERY>(s, corr, scale_log2, mt, hf);
+    return rescale;
+  }
+
+  // exponentiate for one row (m-tile mt, half hf) of the thread: whether its max moved.
+  template <int RESCALE_THRESHOLD = 0, int EMULATED_EXP2_EVERY = 0>
+  __device__ __forceinline__ bool exponentiate_row(float (&s)[MT][NTN][4], float (&corr)[MT][2], float scale_log2, int mt,
+                                                   int hf) {
+    // Reductions over the row's NTN*2 values in NP independent chains (latency, not throughput, bound). The
+    // chains start from the row's own values (not from the old max or 0, which would cost an operation per
+    // chain); the old max joins once.
+    constexpr int NP = NTN >= 4 ? 4 : NTN;
+    float pm[NP];
 #pragma unroll
-        for (int i = 0; i < NP; ++i) pm[i] = m[mt][hf];
+    for (int nt = 0; nt < NTN; ++nt) {
+      const float v = fmaxf(s[mt][nt][2 * hf], s[mt][nt][2 * hf + 1]);
+      pm[nt % NP] = nt < NP ? v : fmaxf(pm[nt % NP], v);
+    }
+    float mx = pm[0];
 #pragma unroll
-        for (int nt = 0; nt < NTN; ++nt) pm[nt % NP] = fmaxf(pm[nt % NP], fmaxf(s[mt][nt][2 * hf], s[mt][nt][2 * hf + 1]));
-        float mx = pm[0];
+    for (int i = 1; i < NP; ++i) mx = fmaxf(mx, pm[i]);
+    mx = fmaxf(quad_max(mx), m[mt][hf]);
+    if (RESCALE_THRESHOLD > 0 && (mx - m[mt][hf]) * scale_log2 <= (float)RESCALE_THRESHOLD) mx = m[mt][hf];
+    const float mb = mx == -INFINITY ? 0.f : mx * scale_log2;
+    corr[mt][hf] = fast_exp2(m[mt][hf] * scale_log2 - mb);  // m_old = -inf -> 0
+    const bool moved = mx != m[mt][hf];
+    m[mt][hf] = mx;
+    float ps[NP];
 #pragma unroll
-        for (int i = 1; i < NP; ++i) mx = fmaxf(mx, pm[i]);
-        mx = quad_max(mx);
-        if (RESCALE_THRESHOLD > 0 && (mx - m[mt][hf]) * scale_log2 <= (float)RESCALE_THRESHOLD) mx = m[mt][hf];
-        const float mb = mx == -INFINITY ? 0.f : mx * scale_log2;
-        corr[mt][hf] = fast_exp2(m[mt][hf] * scale_log2 - mb);  // m_old = -inf -> 0
-        rescale |= mx != m[mt][hf];
-        m[mt][hf] = mx;
-        float ps[NP];
+    for (int nt = 0; nt < NTN; ++nt) {
 #pragma unroll
-        for (int i = 0; i < NP; ++i) ps[i] = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < NTN; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float x = fmaf(s[mt][nt][2 * hf + e], scale_log2, -mb);
-            const bool emulate = EMULATED_EXP2_EVERY > 0 && (nt + 1) % (EMULATED_EXP2_EVERY > 0 ? EMULATED_EXP2_EVERY : 1) == 0;
-            const float pr = emulate ? poly_exp2(x) : fast_exp2(x);
-            s[mt][nt][2 * hf + e] = pr;
-            ps[nt % NP] += pr;
-          }
-        }
-        float sum = ps[0];
-#pragma unroll
-        for (int i = 1; i < NP; ++i) sum += ps[i];
-        l[mt][hf] = l[mt][hf] * corr[mt][hf] + sum;
+      for (int e = 0; e < 2; ++e) {
+        const float x = fmaf(s[mt][nt][2 * hf + e], scale_log2, -mb);
+        const bool emulate = EMULATED_EXP2_EVERY > 0 && (nt + 1) % (EMULATED_EXP2_EVERY > 0 ? EMULATED_EXP2_EVERY : 1) == 0;
+        const float pr = emulate ? poly_exp2(x) : fast_exp2(x);
+        s[mt][nt][2 * hf + e] = pr;
+        ps[nt % NP] = nt < NP && e == 0 ? pr : ps[nt % NP] + pr;
       }
     }
-    return rescale;
+    float sum = ps[0];
+#pragma unroll
+    for (int i = 1; i < NP; ++i) sum += ps[i];
+    l[mt][hf] = l[mt][hf] * corr[mt][hf] + sum;
+    return moved;
   }
 
   __device__ __forceinline__ static void rescale(float (&o)[MT][NTD][4], const float (&corr)[MT][2]) {

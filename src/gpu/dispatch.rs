@@ -61,6 +61,9 @@ pub enum Variant {
     RescaleThreshold8,
     /// FlashAttention-4's software exp2 on the FMA units for every 4th 8-column tile.
     EmulatedExp2,
+    /// The previous PV waited for after the first of a thread's two rows is exponentiated, so P's conversion
+    /// and the O rescale run among the second row's exponentials (FlashAttention-4's Hopper order).
+    SplitPvWait,
 }
 
 impl Variant {
@@ -70,6 +73,7 @@ impl Variant {
             Variant::NoPingpong => "_nopp",
             Variant::RescaleThreshold8 => "_rt8",
             Variant::EmulatedExp2 => "_emu4",
+            Variant::SplitPvWait => "_spw",
         }
     }
 }
@@ -217,6 +221,7 @@ pub const KERNELS: &[KernelSpec] = &[
     sm90_variant(128, 128, Variant::EmulatedExp2),
     sm90_variant(64, 128, Variant::EmulatedExp2),
     KernelSpec { variant: Variant::EmulatedExp2, ..sm90_m192(DType::BF16, 64, 128, Scope::PlainLongOrUnbounded) },
+    sm90_variant(128, 128, Variant::SplitPvWait),
     sm100(DType::F16, 64, 3),
     sm100(DType::BF16, 64, 3),
     sm100(DType::F16, 128, 2),
