@@ -29,11 +29,17 @@ namespace flashattn {
 // SPLIT_PV_WAIT: wait for the previous PV after the first of a thread's two rows is exponentiated (not after
 // both), so the new P's conversion and the O rescale run among the second row's exponentials (FlashAttention-4's
 // Hopper order) instead of after them. Measured 1-5% slower at d64-d128 and even at d192/d256: not the default.
-template <bool PINGPONG_, int RESCALE_THRESHOLD_, int EMULATED_EXP2_EVERY_, bool SPLIT_PV_WAIT_ = false> struct Sm90Options {
+// STAGED_P: P is converted into a second register buffer among the exponentials, while the previous PV still
+// reads the first, and copied over after that PV's wait (alternating two buffers instead made ptxas wait for
+// the PV before the softmax).
+template <bool PINGPONG_, int RESCALE_THRESHOLD_, int EMULATED_EXP2_EVERY_, bool SPLIT_PV_WAIT_ = false,
+          bool STAGED_P_ = false>
+struct Sm90Options {
   static constexpr bool PINGPONG = PINGPONG_;
   static constexpr int RESCALE_THRESHOLD = RESCALE_THRESHOLD_;
   static constexpr int EMULATED_EXP2_EVERY = EMULATED_EXP2_EVERY_;
   static constexpr bool SPLIT_PV_WAIT = SPLIT_PV_WAIT_;
+  static constexpr bool STAGED_P = STAGED_P_;
 };
 
 namespace sm90 {
@@ -151,7 +157,7 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
   const bool zero_tail = p.has_seqlens && w.kv_len < p.seq_kv;
 
   float s[1][NTN][4], o[1][NTD][4];
-  uint32_t pa[KP][4];
+  uint32_t pa[KP][4], p_staged[Opt::STAGED_P ? KP : 1][4];
   uint32_t(&pa_flat)[KP * 4] = reinterpret_cast<uint32_t(&)[KP * 4]>(pa);
   float(&s_flat)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(s);
   float(&o_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);  // first written by the tile's first PV
@@ -190,15 +196,16 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
     apply_tile_mods<T, 1, NTN, MODS>(s, p, w.batch, w.head, row_base, (w.n_begin + i) * BN, w.kv_len, w.lo_max,
                                      w.hi_min, lane);
   };
-  auto to_pa = [&] {
+  auto to_p = [&](uint32_t(&dst)[KP][4]) {
 #pragma unroll
     for (int kk = 0; kk < KP; ++kk) {
-      pa[kk][0] = Elem<T>::pack2(s[0][2 * kk][0], s[0][2 * kk][1]);
-      pa[kk][1] = Elem<T>::pack2(s[0][2 * kk][2], s[0][2 * kk][3]);
-      pa[kk][2] = Elem<T>::pack2(s[0][2 * kk + 1][0], s[0][2 * kk + 1][1]);
-      pa[kk][3] = Elem<T>::pack2(s[0][2 * kk + 1][2], s[0][2 * kk + 1][3]);
+      dst[kk][0] = Elem<T>::pack2(s[0][2 * kk][0], s[0][2 * kk][1]);
+      dst[kk][1] = Elem<T>::pack2(s[0][2 * kk][2], s[0][2 * kk][3]);
+      dst[kk][2] = Elem<T>::pack2(s[0][2 * kk + 1][0], s[0][2 * kk + 1][1]);
+      dst[kk][3] = Elem<T>::pack2(s[0][2 * kk + 1][2], s[0][2 * kk + 1][3]);
     }
   };
+  auto to_pa = [&] { to_p(pa); };
   // Key blocks from zero_from on reach past kv_len (block j does when (j + 1) * BN > kv_len).
   const int zero_from = zero_tail ? w.kv_len / BN - w.n_begin : n_blocks;
   auto prepare_v = [&](int i, int st) {
@@ -273,9 +280,17 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
       if (__any_sync(0xffffffffu, rescale)) OnlineSoftmax<1, NTN, NTD>::rescale(o, corr);
     } else {
       rescale = sm.template exponentiate<Opt::RESCALE_THRESHOLD, Opt::EMULATED_EXP2_EVERY>(s, corr, scale_log2);
+      if constexpr (Opt::STAGED_P) to_p(p_staged);
       wait_pv();
       if (__any_sync(0xffffffffu, rescale)) OnlineSoftmax<1, NTN, NTD>::rescale(o, corr);
-      to_pa();
+      if constexpr (Opt::STAGED_P) {
+#pragma unroll
+        for (int kk = 0; kk < KP; ++kk)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) pa[kk][e] = p_staged[kk][e];
+      } else {
+        to_pa();
+      }
     }
   }
 

@@ -64,6 +64,8 @@ pub enum Variant {
     /// The previous PV waited for after the first of a thread's two rows is exponentiated, so P's conversion
     /// and the O rescale run among the second row's exponentials (FlashAttention-4's Hopper order).
     SplitPvWait,
+    /// P converted into a second register buffer among the exponentials and copied over after the PV wait.
+    StagedP,
 }
 
 impl Variant {
@@ -74,6 +76,7 @@ impl Variant {
             Variant::RescaleThreshold8 => "_rt8",
             Variant::EmulatedExp2 => "_emu4",
             Variant::SplitPvWait => "_spw",
+            Variant::StagedP => "_sp",
         }
     }
 }
@@ -222,6 +225,7 @@ pub const KERNELS: &[KernelSpec] = &[
     sm90_variant(64, 128, Variant::EmulatedExp2),
     KernelSpec { variant: Variant::EmulatedExp2, ..sm90_m192(DType::BF16, 64, 128, Scope::PlainLongOrUnbounded) },
     sm90_variant(128, 128, Variant::SplitPvWait),
+    sm90_variant(128, 128, Variant::StagedP),
     sm100(DType::F16, 64, 3),
     sm100(DType::BF16, 64, 3),
     sm100(DType::F16, 128, 2),
