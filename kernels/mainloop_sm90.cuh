@@ -49,16 +49,21 @@ namespace sm90 {
 constexpr int kBarTurn0 = 1;
 constexpr int kBarConsumers = 4;
 
+// The block's mbarriers, 8 bytes each from Cfg::BAR_OFFSET: q_full, q_empty, then k_full, k_empty, v_full and
+// v_empty of each stage (slot indices below; the consumers address them as 32-bit shared addresses).
 template <class Cfg> struct Barriers {
+  static constexpr int Q_FULL = 0, Q_EMPTY = 1, K_FULL = 2, K_EMPTY = K_FULL + Cfg::STAGES,
+                       V_FULL = K_EMPTY + Cfg::STAGES, V_EMPTY = V_FULL + Cfg::STAGES;
+  static_assert(V_EMPTY + Cfg::STAGES == Cfg::BARRIERS, "Sm90Config::BARRIERS counts these");
   uint64_t *q_full, *q_empty, *k_full, *k_empty, *v_full, *v_empty;
   __device__ __forceinline__ explicit Barriers(unsigned char *base) {
     uint64_t *b = reinterpret_cast<uint64_t *>(base + Cfg::BAR_OFFSET);
-    q_full = b;
-    q_empty = b + 1;
-    k_full = b + 2;
-    k_empty = k_full + Cfg::STAGES;
-    v_full = k_empty + Cfg::STAGES;
-    v_empty = v_full + Cfg::STAGES;
+    q_full = b + Q_FULL;
+    q_empty = b + Q_EMPTY;
+    k_full = b + K_FULL;
+    k_empty = b + K_EMPTY;
+    v_full = b + V_FULL;
+    v_empty = b + V_EMPTY;
   }
 };
 
@@ -144,12 +149,13 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
   constexpr int BM = Cfg::BM, BN = Cfg::BN, D = Cfg::D, STAGES = Cfg::STAGES;
   constexpr int NTN = BN / 8, NTD = D / 8, KQ = D / 16, KP = BN / 16;
   constexpr int PB = Cfg::PANEL_BYTES, KQ_PER_PANEL = Cfg::PANEL_COLS / 16;
-  // 32-bit shared-memory addresses of the tiles and of the barriers, laid out as Barriers lays them out: q_full,
-  // q_empty, then k_full, k_empty, v_full and v_empty of each stage (8 bytes apart). Derived from the base rather
-  // than converted from Barriers' pointers: d256's masked form has no register to spare for the conversions.
-  const uint32_t sbase = smem_u32(smem);
-  const uint32_t q_full = sbase + Cfg::BAR_OFFSET, q_empty = q_full + 8, k_full = q_full + 16,
-                 k_empty = k_full + 8 * STAGES, v_full = k_empty + 8 * STAGES, v_empty = v_full + 8 * STAGES;
+  // 32-bit shared-memory addresses of the tiles and of the barriers (a stage's barrier 8 bytes past the
+  // previous one's). Derived from the base and Barriers' slot indices rather than converted from its pointers:
+  // d256's masked form has no register to spare for the conversions.
+  using Bar = Barriers<Cfg>;
+  const uint32_t sbase = smem_u32(smem), bars = sbase + Cfg::BAR_OFFSET;
+  const uint32_t q_full = bars + 8 * Bar::Q_FULL, q_empty = bars + 8 * Bar::Q_EMPTY, k_full = bars + 8 * Bar::K_FULL,
+                 k_empty = bars + 8 * Bar::K_EMPTY, v_full = bars + 8 * Bar::V_FULL, v_empty = bars + 8 * Bar::V_EMPTY;
   const int lane = threadIdx.x & 31, warp_in_group = (threadIdx.x / 32) & 3;
   const int row_base = w.m_block * BM + consumer * 64 + warp_in_group * 16;
   const int n_blocks = w.n_end - w.n_begin;
