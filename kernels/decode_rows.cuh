@@ -3,6 +3,7 @@
 // thread owns two rows of its warp's m-tile (lane/4 and lane/4 + 8); their geometry is computed once.
 #pragma once
 #include "common.cuh"
+#include "kv_append.cuh"
 #include "mask.cuh"
 #include "params.cuh"
 #include "tile_io.cuh"
@@ -28,6 +29,52 @@ __device__ __forceinline__ PackedRow packed_row(const AttnParams &p, int r, int 
                 (int64_t)pr.token * p.mask_row_stride;
   return pr;
 }
+
+// The fused KV append's query rotation (decode_splitkv.cuh APPEND), in place in shared memory once the packed
+// Q tile has landed. Each thread rotates whole pairs (2i, 2i+1) or (i, i + rotary_dim/2) of valid rows, so no
+// thread reads what another writes. Pair j is row j / half, index j % half; the cos/sin of a thread's first pair
+// are loaded when the kernel starts (start), so their latency hides under the first K/V tile's, and a decode
+// step (one token, half dividing the block's threads) needs no other. (Rotating while copying Q from global
+// memory cost more: one element at a time the dependent loads serialise; batched, the code grew enough to run
+// slower cold in the instruction cache.)
+struct PackedQRotary {
+  int rows, group, past_len;
+  int key;     // token * half + index of the pair whose cos/sin are held, -1: none
+  float c, s;  // their cos and sin
+
+  template <typename T>
+  __device__ __forceinline__ void start(const KvAppendParams &a, int batch, int rows_, int group_, int tid) {
+    rows = rows_;
+    group = group_;
+    past_len = kv_past_len(a, batch);
+    key = -1;
+    const int half = a.rotary_dim / 2;
+    if (tid < rows * half) load<T>(a, batch, (tid / half) / group, tid % half);
+  }
+
+  template <typename T> __device__ __forceinline__ void load(const KvAppendParams &a, int batch, int token, int i) {
+    const int half = a.rotary_dim / 2;
+    const int64_t at = (int64_t)kv_position(a, batch, token, past_len) * half + i;
+    c = Elem<T>::to_f32(reinterpret_cast<const T *>(a.cos_ptr)[at]);
+    s = Elem<T>::to_f32(reinterpret_cast<const T *>(a.sin_ptr)[at]);
+    key = token * half + i;
+  }
+
+  template <typename T, int D, int NT>
+  __device__ __forceinline__ void rotate(T *sq, const KvAppendParams &a, int batch, int tid) {
+    const int half = a.rotary_dim / 2;
+#pragma unroll 1
+    for (int j = tid; j < rows * half; j += NT) {
+      const int r = j / half, i = j % half, token = r / group;
+      if (token * half + i != key) load<T>(a, batch, token, i);
+      const int ca = a.rotary_interleaved ? 2 * i : i, cb = a.rotary_interleaved ? 2 * i + 1 : i + half;
+      T &xa = sq[swz<D>(r, ca >> 3) + (ca & 7)], &xb = sq[swz<D>(r, cb >> 3) + (cb & 7)];
+      const float fa = Elem<T>::to_f32(xa), fb = Elem<T>::to_f32(xb);
+      xa = Elem<T>::from_f32(fa * c - fb * s);
+      xb = Elem<T>::from_f32(fb * c + fa * s);
+    }
+  }
+};
 
 // Q rows of the packed tile into shared memory ([ROWS][D], swizzled like tile_io.cuh), zero-filled past
 // the valid rows and head_dim. `vec`: 16-byte cp.async (commit/wait after), else element-wise copies.

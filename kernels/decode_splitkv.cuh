@@ -4,6 +4,12 @@
 // prefill kernel (mainloop_sm80.cuh); each warp takes a slice of every tile's keys, and the slices are
 // merged by their running max at the end.
 //
+// APPEND (the `_append` entries): the KV append fused in (shared-buffer mode, nothing to copy): the query is
+// rotated in shared memory once it has landed, and each new key/value row is appended by the block whose split
+// reads its tile, before that block loads anything, so no separate append kernel runs before attention. Its
+// own instances: in the plain ones the extra prologue code reshuffled the main loop (1-8% slower at batch 1-8
+// on an H200).
+//
 // Output: with one split (o_part == nullptr) the normalised O and lse go straight to the outputs;
 // otherwise each split writes its normalised O (f32) and lse to the workspace, indexed
 // ((batch * heads_kv + kv_head) * n_splits + split) * rows + r, and decode_combine.cuh merges them.
@@ -12,6 +18,7 @@
 #include "decode_config.cuh"
 #include "decode_rows.cuh"
 #include "dependent_launch.cuh"
+#include "kv_append.cuh"
 #include "mainloop_sm80.cuh"
 #include "params.cuh"
 #include "softmax.cuh"
@@ -20,8 +27,9 @@
 
 namespace flashattn {
 
-template <typename T, class Cfg>
-__device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, float *o_part, float *lse_part) {
+template <typename T, class Cfg, bool APPEND>
+__device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, const KvAppendParams &a, float *o_part,
+                                                     float *lse_part) {
   constexpr int D = Cfg::D, WM = Cfg::WM, WN = Cfg::WN, BN = Cfg::BN, KW = Cfg::KW, NT = Cfg::NT,
                 NTN = Cfg::NTN, NTD = Cfg::NTD, STAGES = Cfg::STAGES, ROWS = Cfg::ROWS;
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -45,6 +53,17 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, float 
   const int t0 = min(kr.n_begin + split * per_split, kr.n_end);
   const int t1 = min(t0 + per_split, kr.n_end);
   const int n_tiles = t1 - t0;
+
+  // The new rows this block appends: those of its own tiles; the first split also takes any before the
+  // visible range and the last non-empty split any after it (rows nobody reads).
+  if constexpr (APPEND) {
+    const int total = kr.n_end - kr.n_begin, last_split = total > 0 ? (total + per_split - 1) / per_split - 1 : 0;
+    if (split <= last_split) {
+      const int lo = split == 0 ? INT_MIN : t0 * BN, hi = split == last_split ? INT_MAX : t1 * BN;
+      kv_append_owned_rows<T>(a, batch, kv_head, lo, hi, tid, NT);
+    }
+    __syncthreads();  // the rows are read back by this block's own tile loads below
+  }
 
   PackedRow prow[2];
 #pragma unroll
@@ -96,6 +115,9 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, float 
     // Prologue: Q with the first tile, then up to STAGES-1 tiles in flight (one commit group each, empty
     // groups past the end keep the wait count uniform).
     load_packed_q<T, ROWS, D, NT>(sQ, p, batch, kv_head, group, q_vec, tid);
+    PackedQRotary q_rotary;
+    const bool rotate_q = APPEND && a.rotary_dim > 0;
+    if (rotate_q) q_rotary.start<T>(a, batch, rows, group, tid);
 #pragma unroll(COMPACT ? 1 : STAGES - 1)
     for (int st = 0; st < STAGES - 1; ++st) {
       if (st < n_tiles) load_kv(t0 + st, st);
@@ -117,6 +139,10 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, float 
       }
       cp_async_wait<STAGES - 1>();
       __syncthreads();
+      if (rotate_q && i == 0) {  // Q has landed with the first tile
+        q_rotary.rotate<T, D, NT>(sQ, a, batch, tid);
+        __syncthreads();
+      }
       const int stage = i % STAGES;
       const T *sKs = sK + stage * BN * D;
       const T *sVs = sV + stage * BN * D;

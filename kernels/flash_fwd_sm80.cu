@@ -21,7 +21,5 @@ FLASH_FWD_SM80_BOTH(64, 128, 64, 4)
 FLASH_FWD_SM80_BOTH(128, 128, 64, 4)
 FLASH_FWD_SM80_BOTH(256, 64, 32, 4)
 
-// The split-KV decode kernels share this fatbin.
+// The split-KV decode kernels and the KV-cache append step share this fatbin.
 #include "flash_decode_sm80.cu"
-// The KV-cache append step (issue #8), launched before attention by src/gpu/kv_append.rs.
-#include "kv_append.cuh"

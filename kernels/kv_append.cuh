@@ -3,7 +3,9 @@
 // twice), then the new keys/values at each row's past length — and applies rotary embedding to the new keys
 // and to the query (into a separate buffer). src/cpu/kv.rs is the CPU twin; src/gpu/kv_append.rs launches it.
 // One warp per cache/query row; rows are independent, so one launch covers copy, append and rotation (in
-// shared-buffer mode the copy skips the rows the append writes). Out-of-range lengths/positions (the CPU
+// shared-buffer mode the copy skips the rows the append writes). When there is nothing to copy and the split-KV
+// decode kernel serves the problem, it appends (kv_append_owned_rows) and rotates the query in shared memory
+// (decode_rows.cuh PackedQRotary) itself, and this step does not run. Out-of-range lengths/positions (the CPU
 // refuses them) are clamped here: reading them on the host would need a device sync.
 #pragma once
 #include "common.cuh"
@@ -27,21 +29,28 @@ __device__ __forceinline__ int kv_position(const KvAppendParams &p, int b, int i
   return (int)pos;
 }
 
-// dst[0..dim) = src[0..dim), the first rotary_dim elements rotated for `pos` (rot = false: plain copy).
+// Element `col` of `src` after rotary embedding at position `pos`, in f32: the first rotary_dim elements are
+// rotated in pairs (2i, 2i+1) when interleaved, else (i, i + rotary_dim/2); the rest pass through.
+// Pair (a, b) becomes (a cos - b sin, b cos + a sin).
+template <typename T>
+__device__ __forceinline__ float kv_rotated(const KvAppendParams &p, const T *src, int col, int pos) {
+  const float x = Elem<T>::to_f32(src[col]);
+  if (col >= p.rotary_dim) return x;
+  const int half = p.rotary_dim / 2;
+  const bool second = p.rotary_interleaved ? (col & 1) : col >= half;
+  const int i = p.rotary_interleaved ? col >> 1 : (second ? col - half : col);
+  const int partner = p.rotary_interleaved ? col ^ 1 : (second ? col - half : col + half);
+  const float c = Elem<T>::to_f32(reinterpret_cast<const T *>(p.cos_ptr)[(int64_t)pos * half + i]);
+  const float s = Elem<T>::to_f32(reinterpret_cast<const T *>(p.sin_ptr)[(int64_t)pos * half + i]);
+  const float y = Elem<T>::to_f32(src[partner]);
+  return second ? x * c + y * s : x * c - y * s;
+}
+
+// dst[0..dim) = src[0..dim), rotated for `pos` when `rot` (else a plain copy).
 template <typename T>
 __device__ __forceinline__ void kv_row(const KvAppendParams &p, T *dst, const T *src, int dim, bool rot, int pos,
                                        int lane) {
-  const int half = rot ? p.rotary_dim / 2 : 0;
-  const T *cs = reinterpret_cast<const T *>(p.cos_ptr) + (int64_t)pos * half;
-  const T *sn = reinterpret_cast<const T *>(p.sin_ptr) + (int64_t)pos * half;
-  for (int i = lane; i < half; i += 32) {
-    const int a = p.rotary_interleaved ? 2 * i : i, b = p.rotary_interleaved ? 2 * i + 1 : i + half;
-    const float c = Elem<T>::to_f32(cs[i]), s = Elem<T>::to_f32(sn[i]);
-    const float xa = Elem<T>::to_f32(src[a]), xb = Elem<T>::to_f32(src[b]);
-    dst[a] = Elem<T>::from_f32(xa * c - xb * s);
-    dst[b] = Elem<T>::from_f32(xb * c + xa * s);
-  }
-  for (int i = 2 * half + lane; i < dim; i += 32) dst[i] = src[i];
+  for (int i = lane; i < dim; i += 32) dst[i] = rot ? Elem<T>::from_f32(kv_rotated<T>(p, src, i, pos)) : src[i];
 }
 
 template <typename T> __device__ __forceinline__ void kv_append(const KvAppendParams &p) {
@@ -94,12 +103,35 @@ template <typename T> __device__ __forceinline__ void kv_append(const KvAppendPa
   }
 }
 
-}  // namespace flashattn
+// The append fused into the split-KV decode kernel (shared-buffer mode or no past: nothing to copy), for the
+// new rows of (batch, kv_head) at key positions [key_lo, key_hi): the rows the calling block reads itself (the
+// block syncs before loading them), so no other block waits on them.
+template <typename T>
+__device__ __forceinline__ void kv_append_owned_rows(const KvAppendParams &p, int batch, int kv_head, int key_lo,
+                                                     int key_hi, int tid, int threads) {
+  const int pl = kv_past_len(p, batch);
+  const int first = max(key_lo, pl) - pl, last = min(key_hi, pl + p.seq_new) - pl;  // new rows [first, last)
+  if (first >= last) return;
+  const int64_t bh = (int64_t)batch * p.heads_kv + kv_head;
+  const T *sk = reinterpret_cast<const T *>(p.new_k_ptr) + (int64_t)batch * p.new_k_batch_stride +
+                (int64_t)kv_head * p.new_k_head_stride;
+  const T *sv = reinterpret_cast<const T *>(p.new_v_ptr) + (int64_t)batch * p.new_v_batch_stride +
+                (int64_t)kv_head * p.new_v_head_stride;
+  T *pk = reinterpret_cast<T *>(p.present_k_ptr) + (bh * p.present_seq + pl) * p.head_dim;
+  T *pv = reinterpret_cast<T *>(p.present_v_ptr) + (bh * p.present_seq + pl) * p.head_dim_v;
+  const bool rot = p.rotary_dim > 0;
+  const int dk = p.head_dim, width = p.head_dim + p.head_dim_v;
+#pragma unroll 1
+  for (int idx = first * width + tid; idx < last * width; idx += threads) {
+    const int i = idx / width, col = idx % width;
+    if (col < dk) {
+      const T *src = sk + (int64_t)i * p.new_k_row_stride;
+      pk[(int64_t)i * dk + col] =
+          rot ? Elem<T>::from_f32(kv_rotated<T>(p, src, col, kv_position(p, batch, i, pl))) : src[col];
+    } else {
+      pv[(int64_t)i * p.head_dim_v + col - dk] = sv[(int64_t)i * p.new_v_row_stride + col - dk];
+    }
+  }
+}
 
-// Entry points (src/gpu/kv_append.rs): 128 threads per block, one warp per row.
-extern "C" __global__ void __launch_bounds__(128) kv_append_f16(const flashattn::KvAppendParams p) {
-  flashattn::kv_append<__half>(p);
-}
-extern "C" __global__ void __launch_bounds__(128) kv_append_bf16(const flashattn::KvAppendParams p) {
-  flashattn::kv_append<__nv_bfloat16>(p);
-}
+}  // namespace flashattn

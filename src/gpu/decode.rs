@@ -15,7 +15,7 @@ use cudarc::driver::sys;
 
 use super::driver::{launch_kernel, GpuError, Launch};
 use super::module::DeviceKernels;
-use crate::params::{AttnParams, DType};
+use crate::params::{AttnParams, DType, KvAppendParams};
 
 /// Keys per pipeline stage (DecodeConfig::BN).
 pub const BLOCK_KEYS: i64 = 64;
@@ -54,6 +54,10 @@ impl DecodeSpec {
     pub fn name(&self) -> String {
         format!("flash_decode_sm80_{}_d{}_r{}", type_tag(self.dtype), self.d, self.rows)
     }
+    /// The entry that also does the KV append step (kernels/decode_splitkv.cuh APPEND).
+    pub fn append_name(&self) -> String {
+        format!("{}_append", self.name())
+    }
     pub fn combine_name(&self) -> String {
         combine_name(self.dtype)
     }
@@ -83,6 +87,7 @@ pub fn entry_points() -> Vec<(String, u32)> {
             for rows in PADDED_ROWS {
                 let s = DecodeSpec { dtype, d, rows };
                 v.push((s.name(), s.smem_bytes()));
+                v.push((s.append_name(), s.smem_bytes()));
             }
         }
         v.push((combine_name(dtype), 0));
@@ -251,10 +256,13 @@ pub struct Workspace {
 }
 
 /// Queues the decode kernel (and, with splits, the combine kernel) for `plan` on `stream`. The caller has
-/// made the stream's context current.
-pub fn launch(plan: &DecodePlan, p: &AttnParams, kernels: &DeviceKernels, ws: Workspace, stream: sys::CUstream) -> Result<(), GpuError> {
-    let f = kernels.named(&plan.spec.name())?;
+/// made the stream's context current. `append`: the KV append step for the decode kernel to do itself
+/// (nothing to copy: kernels/kv_append.cuh `kv_append_owned_rows`); `p.q_ptr` is then the unrotated query.
+pub fn launch(plan: &DecodePlan, p: &AttnParams, append: Option<&KvAppendParams>, kernels: &DeviceKernels, ws: Workspace, stream: sys::CUstream) -> Result<(), GpuError> {
+    let name = if append.is_some() { plan.spec.append_name() } else { plan.spec.name() };
+    let f = kernels.named(&name)?;
     let mut arg = *p;
+    let mut append_arg = append.copied().unwrap_or_default();
     let (mut o_part, mut lse_part) = (0u64, 0u64);
     if plan.splits > 1 {
         let (bytes, lse_off) = workspace_layout(p, plan.splits);
@@ -273,10 +281,17 @@ pub fn launch(plan: &DecodePlan, p: &AttnParams, kernels: &DeviceKernels, ws: Wo
     // newer: each waits for it in-kernel before touching memory (kernels/dependent_launch.cuh).
     let dependent = kernels.cc >= 90;
     {
-        let mut args: [*mut c_void; 3] =
-            [(&mut arg as *mut AttnParams).cast(), (&mut o_part as *mut u64).cast(), (&mut lse_part as *mut u64).cast()];
-        let l = Launch { grid, threads: THREADS, smem: plan.spec.smem_bytes(), args: &mut args };
-        launch_kernel(f, l, stream, dependent, &|| format!("launching {}", plan.spec.name()))?;
+        let (params, append_params, o_arg, lse_arg) = (
+            (&mut arg as *mut AttnParams).cast(),
+            (&mut append_arg as *mut KvAppendParams).cast(),
+            (&mut o_part as *mut u64).cast(),
+            (&mut lse_part as *mut u64).cast(),
+        );
+        let mut with_append = [params, append_params, o_arg, lse_arg];
+        let mut plain = [params, o_arg, lse_arg];
+        let args: &mut [*mut c_void] = if append.is_some() { &mut with_append } else { &mut plain };
+        let l = Launch { grid, threads: THREADS, smem: plan.spec.smem_bytes(), args };
+        launch_kernel(f, l, stream, dependent, &|| format!("launching {name}"))?;
     }
     if plan.splits > 1 {
         let fc = kernels.named(&plan.spec.combine_name())?;
@@ -336,7 +351,7 @@ mod tests {
         assert_eq!(blocks_per_sm(DecodeSpec { dtype: DType::F16, d: 128, rows: 64 }.smem_bytes(), H100.max_smem_optin), 2);
         assert_eq!(blocks_per_sm(DecodeSpec { dtype: DType::F16, d: 128, rows: 16 }.smem_bytes(), A100.max_smem_optin), 1);
         assert_eq!(blocks_per_sm(DecodeSpec { dtype: DType::F16, d: 256, rows: 64 }.smem_bytes(), SM86.max_smem_optin), 0);
-        assert_eq!(entry_points().len(), 2 * (9 + 1));
+        assert_eq!(entry_points().len(), 2 * (2 * 9 + 1));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::dispatch::{self, Family, KernelSpec};
 use super::driver::{self, CurrentContext, GpuError};
 use super::module;
 use super::tensor_map::Operand;
-use crate::params::AttnParams;
+use crate::params::{AttnParams, KvAppendParams};
 
 /// How the Hopper kernel's blocks take their tiles: -1 = by problem ([`persistent`]), 0 = one block per
 /// tile (the hardware hands tiles out as blocks finish), 1 = persistent (one block per SM walking a fixed
@@ -107,6 +107,7 @@ pub struct Prepared {
     ctx: sys::CUcontext,
     kernels: &'static module::DeviceKernels,
     decode: Option<decode::DecodePlan>,
+    append: Option<KvAppendParams>,
 }
 
 /// Prepares a launch of `p` on `stream` (a `CUstream` / `cudaStream_t`; null = the legacy default stream of
@@ -121,7 +122,7 @@ pub fn prepare(p: &AttnParams, stream: *mut c_void) -> Result<Option<Prepared>, 
     let stream = stream as sys::CUstream;
     let (ctx, kernels) = module::stream_kernels(stream)?;
     let decode = decode::plan(p, kernels.into(), usize::MAX)?;
-    Ok(Some(Prepared { p: *p, stream, ctx, kernels, decode }))
+    Ok(Some(Prepared { p: *p, stream, ctx, kernels, decode, append: None }))
 }
 
 impl Prepared {
@@ -135,6 +136,28 @@ impl Prepared {
         self.kernels.ordinal
     }
 
+    /// Hands the KV append step `kp` (present's device addresses filled in) to the split-KV decode kernel, which
+    /// then appends the new rows and rotates the query itself instead of a separate kernel running first: when
+    /// that kernel serves the problem and nothing needs copying (shared-buffer mode, or no past). False: the
+    /// caller launches the append step ([`super::kv_append::launch_append`]) first.
+    pub fn fuse_append(&mut self, kp: &KvAppendParams) -> bool {
+        let no_copy = kp.past_k_ptr == 0 && kp.past_v_ptr == 0;
+        let reads_present = self.p.k_ptr == kp.present_k_ptr && self.p.v_ptr == kp.present_v_ptr;
+        if self.decode.is_none() || !no_copy || !reads_present || kp.present_k_ptr == 0 || kp.new_k_ptr == 0 {
+            return false;
+        }
+        if kp.rotary_dim > 0 && (kp.cos_ptr == 0 || kp.sin_ptr == 0) {
+            return false; // launch_append reports it
+        }
+        self.append = Some(*kp);
+        true
+    }
+
+    /// Points the launch at another query buffer (the rotated copy the append step writes).
+    pub fn set_query(&mut self, q_ptr: u64) {
+        self.p.q_ptr = q_ptr;
+    }
+
     /// Queues the kernels with workspace `ws`. Returns once they are queued.
     pub fn launch(&self, ws: Workspace) -> Result<(), GpuError> {
         let (p, stream) = (&self.p, self.stream);
@@ -143,8 +166,11 @@ impl Prepared {
             let plan = if ws.bytes >= full.workspace_bytes { Some(full) } else { decode::plan(p, self.kernels.into(), ws.bytes)? };
             if let Some(plan) = plan {
                 let _cur = CurrentContext::push(self.ctx)?;
-                return decode::launch(&plan, p, self.kernels, ws, stream);
+                return decode::launch(&plan, p, self.append.as_ref(), self.kernels, ws, stream);
             }
+        }
+        if self.append.is_some() {
+            return Err(GpuError::new("internal: the KV append was handed to a decode launch that did not run"));
         }
         let spec = dispatch::select(p, self.kernels.cc, self.kernels.max_smem_optin, &self.kernels.verdict)?;
         let f = self.kernels.function(&spec)?;

@@ -10,7 +10,9 @@
 //! `past_seqlens` (to [0, capacity - new tokens]) and rotary positions (to the cos/sin rows).
 //!
 //! KV cache (#8): the append step (src/gpu/kv_append.rs) writes present_key/present_value and rotates the
-//! query into a scratch buffer from ORT's allocator for this kernel, then attention reads the cache.
+//! query into a scratch buffer from ORT's allocator for this kernel, then attention reads the cache. When
+//! there is nothing to copy (shared buffer, or no past) and the split-KV decode kernel serves the step, that
+//! kernel appends and rotates itself: one launch fewer per decode step.
 
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::operator::ComputeContext;
@@ -127,9 +129,8 @@ impl Backend for Cuda {
         params.q_ptr = q.addr;
         params.k_ptr = k.addr;
         params.v_ptr = v.addr;
-        // The append step; `_scratch` (the rotated query) lives until attention is queued.
-        let allocator;
-        let mut _scratch = None;
+        // The KV append step: present's buffers, and what attention reads from them.
+        let mut append = None;
         if let Some(mut kp) = kv_params {
             let pk = alloc(schema::PRESENT_KEY, &out_shapes.present_key)?;
             let pv = alloc(schema::PRESENT_VALUE, &out_shapes.present_value)?;
@@ -148,17 +149,6 @@ impl Backend for Cuda {
             kp.sin_ptr = sin.as_ref().map_or(0, |x| x.addr);
             kp.pos_ids_ptr = pos_ids.as_ref().map_or(0, |x| x.addr);
             kp.q_ptr = q.addr;
-            if kp.rotary_dim > 0 {
-                let numel: i64 = q.shape.iter().product();
-                let (_, dev) = crate::gpu::driver::stream_context(stream.as_ptr().cast()).map_err(|e| ort::Error::new(e.to_string()))?;
-                let info = MemoryInfo::new(AllocationDevice::CUDA, dev, AllocatorType::Device, MemoryType::Default)?;
-                allocator = ctx.allocator(&info)?;
-                let block = allocator.alloc::<T>(numel as usize)?;
-                kp.q_rot_ptr = block.as_ptr() as u64;
-                params.q_ptr = kp.q_rot_ptr;
-                _scratch = Some(block);
-            }
-            crate::gpu::kv_append::launch_append(&kp, stream.as_ptr().cast()).map_err(|e| ort::Error::new(e.to_string()))?;
             if shapes.uses_cache() {
                 params.k_ptr = kp.present_k_ptr;
                 params.v_ptr = kp.present_v_ptr;
@@ -166,6 +156,7 @@ impl Backend for Cuda {
             if kp.shared_buffer != 0 {
                 params.seqlens_ptr = kp.past_lens_ptr;
             }
+            append = Some(kp);
         }
         params.out_ptr = data_address(out.ptr())?;
         params.lse_ptr = match &lse {
@@ -178,7 +169,31 @@ impl Backend for Cuda {
         }
         let stream = stream.as_ptr().cast();
         let gpu_err = |e: crate::gpu::GpuError| ort::Error::new(e.to_string());
-        let Some(prepared) = crate::gpu::prepare(&params, stream).map_err(gpu_err)? else {
+        let prepared = crate::gpu::prepare(&params, stream).map_err(gpu_err)?;
+        // The append runs inside the split-KV decode kernel where it can (nothing to copy), else as its own
+        // kernel first, rotating the query into scratch from ORT's allocator (`_q_rot` lives until attention
+        // is queued).
+        let allocator;
+        let mut _q_rot = None;
+        let mut prepared = prepared;
+        let fused = match (&mut prepared, &append) {
+            (Some(prepared), Some(kp)) => prepared.fuse_append(kp),
+            _ => false,
+        };
+        if let (false, Some(mut kp)) = (fused, append) {
+            if let (true, Some(prepared)) = (kp.rotary_dim > 0, &prepared) {
+                let info = MemoryInfo::new(AllocationDevice::CUDA, prepared.device(), AllocatorType::Device, MemoryType::Default)?;
+                allocator = ctx.allocator(&info)?;
+                let block = allocator.alloc::<T>(q.shape.iter().product::<i64>() as usize)?;
+                kp.q_rot_ptr = block.as_ptr() as u64;
+                _q_rot = Some(block);
+            }
+            crate::gpu::kv_append::launch_append(&kp, stream).map_err(gpu_err)?;
+            if let (true, Some(prepared)) = (kp.q_rot_ptr != 0, &mut prepared) {
+                prepared.set_query(kp.q_rot_ptr);
+            }
+        }
+        let Some(prepared) = prepared else {
             return Ok(()); // an empty dimension: nothing to compute
         };
         let ws_bytes = prepared.workspace_bytes();
