@@ -100,6 +100,13 @@ def decode_row(lib, B, S, H, Hkv, D=128):
     res, how = {}, {}
     res["ours"], how["ours"] = time_step(lambda: fa_lib.launch(lib, P, ws=ws))
     ours_eager = timeit(lambda: fa_lib.launch(lib, P, ws=ws))  # with host launch overhead, as the old table
+    other = None
+    if OTHER:  # the other build, alternated with ours: (ours, other) graph times of three rounds each
+        P_other = fa_lib.make_params(OTHER, q, k, v, out)
+        ws_other = fa_lib.workspace(OTHER, P_other)
+        pairs = [(time_step(lambda: fa_lib.launch(lib, P, ws=ws))[0], time_step(lambda: fa_lib.launch(OTHER, P_other, ws=ws_other))[0])
+                 for _ in range(3)]
+        other = statistics.median(o for _, o in pairs) / statistics.median(u for u, _ in pairs)
     for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
         res[name] = None
         try:
@@ -124,7 +131,7 @@ def decode_row(lib, B, S, H, Hkv, D=128):
     best = min([t for n, t in res.items() if n != "ours" and t], default=None)
     row = dict(B=B, S=S, H=H, Hkv=Hkv, ms=res, how=how, ours_eager=ours_eager, gbs=kv_bytes / (res["ours"] * 1e-3) / 1e9,
                best_gbs=(kv_bytes / (best * 1e-3) / 1e9) if best else None, speedup=(best / res["ours"]) if best else None,
-               kernel=fa_lib.kernel_name(lib, P))
+               kernel=fa_lib.kernel_name(lib, P), other=other)
     del q, k, v, out, ws
     torch.cuda.empty_cache()
     return row
@@ -237,7 +244,8 @@ def main():
                 r = decode_row(lib, B, S, 32, Hkv)
                 drows.append(r)
                 print(f"decode B{B} Hkv{Hkv} kv{S}: ours {r['ms']['ours']*1e3:.1f} us {r['gbs']:.0f} GB/s, best/ours "
-                      f"{fmt(r['speedup'], '{:.2f}')} ({r['kernel']})", flush=True)
+                      f"{fmt(r['speedup'], '{:.2f}')} ({r['kernel']})"
+                      + (f"; other lib time / ours {r['other']:.3f}" if r["other"] else ""), flush=True)
     lines = [f"Device: {dev}; torch {torch.__version__}; bf16 forward; TFLOP/s (median of CUDA-event timings).", "",
              "| head_dim | seq | batch | heads | causal | ours | SDPA FA2 | SDPA cuDNN | FA4 | ours/FA2 | ours/best | kernel |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

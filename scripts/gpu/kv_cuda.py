@@ -54,14 +54,14 @@ def rotate(x, cos, sin, pos, interleaved):
     return out
 
 
-def one_case(session, check, dtype, mode, rotary, S_new, D=64, B=2, Nq=8, Nkv=2, cap=300, past=100):
-    name = f"kv {str(dtype)[6:]} {mode} rotary={rotary} S_new={S_new} D={D}"
+def one_case(session, check, dtype, mode, rotary, S_new, D=64, B=2, Nq=8, Nkv=2, cap=300, past=100, first_len=37):
+    name = f"kv {str(dtype)[6:]} {mode} rotary={rotary} S_new={S_new} D={D}" + (f" cap={cap} first_len={first_len}" if (cap, first_len) != (300, 37) else "")
     dev = "cuda"
     q = torch.randn(B, S_new, Nq, D, device=dev).to(dtype)
     k = torch.randn(B, S_new, Nkv, D, device=dev).to(dtype)
     v = torch.randn(B, S_new, Nkv, D, device=dev).to(dtype)
     shared = mode.startswith("shared")
-    lens = torch.tensor([37, cap - S_new] if shared else [past, past], device=dev)
+    lens = torch.tensor([first_len, cap - S_new] if shared else [past, past], device=dev)
     ps = cap if shared else past
     pk = torch.randn(B, Nkv, ps, D, device=dev).to(dtype)
     pv = torch.randn(B, Nkv, ps, D, device=dev).to(dtype)
@@ -174,12 +174,19 @@ def generation_checks(lib, check):
                 check(f"generation {name} {mode} (CUDA EP)", False, f"exception {str(e)[:300]}")
 
 
-def kv_checks(session, check, lib=None):
-    for dtype in (torch.float16, torch.bfloat16):
-        for mode in ("concat", "shared_inplace", "shared_copy"):
+def kv_checks(session, check, lib=None, shared_only=False):
+    """shared_only: the in-place shared-buffer cases of one dtype only (those the decode kernel appends itself)."""
+    for dtype in (torch.float16,) if shared_only else (torch.float16, torch.bfloat16):
+        for mode in ("shared_inplace",) if shared_only else ("concat", "shared_inplace", "shared_copy"):
             for rotary in (None, "half", "interleaved", "position_ids"):
                 for S_new in (1, 7):
                     one_case(session, check, dtype, mode, rotary, S_new)
     one_case(session, check, torch.float16, "shared_inplace", "half", 1, D=128)
+    # In shared-buffer mode the split-KV decode kernel appends the new rows itself, each by the block whose
+    # split reads its 64-key tile: new rows across a tile boundary (60..66), and long caches (many splits).
+    for rotary in (None, "interleaved", "position_ids"):
+        one_case(session, check, torch.bfloat16, "shared_inplace", rotary, 7, D=128, first_len=60)
+        one_case(session, check, torch.float16, "shared_inplace", rotary, 1, D=128, cap=4100, first_len=2047)
+        one_case(session, check, torch.bfloat16, "shared_inplace", rotary, 16, D=128, Nq=8, Nkv=2, cap=9000, first_len=4090)
     if lib:
         generation_checks(lib, check)

@@ -133,7 +133,23 @@ def compare(name, feeds, out, lse, dtype, **kw):
     check(name, ok, f"max err {err:.2e} (tol {tol:.2e})")
 
 
+def kv_only():
+    """The shared-buffer KV-cache checks alone (the decode kernel appending in place), for `run.sh kv-sanitize`
+    under compute-sanitizer. The reference runs on the CPU: under racecheck, cuBLAS's kernels after ours hit
+    "Internal Sanitizer Error: failed to handle a hardware exception" (2026-11-30, H200), with ours clean."""
+    import kv_cuda
+
+    reference = fa_lib.reference
+    fa_lib.reference = lambda *a, **k: tuple(x.cuda() for x in reference(*[t.cpu() for t in a], **k))
+    torch.manual_seed(0)
+    kv_cuda.kv_checks(session, check, shared_only=True)
+    print(f"ort kv: {len(FAILS)} failed" + (f": {FAILS}" if FAILS else ""), flush=True)
+    sys.exit(1 if FAILS else 0)
+
+
 def main():
+    if "--kv-only" in sys.argv:
+        kv_only()
     print("onnxruntime", ort.__version__, ort.get_available_providers(), flush=True)
     torch.manual_seed(0)
     # 1. numerics through ORT, CUDA EP, fp16 and bf16, feature mix; node placement from the profile.

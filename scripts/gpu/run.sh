@@ -3,7 +3,7 @@
 # built here and carried in .gpu/ (scripts/gpu/pack.sh), with staged wheel parts.
 #
 #   bash scripts/gpu/run.sh stage [DIR...]     # copy this call's wheel parts (.gpu/stage/*, or DIRs) to /tmp/fa-stage
-#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-prefill bench-decode decode-probe e2e e2e-profile e2e-memcheck gen-bench profile profile-vs profile-source profile-decode selfcheck
+#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-prefill bench-decode decode-probe e2e e2e-profile e2e-memcheck gen-bench kv-sanitize profile profile-vs profile-source profile-decode selfcheck
 #                                              # (default: numerics sanitize ort rust-ort bench)
 #
 # Logs and the benchmark table go to $OUT (or /tmp/fa-out). Exit status: nonzero if any step failed.
@@ -74,7 +74,7 @@ for s in "${steps[@]}"; do
       # FA_OTHER_LIB: another build, timed in the same rounds as variant "lib" (an A/B inside one process)
       python3 bench.py "$lib" --no-decode ${FA_DIMS:+--dims "$FA_DIMS"} --variants "${FA_VARIANTS:-}" \
         ${FA_OTHER_LIB:+--other-lib "$FA_OTHER_LIB"} --out "$out/bench-prefill.md" 2>&1 | tee "$out/bench-prefill.log" ;;
-    bench-decode) python3 bench.py "$lib" --no-prefill --out "$out/bench-decode.md" 2>&1 | tee "$out/bench-decode.log" ;;
+    bench-decode) python3 bench.py "$lib" --no-prefill ${FA_OTHER_LIB:+--other-lib "$FA_OTHER_LIB"} --out "$out/bench-decode.md" 2>&1 | tee "$out/bench-decode.log" ;;
     decode-probe) python3 decode_probe.py "$lib" ${FA_SPLITS:-} 2>&1 | tee "$out/decode-probe.log" ;;
     e2e)
       { python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 4 --out "$out/e2e-gqa.md" &&
@@ -85,6 +85,19 @@ for s in "${steps[@]}"; do
       # where it is still behind (GPU time by kernel, torch.profiler)
       python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 16 --seqs 1024,2048 --runs ours,opset23 --profile 2048 2>&1 |
         grep -v "^\[torch.onnx\]\|Warning\|return cls\|^ *warnings.warn" | tee "$out/e2e-profile.log" ;;
+    kv-sanitize)
+      # the shared-buffer KV-cache checks through ORT (the decode kernel appending in place, rotary) under
+      # memcheck, racecheck and synccheck, our decode kernels only
+      for tool in memcheck racecheck synccheck; do
+        compute-sanitizer --tool $tool --kernel-name kns=flash_decode --print-limit 5 \
+          python3 ort_cuda.py "$lib" --kv-only 2>&1 | grep -E "^FAIL|SUMMARY|ort kv|rror" | tail -8
+      done > "$out/kv-sanitize.log" 2>&1
+      cat "$out/kv-sanitize.log"
+      if [ "$(grep -c 'ort kv: 0 failed' "$out/kv-sanitize.log")" = 3 ] && ! grep -qE "SUMMARY: [1-9]" "$out/kv-sanitize.log"; then
+        true
+      else
+        false
+      fi ;;
     e2e-memcheck)
       # the rewritten model alone at 16k under compute-sanitizer (every kernel: ours and ORT's)
       compute-sanitizer --tool memcheck --print-limit 5 python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 4 --seqs 16384 \
