@@ -143,6 +143,48 @@ def one_case(session, check, dtype, mode, rotary, S_new, D=64, B=2, Nq=8, Nkv=2,
     check(name, ok, f"max err {max(errs):.2e}, present {'ok' if ok_present else 'WRONG'}")
 
 
+def no_past_case(session, check, dtype, S_new, rotary=True, D=128, B=2, Nq=8, Nkv=2):
+    """A first step without past inputs: present = the new keys/values (rotated with rotary, positions 0…).
+    With rotary attention reads present, so the decode kernel appends it itself (nothing to copy)."""
+    name = f"kv {str(dtype)[6:]} no past rotary={rotary} S_new={S_new} D={D}"
+    dev = "cuda"
+    q = torch.randn(B, S_new, Nq, D, device=dev).to(dtype)
+    k = torch.randn(B, S_new, Nkv, D, device=dev).to(dtype)
+    v = torch.randn(B, S_new, Nkv, D, device=dev).to(dtype)
+    feeds = {"query": q, "key": k, "value": v}
+    qr, kr = q.double().transpose(1, 2), k.double().transpose(1, 2)
+    if rotary:
+        ang = torch.rand(S_new + 4, D // 2, device=dev, dtype=torch.float64) * 2 * math.pi
+        cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
+        feeds["cos_cache"], feeds["sin_cache"] = cos, sin
+        pos = torch.arange(S_new, device=dev).view(1, -1).expand(B, -1)
+        qr = rotate(qr, cos.double(), sin.double(), pos, False).to(dtype).double()
+        kr = rotate(kr, cos.double(), sin.double(), pos, False).to(dtype).double()
+    vr = v.double().transpose(1, 2)
+    try:
+        sess = session(kv_model(dtype, list(feeds), {"causal": 1}))
+        binding = sess.io_binding()
+        for n, t in feeds.items():
+            bind(binding, n, t)
+        out = torch.full((B, S_new, Nq, D), float("nan"), dtype=dtype, device=dev)
+        lse = torch.full((B, Nq, S_new), float("nan"), device=dev)
+        present_k = torch.full((B, Nkv, S_new, D), float("nan"), dtype=dtype, device=dev)
+        present_v = torch.full((B, Nkv, S_new, D), float("nan"), dtype=dtype, device=dev)
+        for n, t, o in (("output", out, True), ("softmax_lse", lse, True), ("present_key", present_k, True), ("present_value", present_v, True)):
+            bind(binding, n, t, o)
+        sess.run_with_iobinding(binding)
+        torch.cuda.synchronize()
+        ref, _ = fa_lib.reference(qr.to(dtype), kr.to(dtype), vr.to(dtype), layout="BNSH", causal=True)
+        got = out.double().transpose(1, 2)
+        err = (got - ref).abs().max().item()
+        ok = not torch.isnan(got).any().item() and err <= 2e-2
+        for g, e in ((present_k, kr), (present_v, vr)):
+            ok = ok and bool(((g.double() - e).abs() <= 2 ** -7 * e.abs() + 1e-6).all().item())
+        check(name, ok, f"max err {err:.2e}")
+    except Exception as e:  # noqa: BLE001
+        check(name, False, f"exception {str(e)[:300]}")
+
+
 def graph_decode_loop(session, check, dtype=torch.float16, B=2, Nq=8, Nkv=2, D=128, cap=512, steps=5):
     """GenAI's decode loop under ORT's CUDA graphs: one buffer per cache bound as past and present, the lengths
     in a device tensor advanced in place, rotary in the op; every bound address fixed, so ORT captures the first
@@ -251,6 +293,9 @@ def kv_checks(session, check, lib=None, shared_only=False):
         one_case(session, check, torch.bfloat16, "shared_inplace", rotary, 7, D=128, first_len=60)
         one_case(session, check, torch.float16, "shared_inplace", rotary, 1, D=128, cap=4100, first_len=2047)
         one_case(session, check, torch.bfloat16, "shared_inplace", rotary, 16, D=128, Nq=8, Nkv=2, cap=9000, first_len=4090)
+    for S_new in (1, 7):
+        no_past_case(session, check, torch.float16, S_new)
+        no_past_case(session, check, torch.bfloat16, S_new, rotary=False)
     graph_decode_loop(session, check)
     if lib:
         generation_checks(lib, check)
