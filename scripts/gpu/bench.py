@@ -25,7 +25,7 @@ except Exception as e:  # noqa: BLE001
 
 VARIANTS = []
 ROUNDS = 3
-OTHER = None  # (library, name) of another build timed as variant "lib" (--other-lib)
+OTHER = None  # another build of the library (--other-lib): variant "lib" of prefill rows, a time ratio on decode rows
 
 
 def timeit(fn, iters=None, budget_s=0.25):

@@ -169,13 +169,12 @@ impl Backend for Cuda {
         }
         let stream = stream.as_ptr().cast();
         let gpu_err = |e: crate::gpu::GpuError| ort::Error::new(e.to_string());
-        let prepared = crate::gpu::prepare(&params, stream).map_err(gpu_err)?;
+        let mut prepared = crate::gpu::prepare(&params, stream).map_err(gpu_err)?;
         // The append runs inside the split-KV decode kernel where it can (nothing to copy), else as its own
         // kernel first, rotating the query into scratch from ORT's allocator (`_q_rot` lives until attention
         // is queued).
         let allocator;
         let mut _q_rot = None;
-        let mut prepared = prepared;
         let fused = match (&mut prepared, &append) {
             (Some(prepared), Some(kp)) => prepared.fuse_append(kp),
             _ => false,
