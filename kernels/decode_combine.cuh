@@ -1,26 +1,18 @@
-// Merges the splits of the decode kernel (decode_splitkv.cuh), a few packed rows per block; each split s
-// holds normalised O_s (f32) and lse_s, so lse = log sum_s exp(lse_s) and O = sum_s w_s O_s with
-// w_s = exp(lse_s - lse). Rows whose splits all saw no key (lse_s = -inf everywhere) get O = 0 and
-// lse = -inf. Each thread takes one column unit of a share of the splits and merges them by a running max
+// Merges the splits of the decode kernel (decode_splitkv.cuh) from the workspace, a few packed rows per block
+// (split_merge.cuh says how). Each thread takes one column unit of a share of the splits and merges them by a running max
 // as it loads them, so all loads are in flight at once whatever the split count; the shares are merged
 // through shared memory.
 #pragma once
 #include "common.cuh"
 #include "dependent_launch.cuh"
 #include "params.cuh"
+#include "split_merge.cuh"
 
 namespace flashattn {
 
 constexpr int kCombineThreads = 256;  // src/gpu/decode.rs COMBINE_THREADS
 constexpr int kCombineMaxDv = 256;
 constexpr int kCombineBatch = 8;  // splits a thread loads before merging them
-
-// max that keeps a NaN (fmaxf drops it): a NaN partial must reach the output, not vanish.
-__device__ __forceinline__ float nan_max(float a, float b) { return a != a ? a : ((b != b || b > a) ? b : a); }
-
-__device__ __forceinline__ float4 fma4(float w, float4 x, float4 acc) {
-  return make_float4(fmaf(w, x.x, acc.x), fmaf(w, x.y, acc.y), fmaf(w, x.z, acc.z), fmaf(w, x.w, acc.w));
-}
 
 // rows_per_block packed rows per block (the launcher's choice, src/gpu/decode.rs combine_rows_per_block),
 // kCombineThreads / rows_per_block threads each: one column unit per thread (at least as many threads as
@@ -49,8 +41,7 @@ __device__ __forceinline__ void combine_rows(const AttnParams &p, const float *o
 
   const int shares = tpr / units;
   const int share = lt / units, c = lt % units;
-  float m = -INFINITY, l = 0.f;
-  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  SplitMerge mg;
   if (valid && share < shares) {
     // Batches of kCombineBatch splits: every load of a batch is issued before any of them is used (the merge has no
     // branch to hold them back), so a row costs one round trip per batch, not one per split.
@@ -72,19 +63,12 @@ __device__ __forceinline__ void combine_rows(const AttnParams &p, const float *o
         }
       }
 #pragma unroll
-      for (int k = 0; k < kCombineBatch; ++k) {
-        const float mn = nan_max(m, ls[k]);
-        const bool none = mn == -INFINITY;  // no key in any split so far (O_s of such splits is 0)
-        const float a = none ? 0.f : __expf(m - mn), b = none ? 0.f : __expf(ls[k] - mn);
-        l = l * a + b;
-        acc = make_float4(acc.x * a + b * x[k].x, acc.y * a + b * x[k].y, acc.z * a + b * x[k].z, acc.w * a + b * x[k].w);
-        m = mn;
-      }
+      for (int k = 0; k < kCombineBatch; ++k) mg.add(ls[k], x[k]);
     }
   }
-  part[threadIdx.x] = acc;
-  run_max[threadIdx.x] = m;
-  run_sum[threadIdx.x] = l;
+  part[threadIdx.x] = mg.acc;
+  run_max[threadIdx.x] = mg.m;
+  run_sum[threadIdx.x] = mg.l;
   __syncthreads();
   if (!valid || lt >= units) return;
 

@@ -13,8 +13,11 @@
 // Output: with one split (o_part == nullptr) the normalised O and lse go straight to the outputs;
 // otherwise each split writes its normalised O (f32) and lse to the workspace, indexed
 // ((batch * heads_kv + kv_head) * n_splits + split) * rows + r, and decode_combine.cuh merges them.
+// CLUSTER (the `flash_decode_cluster_…` entries, Hopper): the splits are the blocks of one thread-block cluster
+// and merge their rows through distributed shared memory instead (decode_cluster.cuh).
 #pragma once
 #include "common.cuh"
+#include "decode_cluster.cuh"
 #include "decode_config.cuh"
 #include "decode_rows.cuh"
 #include "dependent_launch.cuh"
@@ -27,7 +30,7 @@
 
 namespace flashattn {
 
-template <typename T, class Cfg, bool APPEND>
+template <typename T, class Cfg, bool APPEND, bool CLUSTER = false>
 __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, const KvAppendParams &a, float *o_part,
                                                      float *lse_part) {
   constexpr int D = Cfg::D, WM = Cfg::WM, WN = Cfg::WN, BN = Cfg::BN, KW = Cfg::KW, NT = Cfg::NT,
@@ -203,6 +206,7 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, const 
   // one-tile split's block spends a good part of its life here). At d 256 that pushed the main loop into
   // spills, so there warp_n == 0 merges the other slices into its own and stores everything.
   constexpr bool SPREAD = WN > 1 && COMPACT;
+  static_assert(!CLUSTER || COMPACT, "the cluster merge needs every warp to reach its barriers");
   constexpr int SHARE = SPREAD ? NTD / WN : NTD;
   static_assert(NTD % WN == 0, "the column tiles must split evenly over the key-slice warps");
   float *red = reinterpret_cast<float *>(sK);
@@ -279,12 +283,22 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, const 
   sm.finalize(inv, lse, p.scale);
   const int dv = p.head_dim_v;
   const bool lse_writer = warp_n == 0;
+  float *cluster_rows = nullptr;  // CLUSTER: where this block leaves its rows for the cluster merge
+  if constexpr (CLUSTER) cluster_rows = red + ClusterRows<Cfg>::OFFSET;
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
     const PackedRow &pr = prow[hf];
     if (!pr.valid) continue;
     const int r = warp_m * 16 + (lane >> 2) + 8 * hf;
-    if (o_part == nullptr) {
+    if constexpr (CLUSTER) {
+      float *xrow = cluster_rows + r * ClusterRows<Cfg>::XD;
+#pragma unroll
+      for (int j = 0; j < SHARE; ++j) {
+        const int col = (warp_n * SHARE + j) * 8 + 2 * (lane & 3);
+        *reinterpret_cast<float2 *>(xrow + col) = make_float2(merged(j, 2 * hf) * inv[0][hf], merged(j, 2 * hf + 1) * inv[0][hf]);
+      }
+      if (lse_writer && (lane & 3) == 0) cluster_rows[ROWS * ClusterRows<Cfg>::XD + r] = lse[0][hf];
+    } else if (o_part == nullptr) {
       T *orow = reinterpret_cast<T *>(p.out_ptr) + (int64_t)batch * p.out_batch_stride +
                 (int64_t)pr.head * p.out_head_stride + (int64_t)pr.token * p.out_row_stride;
       const bool pairs = ((p.out_ptr & 3) == 0) && ((p.out_batch_stride | p.out_head_stride | p.out_row_stride) & 1) == 0;
@@ -317,6 +331,11 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, const 
       }
       if (lse_writer && (lane & 3) == 0) lse_part[prow_idx] = lse[0][hf];
     }
+  }
+  if constexpr (CLUSTER) {
+    cluster_sync();  // every split's rows are in its shared memory
+    cluster_merge_rows<T, Cfg>(p, smem_u32(cluster_rows), rows, split, n_splits, batch, kv_head, group, tid);
+    cluster_sync();  // no block leaves while another still reads its rows
   }
 }
 

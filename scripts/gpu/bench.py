@@ -218,14 +218,19 @@ def main():
     ap.add_argument("--variants", default="", help="comma-separated kernel names to time too")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of default + variants (when variants are given)")
     ap.add_argument("--other-lib", default=None, help="another build of the library, timed as variant 'lib' in the same rounds")
+    ap.add_argument("--cluster", type=int, default=-1, help="decode splits merged in a cluster: -1 auto, 0 never, 1 whenever they fit")
+    ap.add_argument("--other-cluster", type=int, default=-1, help="the same for --other-lib (a copy of the same build at "
+                    "another path compares two settings)")
     a = ap.parse_args()
     VARIANTS.extend(v for v in a.variants.split(",") if v)
     global ROUNDS
     ROUNDS = max(1, a.rounds)
     lib = fa_lib.load(a.lib)
+    fa_lib.set_decode_cluster(lib, a.cluster)
     global OTHER
     if a.other_lib:
         OTHER = fa_lib.load(a.other_lib)
+        fa_lib.set_decode_cluster(OTHER, a.other_cluster)
     dev = torch.cuda.get_device_name()
     rows = []
     dims = [128] if a.quick else [int(d) for d in a.dims.split(",")]

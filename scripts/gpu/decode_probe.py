@@ -1,8 +1,11 @@
 """Where a decode step's GPU time goes: our split-KV decode at forced split counts (CUDA-graph time per step)
 and the GPU time of each kernel it launches (torch.profiler), next to SDPA cuDNN's. Used to choose the split
-heuristic and to see decode vs combine time; `run.sh decode-probe`.
+heuristic and to see decode vs combine time; `run.sh decode-probe`. With --cluster-sweep: graph time per step of
+the splits merged in a thread-block cluster of each size against the automatic plan through the combine kernel,
+alternated in rounds (to choose when the cluster merge serves).
 
-usage: python3 decode_probe.py LIB"""
+usage: python3 decode_probe.py LIB [SPLITS,...] | python3 decode_probe.py LIB --cluster-sweep"""
+import statistics
 import sys
 
 import torch
@@ -55,8 +58,44 @@ def timeline(fn, calls=4):
     return " | ".join(f"{e.name[:28]} @{e.time_range.start - t0:.1f} +{e.time_range.end - e.time_range.start:.1f}" for e in tail)
 
 
+CLUSTER_SIZES = [2, 3, 4, 6, 8, 12, 16]
+SWEEP_SHAPES = ((1, 8, 1024), (1, 8, 2048), (1, 8, 4096), (1, 8, 8192), (1, 1, 2048), (1, 1, 8192), (2, 8, 4096),
+                (4, 8, 2048), (8, 8, 2048), (8, 8, 8192), (8, 1, 2048), (8, 1, 8192), (64, 1, 2048), (64, 1, 8192))
+
+
+def cluster_sweep(lib, rounds=3):
+    H, D = 32, 128
+    for B, Hkv, S in SWEEP_SHAPES:
+        q = torch.randn(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
+        out = torch.empty(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
+        P = fa_lib.make_params(lib, q, k, v, out)
+        setups = [("combine", -1, 0)] + [(f"cluster {c}", c, 1) for c in CLUSTER_SIZES if c <= S // 64]
+        times = {name: [] for name, _, _ in setups}
+        names = {}
+        for _ in range(rounds):
+            for name, splits, mode in setups:
+                fa_lib.set_decode_splits(lib, splits)
+                fa_lib.set_decode_cluster(lib, mode)
+                ws = fa_lib.workspace(lib, P)
+                names[name] = fa_lib.kernel_name(lib, P)
+                times[name].append(time_step(lambda: fa_lib.launch(lib, P, ws=ws))[0] * 1e3)
+        fa_lib.set_decode_splits(lib, -1)
+        fa_lib.set_decode_cluster(lib, -1)
+        base = statistics.median(times["combine"])
+        cells = [f"{name}: {statistics.median(t):.1f} us ({base / statistics.median(t):.2f}x; {names[name].split(' x')[1]})"
+                 for name, t in times.items()]
+        print(f"sweep B{B} Hkv{Hkv} kv{S}: " + " | ".join(cells), flush=True)
+        del q, k, v, out
+        torch.cuda.empty_cache()
+
+
 def main():
     lib = fa_lib.load(sys.argv[1])
+    if sys.argv[2:3] == ["--cluster-sweep"]:
+        cluster_sweep(lib)
+        return
     global SPLITS
     if len(sys.argv) > 2:
         SPLITS = [int(x) for x in sys.argv[2].split(",")]

@@ -137,6 +137,20 @@ def set_decode_splits(lib, n):
     lib.flashattn_ort_gpu_set_decode_splits(n)
 
 
+def set_decode_cluster(lib, mode):
+    """How decode splits merge on Hopper and newer: -1 automatic; 0 always through the workspace and the combine
+    kernel; 1 inside a thread-block cluster whenever the split count fits one (automatic counts capped).
+    Builds before the cluster merge have no such setting: only -1 is accepted for them."""
+    f = getattr(lib, "flashattn_ort_gpu_set_decode_cluster", None)
+    if f is None:
+        if mode != -1:
+            raise RuntimeError("this build of the library has no cluster merge for decode splits")
+        return
+    f.restype = None
+    f.argtypes = [ctypes.c_int]
+    f(mode)
+
+
 def set_dependent_launch(lib, on):
     """Programmatic dependent launches of the decode kernels on (default) or off (Hopper and newer)."""
     lib.flashattn_ort_gpu_set_dependent_launch(1 if on else 0)

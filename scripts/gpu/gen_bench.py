@@ -15,6 +15,7 @@ agree between original and ours.
 
 usage: python3 gen_bench.py LIB CLI [--batches 1,8] [--prompt 2048] [--steps 64] [--layers 4] [--out FILE.md]"""
 import argparse
+import ctypes
 import os
 import statistics
 import subprocess
@@ -25,6 +26,8 @@ import time
 import numpy as np
 import onnx
 import onnxruntime as ort
+
+import fa_lib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "models"))
@@ -206,7 +209,10 @@ def main():
                     help="genai: also decode the float32 model on ORT's CPU EP and report each run's first token that differs")
     ap.add_argument("--out", default=None)
     ap.add_argument("--profile", action="store_true", help="also profile one decode loop of each run (GPU time by kernel)")
+    ap.add_argument("--cluster", type=int, default=-1, help="our decode splits merged in a cluster: -1 auto, 0 never, 1 whenever they fit")
     a = ap.parse_args()
+    if a.cluster != -1:  # the library ORT loads below is this same handle
+        fa_lib.set_decode_cluster(ctypes.CDLL(a.lib), a.cluster)
     tmp = tempfile.mkdtemp(prefix="gen-")
     cap = a.prompt + a.steps + 1
     p = {k: os.path.join(tmp, f"{k}.onnx") for k in ("genai", "genai32", "genai_ours", "hf", "hf_ours", "hf_opt")}

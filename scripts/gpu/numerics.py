@@ -62,6 +62,9 @@ GRID_MODES = [-1, -1, 0, 1]
 # Split-KV decode kernel settings a case may ask for: "auto" (the library's choice), "off" (prefill kernel),
 # or a forced split count (1 = the unsplit path that writes the outputs directly, no workspace).
 DECODE_SPLITS = ["auto", "auto", "off", 1, 2, 3, 16, 128]
+# How the splits merge on Hopper (fa_lib.set_decode_cluster): -1 the library's choice, 0 workspace and combine
+# kernel, 1 in a thread-block cluster whenever the split count fits one.
+DECODE_CLUSTER = [-1, -1, 0, 1]
 
 
 def rand_decode_case(rng, small=False):
@@ -91,6 +94,7 @@ def rand_decode_case(rng, small=False):
     c["strided"] = rng.random() < 0.2
     c["lse"] = rng.random() < 0.8
     c["splits"] = rng.choice(DECODE_SPLITS)
+    c["cluster"] = rng.choice(DECODE_CLUSTER)
     return c
 
 
@@ -146,6 +150,7 @@ def run_case(lib, c, gen):
               softcap=c["softcap"], window_left=c["window_left"], window_right=c["window_right"])
     P = fa_lib.make_params(lib, q, k_in, v_in, out, lse, **kw)
     fa_lib.set_decode_splits(lib, splits_code(c))
+    fa_lib.set_decode_cluster(lib, c.get("cluster", -1))
     lib.flashattn_ort_gpu_set_persistent(c.get("grid", -1))
     try:
         kname = fa_lib.kernel_name(lib, P)
@@ -153,6 +158,7 @@ def run_case(lib, c, gen):
         torch.cuda.synchronize()
     finally:
         fa_lib.set_decode_splits(lib, -1)
+        fa_lib.set_decode_cluster(lib, -1)
         lib.flashattn_ort_gpu_set_persistent(-1)
     ref, ref_lse = fa_lib.reference(q, k, v, **kw)
     naive, _ = fa_lib.reference(q, k, v, dtype=dt, **kw)
@@ -240,6 +246,17 @@ def fixed_cases():
     cases.append(dict(dec, hq=4, hkv=4, sq=64, skv=4096, d=64, dv=64, b=2, splits=128))  # MHA, 64 tokens = 64 rows
     cases.append(dict(dec, hq=32, hkv=1, sq=2, skv=8192, causal=True, splits="auto"))  # MQA 2 tokens: 64 rows
     cases.append(dict(dec, splits="off"))                                  # the prefill kernel on the same shape
+    # Splits merged in a thread-block cluster (Hopper): capped automatic counts, ragged and empty batch entries,
+    # more rows than splits (MQA: 32 rows over 4 blocks), fewer (4 rows over 16), 64 rows, and the same forced
+    # counts through the combine kernel.
+    cases.append(dict(dec, cluster=1))                                      # 16 splits of 32 tiles
+    cases.append(dict(dec, dtype=torch.float16, hkv=1, skv=8192, b=3, seqlens=True, cluster=1))
+    cases.append(dict(dec, b=3, skv=3000, seqlens=True, zero_len=True, splits=16, cluster=1))
+    cases.append(dict(dec, b=3, skv=3000, seqlens=True, zero_len=True, splits=16, cluster=0))
+    cases.append(dict(dec, hkv=1, skv=700, splits=4, cluster=1, d=64, dv=64))
+    cases.append(dict(dec, layout="BNSH", sq=16, skv=1000, causal=True, splits=3, cluster=1))
+    cases.append(dict(dec, skv=3000, mask="additive", mask_shape="full", softcap=30.0, d=80, dv=64, splits=5, cluster=1))
+    cases.append(dict(dec, b=8, skv=8192, cluster=-1))                      # the automatic choice at batch 8
     return cases
 
 

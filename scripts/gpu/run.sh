@@ -3,7 +3,7 @@
 # built here and carried in .gpu/ (scripts/gpu/pack.sh), with staged wheel parts.
 #
 #   bash scripts/gpu/run.sh stage [DIR...]     # copy this call's wheel parts (.gpu/stage/*, or DIRs) to /tmp/fa-stage
-#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-prefill bench-decode decode-probe e2e e2e-profile e2e-memcheck gen-bench kv-sanitize profile profile-vs profile-source profile-decode selfcheck
+#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-prefill bench-decode decode-probe cluster-sweep e2e e2e-profile e2e-memcheck gen-bench kv-sanitize profile profile-vs profile-source profile-decode selfcheck
 #                                              # (default: numerics sanitize ort rust-ort bench)
 #
 # Logs and the benchmark table go to $OUT (or /tmp/fa-out). Exit status: nonzero if any step failed.
@@ -74,8 +74,12 @@ for s in "${steps[@]}"; do
       # FA_OTHER_LIB: another build, timed in the same rounds as variant "lib" (an A/B inside one process)
       python3 bench.py "$lib" --no-decode ${FA_DIMS:+--dims "$FA_DIMS"} --variants "${FA_VARIANTS:-}" \
         ${FA_OTHER_LIB:+--other-lib "$FA_OTHER_LIB"} --out "$out/bench-prefill.md" 2>&1 | tee "$out/bench-prefill.log" ;;
-    bench-decode) python3 bench.py "$lib" --no-prefill ${FA_OTHER_LIB:+--other-lib "$FA_OTHER_LIB"} --out "$out/bench-decode.md" 2>&1 | tee "$out/bench-decode.log" ;;
+    bench-decode)
+      # FA_CLUSTER / FA_OTHER_CLUSTER: how decode splits merge in ours / in FA_OTHER_LIB (bench.py --cluster)
+      python3 bench.py "$lib" --no-prefill ${FA_OTHER_LIB:+--other-lib "$FA_OTHER_LIB"} --cluster "${FA_CLUSTER:--1}" \
+        --other-cluster "${FA_OTHER_CLUSTER:--1}" --out "$out/bench-decode${FA_TAG:-}.md" 2>&1 | tee "$out/bench-decode${FA_TAG:-}.log" ;;
     decode-probe) python3 decode_probe.py "$lib" ${FA_SPLITS:-} 2>&1 | tee "$out/decode-probe.log" ;;
+    cluster-sweep) python3 decode_probe.py "$lib" --cluster-sweep 2>&1 | tee "$out/cluster-sweep.log" ;;
     e2e)
       { python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 4 --out "$out/e2e-gqa.md" &&
         python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 16 --profile 4096 --out "$out/e2e-mha.md"; } 2>&1 |

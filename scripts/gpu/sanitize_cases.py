@@ -42,11 +42,13 @@ for i in range(n):
     P = fa_lib.make_params(lib, q, k, v, out, lse, mask=mask, seqlens=seqlens, layout=c["layout"], causal=c["causal"],
                            scale=c["scale"], softcap=c["softcap"], window_left=c["window_left"], window_right=c["window_right"])
     fa_lib.set_decode_splits(lib, splits_code(c))
+    fa_lib.set_decode_cluster(lib, c.get("cluster", -1))
     kernel = fa_lib.kernel_name(lib, P)
     served[kernel] = served.get(kernel, 0) + 1
     fa_lib.launch(lib, P)
     torch.cuda.synchronize()
     fa_lib.set_decode_splits(lib, -1)
+    fa_lib.set_decode_cluster(lib, -1)
     if torch.isnan(out).any():
         bad += 1
         print("NaN/unwritten output in case", c)

@@ -6,7 +6,10 @@
 //! K/V tile is read once per KV head, and the keys are split across blocks so that a batch with few KV heads
 //! still streams the cache on every SM. With more than one split each split writes normalised partial O
 //! (f32) and lse into a caller-provided device workspace and a combine kernel merges them; one split writes
-//! the outputs directly and needs no workspace. No allocation and no host synchronisation here.
+//! the outputs directly and needs no workspace. On Hopper and newer, up to MAX_CLUSTER splits may instead be
+//! the blocks of one thread-block cluster that merge their rows through distributed shared memory
+//! (kernels/decode_cluster.cuh): no workspace, no combine launch. No allocation and no host synchronisation
+//! here.
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -24,22 +27,32 @@ pub const MAX_ROWS: i32 = 64;
 /// Most key splits: past this the combine step costs more than the extra blocks gain (H200, MQA batch 1 at
 /// 32k keys: 17.2 µs with 128 splits, 21.1 µs with 256; docs/PERF.md).
 pub const MAX_SPLITS: i32 = 128;
-const THREADS: u32 = 128;
+/// Cluster sizes whose residency the plan knows (ClusterResidency); 16 needs the driver's non-portable sizes.
+pub const CLUSTER_SIZES: [i32; 4] = [2, 4, 8, 16];
+pub const THREADS: u32 = 128;
 /// Threads of a combine kernel block (kCombineThreads) and the splits each of its threads loads at once
 /// (kCombineBatch).
 const COMBINE_THREADS: u32 = 256;
 const COMBINE_BATCH: u32 = 8;
 const PADDED_DIMS: [i32; 3] = [64, 128, 256];
+/// Padded head dims with cluster entries (d 256's rows do not fit beside its merge buffer).
+const CLUSTER_DIMS: [i32; 2] = [64, 128];
+/// The automatic plan merges in a cluster when each split then reads at most this many key tiles: short caches,
+/// where the step is latency-bound and the combine launch is a large share of it. Longer splits lose more to
+/// the fewer blocks streaming the cache than the combine costs (H200 sweep, docs/PERF.md).
+const CLUSTER_MAX_TILES_PER_SPLIT: i64 = 2;
 const PADDED_ROWS: [i32; 3] = [16, 32, 64];
 /// The lse part of the workspace starts at this alignment after the O part.
 const WORKSPACE_ALIGN: usize = 256;
 
-/// One compiled decode kernel: element type, padded head dim, packed rows.
+/// One compiled decode kernel: element type, padded head dim, packed rows, and whether its splits merge in a
+/// thread-block cluster (else through the workspace and the combine kernel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeSpec {
     pub dtype: DType,
     pub d: i32,
     pub rows: i32,
+    pub cluster: bool,
 }
 
 fn type_tag(dtype: DType) -> &'static str {
@@ -52,7 +65,8 @@ fn type_tag(dtype: DType) -> &'static str {
 
 impl DecodeSpec {
     pub fn name(&self) -> String {
-        format!("flash_decode_sm80_{}_d{}_r{}", type_tag(self.dtype), self.d, self.rows)
+        let family = if self.cluster { "cluster" } else { "sm80" };
+        format!("flash_decode_{family}_{}_d{}_r{}", type_tag(self.dtype), self.d, self.rows)
     }
     /// The entry that also does the KV append step (kernels/decode_splitkv.cuh APPEND).
     pub fn append_name(&self) -> String {
@@ -83,16 +97,23 @@ fn combine_name(dtype: DType) -> String {
 pub fn entry_points() -> Vec<(String, u32)> {
     let mut v = Vec::new();
     for dtype in [DType::F16, DType::BF16] {
-        for d in PADDED_DIMS {
-            for rows in PADDED_ROWS {
-                let s = DecodeSpec { dtype, d, rows };
-                v.push((s.name(), s.smem_bytes()));
-                v.push((s.append_name(), s.smem_bytes()));
+        for cluster in [false, true] {
+            for d in PADDED_DIMS.into_iter().filter(|d| !cluster || CLUSTER_DIMS.contains(d)) {
+                for rows in PADDED_ROWS {
+                    let s = DecodeSpec { dtype, d, rows, cluster };
+                    v.push((s.name(), s.smem_bytes()));
+                    v.push((s.append_name(), s.smem_bytes()));
+                }
             }
         }
         v.push((combine_name(dtype), 0));
     }
     v
+}
+
+/// Whether `name` is one of the cluster entries (launched with a cluster dimension).
+pub fn is_cluster_entry(name: &str) -> bool {
+    name.starts_with("flash_decode_cluster_")
 }
 
 /// -1: automatic; 0: decode kernel off (the prefill kernel serves everything); n >= 1: exactly n splits
@@ -103,17 +124,68 @@ pub fn set_splits_override(n: i32) {
     SPLITS_OVERRIDE.store(n.max(-1), Ordering::Relaxed);
 }
 
+/// How splits merge where clusters are available. -1: automatic (the rule in `plan`); 0: never in a cluster
+/// (workspace and combine kernel); 1: in a cluster whenever the split count fits one, automatic split counts
+/// capped at the device's largest cluster. A test/benchmark aid (ffi).
+static CLUSTER_OVERRIDE: AtomicI32 = AtomicI32::new(-1);
+
+pub fn set_cluster_override(mode: i32) {
+    CLUSTER_OVERRIDE.store(mode.clamp(-1, 1), Ordering::Relaxed);
+}
+
+/// How many clusters of each size in CLUSTER_SIZES the device holds at once, per cluster shape (padded head
+/// dim in CLUSTER_DIMS x packed rows in PADDED_ROWS); 0 where none fits or the device has no clusters. Less
+/// than blocks-per-SM x SMs / size: clusters are placed within one GPC (H200, d128 x 16 rows: 132, 62, 30, 14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClusterResidency([[i32; 4]; 6]);
+
+impl ClusterResidency {
+    /// Asks `resident(entry name, cluster size)` for every cluster shape (the smaller answer of its plain and
+    /// append entries).
+    pub fn query(resident: impl Fn(&str, i32) -> i32) -> Self {
+        let mut t = [[0; 4]; 6];
+        for (di, d) in CLUSTER_DIMS.into_iter().enumerate() {
+            for (ri, rows) in PADDED_ROWS.into_iter().enumerate() {
+                let spec = DecodeSpec { dtype: DType::BF16, d, rows, cluster: true };
+                for (ci, c) in CLUSTER_SIZES.into_iter().enumerate() {
+                    t[di * 3 + ri][ci] = resident(&spec.name(), c).min(resident(&spec.append_name(), c));
+                }
+            }
+        }
+        ClusterResidency(t)
+    }
+    /// The same answer for every shape (tests).
+    pub const fn uniform(per_size: [i32; 4]) -> Self {
+        ClusterResidency([per_size; 6])
+    }
+    fn row(&self, spec: &DecodeSpec) -> Option<[i32; 4]> {
+        let di = CLUSTER_DIMS.iter().position(|&d| d == spec.d)?;
+        let ri = PADDED_ROWS.iter().position(|&r| r == spec.rows)?;
+        Some(self.0[di * 3 + ri])
+    }
+    /// Clusters of `size` (one of CLUSTER_SIZES) the device holds at once for `spec`.
+    pub fn resident(&self, spec: &DecodeSpec, size: i32) -> i32 {
+        let ci = CLUSTER_SIZES.iter().position(|&c| c == size);
+        self.row(spec).zip(ci).map_or(0, |(r, ci)| r[ci])
+    }
+    /// The largest cluster `spec` runs in (0: none).
+    pub fn max_size(&self, spec: &DecodeSpec) -> i32 {
+        CLUSTER_SIZES.into_iter().filter(|&c| self.resident(spec, c) >= 1).max().unwrap_or(0)
+    }
+}
+
 /// What a plan needs to know about the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Device {
     pub cc: i32,
     pub max_smem_optin: i32,
     pub num_sms: i32,
+    pub clusters: ClusterResidency,
 }
 
 impl From<&DeviceKernels> for Device {
     fn from(k: &DeviceKernels) -> Self {
-        Device { cc: k.cc, max_smem_optin: k.max_smem_optin, num_sms: k.num_sms }
+        Device { cc: k.cc, max_smem_optin: k.max_smem_optin, num_sms: k.num_sms, clusters: k.clusters }
     }
 }
 
@@ -148,7 +220,7 @@ pub fn spec_for(p: &AttnParams) -> Option<DecodeSpec> {
     }
     let rows = PADDED_ROWS.into_iter().find(|&r| r as i64 >= rows)?;
     let d = PADDED_DIMS.into_iter().find(|&d| d >= need)?;
-    Some(DecodeSpec { dtype, d, rows })
+    Some(DecodeSpec { dtype, d, rows, cluster: false })
 }
 
 /// Resident blocks per SM that shared memory allows (an SM has the per-block opt-in limit plus the 1 KiB
@@ -177,7 +249,23 @@ pub fn key_tiles(p: &AttnParams) -> i64 {
 pub fn choose_splits(blocks: i64, tiles: i64, num_sms: i32, blocks_per_sm: i32) -> i32 {
     let wave = num_sms.max(1) as i64 * blocks_per_sm.max(1) as i64;
     let by_wave = (wave / blocks.max(1)).max(1);
-    let splits = by_wave.min(tiles.max(1)).min(MAX_SPLITS as i64);
+    even_splits(tiles, by_wave.min(MAX_SPLITS as i64))
+}
+
+/// The automatic choice of a cluster merge: the smallest cluster whose splits read at most
+/// CLUSTER_MAX_TILES_PER_SPLIT key tiles each and whose `blocks` clusters (batch x KV heads) the device holds at
+/// once (a second wave of clusters would double the step: H200, batch 8, 64 clusters of 4 with 62 resident,
+/// 0.70x the combine's time), if there is one.
+fn cluster_size(spec: &DecodeSpec, clusters: &ClusterResidency, tiles: i64, blocks: i64) -> Option<i32> {
+    CLUSTER_SIZES.into_iter().find(|&c| {
+        let per_split = (tiles + c as i64 - 1) / c as i64;
+        per_split <= CLUSTER_MAX_TILES_PER_SPLIT && blocks <= clusters.resident(spec, c) as i64
+    })
+}
+
+/// At most `splits` splits of `tiles` key tiles, evened out so that none is left empty.
+fn even_splits(tiles: i64, splits: i64) -> i32 {
+    let splits = splits.min(tiles.max(1)).max(1);
     let per_split = (tiles.max(1) + splits - 1) / splits;
     ((tiles.max(1) + per_split - 1) / per_split) as i32
 }
@@ -227,6 +315,21 @@ pub fn plan(p: &AttnParams, dev: Device, available: usize) -> Result<Option<Deco
     } else {
         choose_splits(blocks, tiles, dev.num_sms, bps)
     };
+    let cluster_spec = DecodeSpec { cluster: true, ..spec };
+    let cluster_limit = dev.clusters.max_size(&cluster_spec);
+    let cluster_mode = CLUSTER_OVERRIDE.load(Ordering::Relaxed);
+    if cluster_limit >= 2 && cluster_mode != 0 && splits >= 2 {
+        let in_cluster = if forced > 0 {
+            Some(splits).filter(|&s| s <= cluster_limit)
+        } else if cluster_mode == 1 {
+            Some(even_splits(tiles, splits.min(cluster_limit) as i64))
+        } else {
+            cluster_size(&cluster_spec, &dev.clusters, tiles, blocks).map(|c| even_splits(tiles, c as i64))
+        };
+        if let Some(splits) = in_cluster.filter(|&s| s >= 2) {
+            return Ok(Some(DecodePlan { spec: cluster_spec, splits, workspace_bytes: 0 }));
+        }
+    }
     let mut bytes = workspace_layout(p, splits).0;
     if bytes > available {
         if forced > 0 {
@@ -248,6 +351,17 @@ pub fn plan(p: &AttnParams, dev: Device, available: usize) -> Result<Option<Deco
     Ok(Some(DecodePlan { spec, splits, workspace_bytes: bytes }))
 }
 
+/// For a cluster plan: how many of its clusters the device holds at once, and how many it launches.
+pub fn resident_clusters(plan: &DecodePlan, p: &AttnParams, kernels: &DeviceKernels) -> Result<Option<(i32, i64)>, GpuError> {
+    if !plan.spec.cluster {
+        return Ok(None);
+    }
+    let f = kernels.named(&plan.spec.name())?;
+    let grid = (plan.splits as u32, p.heads_kv as u32, p.batch as u32);
+    let resident = super::module::max_active_clusters(f, grid, plan.splits as u32, THREADS, plan.spec.smem_bytes())?;
+    Ok(Some((resident, p.heads_kv as i64 * p.batch as i64)))
+}
+
 /// Device memory a launch may use as scratch: address and size in bytes (0/0: none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Workspace {
@@ -255,7 +369,7 @@ pub struct Workspace {
     pub bytes: usize,
 }
 
-/// Queues the decode kernel (and, with splits, the combine kernel) for `plan` on `stream`. The caller has
+/// Queues the decode kernel (and, with splits merged through the workspace, the combine kernel) for `plan` on `stream`. The caller has
 /// made the stream's context current. `append`: the KV append step for the decode kernel to do itself
 /// (nothing to copy: kernels/kv_append.cuh `kv_append_owned_rows`); `p.q_ptr` is then the unrotated query.
 pub fn launch(plan: &DecodePlan, p: &AttnParams, append: Option<&KvAppendParams>, kernels: &DeviceKernels, ws: Workspace, stream: sys::CUstream) -> Result<(), GpuError> {
@@ -263,6 +377,18 @@ pub fn launch(plan: &DecodePlan, p: &AttnParams, append: Option<&KvAppendParams>
     let f = kernels.named(&name)?;
     let mut arg = *p;
     let mut append_arg = append.copied().unwrap_or_default();
+    // Both launches may overlap the kernel before them (the KV append, then the decode kernel) on Hopper and
+    // newer: each waits for it in-kernel before touching memory (kernels/dependent_launch.cuh).
+    let dependent = kernels.cc >= 90;
+    let grid = (plan.splits as u32, p.heads_kv as u32, p.batch as u32);
+    if plan.spec.cluster {
+        let (params, append_params) = ((&mut arg as *mut AttnParams).cast(), (&mut append_arg as *mut KvAppendParams).cast());
+        let mut with_append = [params, append_params];
+        let mut plain = [params];
+        let args: &mut [*mut c_void] = if append.is_some() { &mut with_append } else { &mut plain };
+        let l = Launch { grid, threads: THREADS, smem: plan.spec.smem_bytes(), args, cluster_x: plan.splits as u32 };
+        return launch_kernel(f, l, stream, dependent, &|| format!("launching {name} in clusters of {}", plan.splits));
+    }
     let (mut o_part, mut lse_part) = (0u64, 0u64);
     if plan.splits > 1 {
         let (bytes, lse_off) = workspace_layout(p, plan.splits);
@@ -276,10 +402,6 @@ pub fn launch(plan: &DecodePlan, p: &AttnParams, append: Option<&KvAppendParams>
         lse_part = ws.ptr + lse_off as u64;
     }
     let mut n_splits = plan.splits;
-    let grid = (plan.splits as u32, p.heads_kv as u32, p.batch as u32);
-    // Both launches may overlap the kernel before them (the KV append, then the decode kernel) on Hopper and
-    // newer: each waits for it in-kernel before touching memory (kernels/dependent_launch.cuh).
-    let dependent = kernels.cc >= 90;
     {
         let (params, append_params, o_arg, lse_arg) = (
             (&mut arg as *mut AttnParams).cast(),
@@ -290,7 +412,7 @@ pub fn launch(plan: &DecodePlan, p: &AttnParams, append: Option<&KvAppendParams>
         let mut with_append = [params, append_params, o_arg, lse_arg];
         let mut plain = [params, o_arg, lse_arg];
         let args: &mut [*mut c_void] = if append.is_some() { &mut with_append } else { &mut plain };
-        let l = Launch { grid, threads: THREADS, smem: plan.spec.smem_bytes(), args };
+        let l = Launch { grid, threads: THREADS, smem: plan.spec.smem_bytes(), args, cluster_x: 0 };
         launch_kernel(f, l, stream, dependent, &|| format!("launching {name}"))?;
     }
     if plan.splits > 1 {
@@ -308,7 +430,7 @@ pub fn launch(plan: &DecodePlan, p: &AttnParams, append: Option<&KvAppendParams>
             (&mut n_splits as *mut i32).cast(),
             (&mut rows_per_block as *mut i32).cast(),
         ];
-        let l = Launch { grid: (blocks, 1, 1), threads: COMBINE_THREADS, smem: 0, args: &mut args };
+        let l = Launch { grid: (blocks, 1, 1), threads: COMBINE_THREADS, smem: 0, args: &mut args, cluster_x: 0 };
         launch_kernel(fc, l, stream, dependent, &|| format!("launching {}", plan.spec.combine_name()))?;
     }
     Ok(())
@@ -318,9 +440,11 @@ pub fn launch(plan: &DecodePlan, p: &AttnParams, append: Option<&KvAppendParams>
 mod tests {
     use super::*;
 
-    const H100: Device = Device { cc: 90, max_smem_optin: 227 * 1024, num_sms: 132 };
-    const A100: Device = Device { cc: 80, max_smem_optin: 163 * 1024, num_sms: 108 };
-    const SM86: Device = Device { cc: 86, max_smem_optin: 99 * 1024, num_sms: 84 };
+    /// Clusters of 2, 4, 8, 16 resident on an H200 (d128 x 16 rows, `run.sh cluster-sweep`).
+    const HOPPER_CLUSTERS: ClusterResidency = ClusterResidency::uniform([132, 62, 30, 14]);
+    const H100: Device = Device { cc: 90, max_smem_optin: 227 * 1024, num_sms: 132, clusters: HOPPER_CLUSTERS };
+    const A100: Device = Device { cc: 80, max_smem_optin: 163 * 1024, num_sms: 108, clusters: ClusterResidency::uniform([0; 4]) };
+    const SM86: Device = Device { cc: 86, max_smem_optin: 99 * 1024, num_sms: 84, clusters: ClusterResidency::uniform([0; 4]) };
 
     fn decode(batch: i32, hq: i32, hkv: i32, sq: i32, skv: i32, d: i32) -> AttnParams {
         AttnParams { dtype: 2, batch, heads_q: hq, heads_kv: hkv, seq_q: sq, seq_kv: skv, head_dim: d, head_dim_v: d, window_left: -1, window_right: -1, ..Default::default() }
@@ -331,7 +455,7 @@ mod tests {
 
     #[test]
     fn applies_to_few_packed_rows_only() {
-        assert_eq!(spec_for(&decode(1, 32, 8, 1, 4096, 128)), Some(DecodeSpec { dtype: DType::BF16, d: 128, rows: 16 }));
+        assert_eq!(spec_for(&decode(1, 32, 8, 1, 4096, 128)), Some(DecodeSpec { dtype: DType::BF16, d: 128, rows: 16, cluster: false }));
         assert_eq!(spec_for(&decode(1, 32, 1, 1, 4096, 128)).unwrap().rows, 32); // MQA: 32 heads in one tile
         assert_eq!(spec_for(&decode(1, 32, 8, 16, 4096, 128)).unwrap().rows, 64); // 16 tokens x 4 heads
         assert_eq!(spec_for(&decode(1, 32, 8, 17, 4096, 128)), None);
@@ -345,13 +469,15 @@ mod tests {
     #[test]
     fn shared_memory_matches_the_kernel_config() {
         // (rows*D + 2*STAGES*64*D) * 2 bytes
-        assert_eq!(DecodeSpec { dtype: DType::F16, d: 128, rows: 16 }.smem_bytes(), (16 * 128 + 2 * 3 * 64 * 128) * 2);
-        assert_eq!(DecodeSpec { dtype: DType::F16, d: 256, rows: 64 }.smem_bytes(), (64 * 256 + 2 * 2 * 64 * 256) * 2);
+        assert_eq!(DecodeSpec { dtype: DType::F16, d: 128, rows: 16, cluster: false }.smem_bytes(), (16 * 128 + 2 * 3 * 64 * 128) * 2);
+        assert_eq!(DecodeSpec { dtype: DType::F16, d: 256, rows: 64, cluster: false }.smem_bytes(), (64 * 256 + 2 * 2 * 64 * 256) * 2);
         // two d128 blocks per H100 SM (two 64 KiB stages in flight each), one on A100
-        assert_eq!(blocks_per_sm(DecodeSpec { dtype: DType::F16, d: 128, rows: 64 }.smem_bytes(), H100.max_smem_optin), 2);
-        assert_eq!(blocks_per_sm(DecodeSpec { dtype: DType::F16, d: 128, rows: 16 }.smem_bytes(), A100.max_smem_optin), 1);
-        assert_eq!(blocks_per_sm(DecodeSpec { dtype: DType::F16, d: 256, rows: 64 }.smem_bytes(), SM86.max_smem_optin), 0);
-        assert_eq!(entry_points().len(), 2 * (2 * 9 + 1));
+        assert_eq!(blocks_per_sm(DecodeSpec { dtype: DType::F16, d: 128, rows: 64, cluster: false }.smem_bytes(), H100.max_smem_optin), 2);
+        assert_eq!(blocks_per_sm(DecodeSpec { dtype: DType::F16, d: 128, rows: 16, cluster: false }.smem_bytes(), A100.max_smem_optin), 1);
+        assert_eq!(blocks_per_sm(DecodeSpec { dtype: DType::F16, d: 256, rows: 64, cluster: false }.smem_bytes(), SM86.max_smem_optin), 0);
+        // per dtype: 9 shapes and 6 cluster shapes (d 64/128), each plain and with the append, and the combine
+        assert_eq!(entry_points().len(), 2 * (2 * 9 + 2 * 6 + 1));
+        assert_eq!(entry_points().iter().filter(|(n, _)| is_cluster_entry(n)).count(), 2 * 2 * 6);
     }
 
     #[test]
@@ -421,6 +547,7 @@ mod tests {
     fn plans() {
         let _g = OVERRIDE_LOCK.lock().unwrap();
         set_splits_override(-1);
+        set_cluster_override(0);
         let p = decode(1, 32, 8, 1, 8192, 128);
         let pl = plan(&p, H100, usize::MAX).unwrap().unwrap();
         assert_eq!((pl.spec.name().as_str(), pl.splits), ("flash_decode_sm80_bf16_d128_r16", 32));
@@ -449,5 +576,49 @@ mod tests {
         set_splits_override(1);
         assert_eq!(plan(&p, H100, 0).unwrap().unwrap().splits, 1);
         set_splits_override(-1);
+        set_cluster_override(-1);
+    }
+
+    #[test]
+    fn cluster_plans() {
+        let _g = OVERRIDE_LOCK.lock().unwrap();
+        set_splits_override(-1);
+        set_cluster_override(-1);
+        let cluster = |p: &AttnParams, dev: Device| plan(p, dev, usize::MAX).unwrap().map(|pl| (pl.spec.cluster, pl.splits, pl.workspace_bytes));
+        // batch 1, 8 KV heads, 2k keys (32 tiles): 16 splits of 2 tiles in 8 clusters, no workspace
+        let short = decode(1, 32, 8, 1, 2048, 128);
+        assert_eq!(cluster(&short, H100), Some((true, 16, 0)));
+        assert_eq!(plan(&short, H100, 0).unwrap().unwrap().spec.name(), "flash_decode_cluster_bf16_d128_r16");
+        // 1k keys: clusters of 8 already give 2 tiles a split; 3 tiles: 2 splits
+        assert_eq!(cluster(&decode(1, 32, 8, 1, 1024, 128), H100), Some((true, 8, 0)));
+        assert_eq!(cluster(&decode(1, 32, 8, 1, 150, 128), H100), Some((true, 2, 0)));
+        // longer splits or more clusters than fit at once: workspace and combine
+        let b1 = decode(1, 32, 8, 1, 8192, 128);
+        assert_eq!(cluster(&b1, H100).unwrap().0, false);
+        assert_eq!(cluster(&decode(4, 32, 8, 1, 2048, 128), H100).unwrap().0, false); // 32 clusters of 16, 14 resident
+        assert_eq!(cluster(&decode(1, 32, 8, 1, 2048, 128), Device { clusters: ClusterResidency::uniform([132, 62, 30, 0]), ..H100 }).unwrap().0, false);
+        // mode 1: always, automatic counts capped at the largest cluster
+        set_cluster_override(1);
+        assert_eq!(cluster(&b1, H100), Some((true, 16, 0)));
+        assert_eq!(cluster(&b1, Device { clusters: ClusterResidency::uniform([132, 62, 30, 0]), ..H100 }), Some((true, 8, 0)));
+        assert_eq!(cluster(&decode(1, 32, 8, 1, 300, 128), H100), Some((true, 5, 0))); // 5 tiles: 5 splits
+        set_splits_override(32); // a forced count past the largest cluster: combine
+        assert_eq!(cluster(&b1, H100).unwrap().0, false);
+        set_splits_override(7);
+        assert_eq!(cluster(&b1, H100), Some((true, 7, 0)));
+        set_splits_override(-1);
+        set_cluster_override(-1);
+        // no clusters: before Hopper, at d 256, with one split, or turned off
+        assert_eq!(cluster(&short, A100).unwrap().0, false);
+        assert_eq!(cluster(&decode(1, 8, 8, 1, 2048, 256), H100).unwrap().0, false);
+        assert_eq!(cluster(&decode(64, 32, 8, 1, 8192, 128), H100), Some((false, 1, 0)));
+        set_cluster_override(0);
+        assert_eq!(cluster(&short, H100).unwrap().0, false);
+        set_cluster_override(-1);
+        // the table: per shape and size, 0 for shapes without cluster entries
+        let t = ClusterResidency::query(|name, c| if name.contains("_d64_") { 100 / c } else { 50 / c });
+        let spec = |d, rows| DecodeSpec { dtype: DType::F16, d, rows, cluster: true };
+        assert_eq!((t.resident(&spec(64, 32), 4), t.resident(&spec(128, 64), 16), t.resident(&spec(256, 16), 2)), (25, 3, 0));
+        assert_eq!((t.max_size(&spec(128, 16)), t.max_size(&spec(256, 16))), (16, 0));
     }
 }

@@ -109,12 +109,14 @@ pub fn set_dependent_launch(on: bool) {
     DEPENDENT_LAUNCH.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// One kernel launch: grid, `threads` per block, dynamic shared memory, the kernel's argument pointers.
+/// One kernel launch: grid, `threads` per block, dynamic shared memory, the kernel's argument pointers, and
+/// the blocks along x that form one thread-block cluster (0 or 1: no clusters).
 pub struct Launch<'a> {
     pub grid: (u32, u32, u32),
     pub threads: u32,
     pub smem: u32,
     pub args: &'a mut [*mut std::ffi::c_void],
+    pub cluster_x: u32,
 }
 
 /// Queues `f` on `stream`; every kernel launch of the library goes through here. `dependent`: the kernel
@@ -124,11 +126,23 @@ pub struct Launch<'a> {
 /// `what` names the launch in an error; it is only formatted when the launch fails.
 pub fn launch_kernel(f: sys::CUfunction, l: Launch<'_>, stream: sys::CUstream, dependent: bool, what: &dyn Fn() -> String) -> Result<(), GpuError> {
     let (gx, gy, gz) = l.grid;
-    let r = if dependent && DEPENDENT_LAUNCH.load(std::sync::atomic::Ordering::Relaxed) {
+    let dependent = dependent && DEPENDENT_LAUNCH.load(std::sync::atomic::Ordering::Relaxed);
+    let r = if dependent || l.cluster_x > 1 {
         // SAFETY: CUlaunchAttribute is plain data; zeroed is a valid value before the fields are set.
-        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attr.value.programmaticStreamSerializationAllowed = 1;
+        let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
+        let mut n = 0;
+        if dependent {
+            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attrs[n].value.programmaticStreamSerializationAllowed = 1;
+            n += 1;
+        }
+        if l.cluster_x > 1 {
+            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+            attrs[n].value.clusterDim.x = l.cluster_x;
+            attrs[n].value.clusterDim.y = 1;
+            attrs[n].value.clusterDim.z = 1;
+            n += 1;
+        }
         let config = sys::CUlaunchConfig {
             gridDimX: gx,
             gridDimY: gy,
@@ -138,8 +152,8 @@ pub fn launch_kernel(f: sys::CUfunction, l: Launch<'_>, stream: sys::CUstream, d
             blockDimZ: 1,
             sharedMemBytes: l.smem,
             hStream: stream,
-            attrs: &mut attr,
-            numAttrs: 1,
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: n as u32,
         };
         unsafe { sys::cuLaunchKernelEx(&config, f, l.args.as_mut_ptr(), std::ptr::null_mut()) }
     } else {

@@ -184,6 +184,14 @@ pub extern "C" fn flashattn_ort_gpu_set_decode_splits(n: i32) {
     super::decode::set_splits_override(n);
 }
 
+/// Test aid: how the decode kernel's splits merge on devices with thread-block clusters. -1: automatic
+/// (default); 0: always through the workspace and the combine kernel; 1: in a cluster whenever the split count
+/// fits one (automatic counts capped at the largest cluster).
+#[no_mangle]
+pub extern "C" fn flashattn_ort_gpu_set_decode_cluster(mode: i32) {
+    super::decode::set_cluster_override(mode);
+}
+
 /// Name of the kernel that would serve `*params` on the current device given the workspace it asks for
 /// (for benchmark tables; decode: `flash_decode_… xN splits`), written
 /// NUL-terminated into `buf` of `len` bytes. 0 on success.
@@ -196,6 +204,9 @@ pub unsafe extern "C" fn flashattn_ort_gpu_kernel_name(params: *const AttnParams
     let r = std::panic::catch_unwind(|| -> Result<String, super::GpuError> {
         let k = super::module::device_kernels(current_device()?)?;
         if let Some(plan) = super::decode::plan(&p, k.into(), usize::MAX)? {
+            if let Some((resident, launched)) = super::decode::resident_clusters(&plan, &p, k)? {
+                return Ok(format!("{} x{} splits, {launched} clusters ({resident} resident)", plan.spec.name(), plan.splits));
+            }
             return Ok(format!("{} x{} splits", plan.spec.name(), plan.splits));
         }
         Ok(super::dispatch::select(&p, k.cc, k.max_smem_optin, &k.verdict)?.name())

@@ -41,5 +41,5 @@ pub fn launch_append(p: &KvAppendParams, stream: *mut c_void) -> Result<(), GpuE
     let _cur = CurrentContext::push(ctx)?;
     let mut arg = *p;
     let mut args = [(&mut arg as *mut KvAppendParams).cast::<c_void>()];
-    driver::launch_kernel(f, driver::Launch { grid: (blocks, 1, 1), threads: THREADS, smem: 0, args: &mut args }, stream, false, &|| "launching kv_append".into())
+    driver::launch_kernel(f, driver::Launch { grid: (blocks, 1, 1), threads: THREADS, smem: 0, args: &mut args, cluster_x: 0 }, stream, false, &|| "launching kv_append".into())
 }

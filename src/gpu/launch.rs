@@ -186,7 +186,7 @@ pub fn launch_function(f: sys::CUfunction, spec: &KernelSpec, p: &AttnParams, st
     let (gx, gy, gz) = grid(spec, p, num_sms)?;
     let mut arg = *p;
     let launch = |args: &mut [*mut c_void]| {
-        let l = driver::Launch { grid: (gx, gy, gz), threads: spec.threads(), smem: spec.smem_bytes(), args };
+        let l = driver::Launch { grid: (gx, gy, gz), threads: spec.threads(), smem: spec.smem_bytes(), args, cluster_x: 0 };
         driver::launch_kernel(f, l, stream, false, &|| format!("launching {}", spec.name()))
     };
     match spec.family {

@@ -28,6 +28,9 @@ pub struct DeviceKernels {
     pub cc: i32,
     pub max_smem_optin: i32,
     pub num_sms: i32,
+    /// How many clusters of the decode kernel's cluster entries the device holds at once (all 0 before compute
+    /// capability 9.0).
+    pub clusters: super::decode::ClusterResidency,
     /// The first-use self-check's verdict (selfcheck.rs): whether the Blackwell kernel may serve, or only
     /// the portable one.
     pub verdict: Verdict,
@@ -119,8 +122,49 @@ fn load(dev: sys::CUdevice) -> Result<DeviceKernels, GpuError> {
         )?;
         functions.insert(kname, f);
     }
+    let clusters = if cc >= 90 { decode_cluster_residency(&functions) } else { Default::default() };
     // Runs the kernel no test here could run against the portable one, in a private context (10.0 only,
     // or where FLASHATTN_SELFCHECK_CANDIDATE asks).
     let verdict = super::selfcheck::first_use(dev, cc);
-    Ok(DeviceKernels { ordinal: dev, ctx, cc, max_smem_optin, num_sms, verdict, functions })
+    Ok(DeviceKernels { ordinal: dev, ctx, cc, max_smem_optin, num_sms, clusters, verdict, functions })
+}
+
+/// The decode kernel's cluster residency table (decode::ClusterResidency). Its cluster entries first get the
+/// non-portable cluster sizes (16 on Hopper; refused elsewhere, and the table then says 0 for 16) and the
+/// largest shared-memory carveout (the table the automatic plan was measured with assumes it; no speed
+/// difference was seen without it).
+fn decode_cluster_residency(functions: &HashMap<String, sys::CUfunction>) -> super::decode::ClusterResidency {
+    let entries: HashMap<&str, (sys::CUfunction, u32)> = super::decode::entry_points()
+        .iter()
+        .filter_map(|(n, smem)| functions.get_key_value(n.as_str()).map(|(k, f)| (k.as_str(), (*f, *smem))))
+        .filter(|(n, _)| super::decode::is_cluster_entry(n))
+        .collect();
+    for (f, _) in entries.values() {
+        let _ = unsafe { sys::cuFuncSetAttribute(*f, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1) };
+        let _ = unsafe { sys::cuFuncSetAttribute(*f, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100) };
+    }
+    super::decode::ClusterResidency::query(|name, size| {
+        let Some(&(f, smem)) = entries.get(name) else { return 0 };
+        // a grid of one cluster: the answer is the device's capacity, not the grid's
+        max_active_clusters(f, (size as u32, 1, 1), size as u32, super::decode::THREADS, smem).unwrap_or(0)
+    })
+}
+
+/// How many clusters of `cluster` blocks (along x) of `f` the device holds at once for a launch of `grid`.
+pub fn max_active_clusters(f: sys::CUfunction, grid: (u32, u32, u32), cluster: u32, threads: u32, smem: u32) -> Result<i32, GpuError> {
+    // SAFETY: CUlaunchAttribute/CUlaunchConfig are plain data; zeroed is valid before the fields are set.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr.value.clusterDim.x = cluster;
+    attr.value.clusterDim.y = 1;
+    attr.value.clusterDim.z = 1;
+    let mut config: sys::CUlaunchConfig = unsafe { std::mem::zeroed() };
+    (config.gridDimX, config.gridDimY, config.gridDimZ) = grid;
+    (config.blockDimX, config.blockDimY, config.blockDimZ) = (threads, 1, 1);
+    config.sharedMemBytes = smem;
+    config.attrs = &mut attr;
+    config.numAttrs = 1;
+    let mut clusters = 0;
+    check(unsafe { sys::cuOccupancyMaxActiveClusters(&mut clusters, f, &config) }, "cuOccupancyMaxActiveClusters")?;
+    Ok(clusters)
 }
