@@ -33,7 +33,9 @@ namespace flashattn {
 // reads the first, and copied over after that PV's wait (alternating two buffers instead made ptxas wait for
 // the PV before the softmax). Measured 1-7% slower at d128 (the copies cost more than the overlap gains).
 // (FlashAttention-3's order, O rescaled after the next QK^T is issued and before the next PV, was measured too
-// and lost 0.2-8% at d128: docs/PERF.md.)
+// and lost 0.2-8% at d128; so did two of FlashAttention-4's Hopper choices: a tile's first QK^T and last PV
+// issued without the ping-pong turn, 1-10% slower, and V waited for between the QK^T and PV issue, 0-9%
+// slower but for one row: docs/PERF.md.)
 template <bool PINGPONG_, int RESCALE_THRESHOLD_, int EMULATED_EXP2_EVERY_, bool SPLIT_PV_WAIT_ = false,
           bool STAGED_P_ = false>
 struct Sm90Options {
