@@ -6,8 +6,8 @@
 //! K/V tile is read once per KV head, and the keys are split across blocks so that a batch with few KV heads
 //! still streams the cache on every SM. With more than one split each split writes normalised partial O
 //! (f32) and lse into a caller-provided device workspace and a combine kernel merges them; one split writes
-//! the outputs directly and needs no workspace. On Hopper and newer, up to MAX_CLUSTER splits may instead be
-//! the blocks of one thread-block cluster that merge their rows through distributed shared memory
+//! the outputs directly and needs no workspace. On Hopper and newer, up to 16 splits may instead be the blocks
+//! of one thread-block cluster that merge their rows through distributed shared memory
 //! (kernels/decode_cluster.cuh): no workspace, no combine launch. No allocation and no host synchronisation
 //! here.
 
@@ -141,7 +141,7 @@ pub struct ClusterResidency([[i32; 4]; 6]);
 
 impl ClusterResidency {
     /// Asks `resident(entry name, cluster size)` for every cluster shape (the smaller answer of its plain and
-    /// append entries).
+    /// append entries; bf16's, whose shared memory the f16 entries share).
     pub fn query(resident: impl Fn(&str, i32) -> i32) -> Self {
         let mut t = [[0; 4]; 6];
         for (di, d) in CLUSTER_DIMS.into_iter().enumerate() {
@@ -369,8 +369,8 @@ pub struct Workspace {
     pub bytes: usize,
 }
 
-/// Queues the decode kernel (and, with splits merged through the workspace, the combine kernel) for `plan` on `stream`. The caller has
-/// made the stream's context current. `append`: the KV append step for the decode kernel to do itself
+/// Queues the decode kernel (and, with splits merged through the workspace, the combine kernel) for `plan` on
+/// `stream`. The caller has made the stream's context current. `append`: the KV append step for the decode kernel to do itself
 /// (nothing to copy: kernels/kv_append.cuh `kv_append_owned_rows`); `p.q_ptr` is then the unrotated query.
 pub fn launch(plan: &DecodePlan, p: &AttnParams, append: Option<&KvAppendParams>, kernels: &DeviceKernels, ws: Workspace, stream: sys::CUstream) -> Result<(), GpuError> {
     let name = if append.is_some() { plan.spec.append_name() } else { plan.spec.name() };
