@@ -41,6 +41,11 @@ __device__ __forceinline__ void combine_rows(const AttnParams &p, const float *o
 
   const int shares = tpr / units;
   const int share = lt / units, c = lt % units;
+  const int batch = bk / p.heads_kv, kv_head = bk % p.heads_kv;
+  const int token = r / group, head = kv_head * group + r % group;
+  // Under a dependent launch the block gets here while the decode kernel still runs: the index arithmetic
+  // above is done by then, the loads below must wait for its partials.
+  dependent_wait();
   SplitMerge mg;
   if (valid && share < shares) {
     // Batches of kCombineBatch splits: every load of a batch is issued before any of them is used (the merge has no
@@ -89,8 +94,6 @@ __device__ __forceinline__ void combine_rows(const AttnParams &p, const float *o
   const float inv = total == 0.f ? 0.f : 1.f / total;  // total >= 1 when any split saw a key (or NaN)
   const float lse = total == 0.f ? -INFINITY : mx + logf(total);
 
-  const int batch = bk / p.heads_kv, kv_head = bk % p.heads_kv;
-  const int token = r / group, head = kv_head * group + r % group;
   T *orow = reinterpret_cast<T *>(p.out_ptr) + (int64_t)batch * p.out_batch_stride + (int64_t)head * p.out_head_stride +
             (int64_t)token * p.out_row_stride;
   if constexpr (VEC) {
@@ -110,7 +113,6 @@ __device__ __forceinline__ void flash_decode_combine(const AttnParams &p, const 
                                                      int n_splits, int rows_per_block) {
   __shared__ float4 part[kCombineThreads];
   __shared__ float run_max[kCombineThreads], run_sum[kCombineThreads];
-  dependent_wait();  // the partials come from the decode kernel just before
   if (p.head_dim_v > kCombineMaxDv) __trap();  // the decode kernels stop at 256
   if ((p.head_dim_v & 3) == 0)
     combine_rows<T, true>(p, o_part, lse_part, n_splits, rows_per_block, part, run_max, run_sum);

@@ -42,7 +42,7 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, const 
   T *sK = sQ + ROWS * D;
   T *sV = sK + STAGES * BN * D;
 
-  constexpr bool COMPACT = D <= 128;  // see load_kv
+  constexpr bool COMPACT = D <= 128;  // the prologue below rolled, the key-slice merge spread over the warps
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int warp_m = warp % WM, warp_n = warp / WM;
   const int split = blockIdx.x, n_splits = gridDim.x, kv_head = blockIdx.y, batch = blockIdx.z;
@@ -92,26 +92,27 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, const 
     const bool q_vec = vec_ok(p.q_ptr, p.q_batch_stride, p.q_head_stride, p.q_row_stride, p.head_dim);
     const bool k_vec = vec_ok(p.k_ptr, p.k_batch_stride, p.k_head_stride, p.k_row_stride, p.head_dim);
     const bool v_vec = vec_ok(p.v_ptr, p.v_batch_stride, p.v_head_stride, p.v_row_stride, p.head_dim_v);
-    // Code size matters here: a split streams few tiles, so its blocks run mostly cold in the instruction
-    // cache (ncu: "no instruction" was the top stall). COMPACT (d <= 128): K and V share one copy of the tile
-    // loader, and the prologue below is not unrolled, so the loader is emitted twice in all. (Rolling the
-    // loader's own loop and the QK^T k-loop as well cost 30-40% at 8k-32k keys: the copies and mma chains
-    // lose their overlap.) At d 256 the shared copy pushed the main loop into register spills.
-    auto load_kv = [&](int tile, int stage) {
+    // Code size and issue count matter here: a split streams few tiles with little compute each, so its
+    // blocks run mostly cold in the instruction cache (ncu: "no instruction" was the top stall) and issue-bound.
+    // The streamers carry each thread's copy addresses from tile to tile; the prologue below is not unrolled
+    // (COMPACT), so the loader is emitted twice in all. (Rolling the QK^T k-loop as well cost 30-40% at
+    // 8k-32k keys: the mma chains lose their overlap.) Where the streamers serve, rows that are not 16-byte
+    // aligned take element-wise copies.
+    // STREAM: the streamers' registers would spill d 256's 64-row tile, which keeps load_tile.
+    constexpr bool STREAM = COMPACT || ROWS < 64;
+    const bool kv_vec = k_vec && v_vec;
+    TileStreamer<T, BN, D, NT> k_stream(k_head, p.k_row_stride, t0 * BN, kr.kv_len, p.head_dim, tid);
+    TileStreamer<T, BN, D, NT> v_stream(v_head, p.v_row_stride, t0 * BN, kr.kv_len, p.head_dim_v, tid);
+    auto load_kv = [&](int tile, int stage) {  // called for t0, t0 + 1, ... in turn
       const int r = tile * BN;
-      if constexpr (COMPACT) {
-#pragma unroll 1
-        for (int is_v = 0; is_v < 2; ++is_v) {
-          const T *head = is_v ? v_head : k_head;
-          const int64_t stride = is_v ? p.v_row_stride : p.k_row_stride;
-          load_tile<T, BN, D, NT>((is_v ? sV : sK) + stage * BN * D, head + (int64_t)r * stride, stride, kr.kv_len - r,
-                                  is_v ? p.head_dim_v : p.head_dim, is_v ? v_vec : k_vec, head, tid);
-        }
+      if (STREAM && kv_vec) {
+        k_stream.load_next(smem_u32(sK + stage * BN * D));
+        v_stream.load_next(smem_u32(sV + stage * BN * D));
       } else {
         load_tile<T, BN, D, NT>(sK + stage * BN * D, k_head + (int64_t)r * p.k_row_stride, p.k_row_stride,
-                                kr.kv_len - r, p.head_dim, k_vec, k_head, tid);
+                                kr.kv_len - r, p.head_dim, !STREAM && k_vec, k_head, tid);
         load_tile<T, BN, D, NT>(sV + stage * BN * D, v_head + (int64_t)r * p.v_row_stride, p.v_row_stride,
-                                kr.kv_len - r, p.head_dim_v, v_vec, v_head, tid);
+                                kr.kv_len - r, p.head_dim_v, !STREAM && v_vec, v_head, tid);
       }
     };
 

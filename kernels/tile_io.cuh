@@ -38,4 +38,49 @@ __device__ __forceinline__ void load_tile(T *s, const T *g, int64_t row_stride, 
   }
 }
 
+// Streams the successive ROWS x D tiles of one matrix (row stride `row_stride` elements), first to last,
+// into shared tiles laid out as load_tile's, by 16-byte cp.async, with the address arithmetic done once per
+// thread: thread tid always copies chunk column tid % CH of rows tid / CH + i * RSTEP of a tile, so its source
+// only moves on by a tile's rows from one tile to the next. Needs load_tile's `vec` conditions. (Where a
+// tile feeds little compute, as in decode, recomputing the addresses per tile was half of a step's
+// instructions.)
+template <typename T, int ROWS, int D, int NT> struct TileStreamer {
+  static constexpr int CH = D / 8, RSTEP = NT / CH, PER = ROWS / RSTEP;
+  // RSTEP % 4 == 0: row0 + i * RSTEP has the swizzle bits (row0 & 7) ^ ((i * RSTEP) & 7) (no carry into them).
+  static_assert(NT % CH == 0 && RSTEP % 4 == 0 && ROWS % RSTEP == 0, "whole row steps of 4k rows per thread");
+  const T *safe;       // any valid address (the matrix itself), read by nothing
+  const T *next;       // this thread's first chunk of the next tile
+  int64_t step;        // RSTEP rows, in elements
+  int rows_left;       // rows of the matrix from this thread's first row of the next tile on
+  uint32_t dst_row;    // byte offset of this thread's first row inside a tile
+  uint32_t dst_chunk;  // its swizzled chunk in that row, in elements
+  bool col_ok;
+
+  // Starts at row first_row of a matrix of `rows` rows.
+  __device__ __forceinline__ TileStreamer(const T *matrix, int64_t row_stride, int first_row, int rows, int cols_valid,
+                                          int tid) {
+    const int c = tid % CH, row0 = tid / CH;
+    safe = matrix;
+    next = matrix + (int64_t)(first_row + row0) * row_stride + c * 8;
+    step = (int64_t)RSTEP * row_stride;
+    rows_left = rows - first_row - row0;
+    dst_row = row0 * D * (uint32_t)sizeof(T);
+    dst_chunk = (c ^ (row0 & 7)) << 3;  // swz<D>(row0, c) - row0 * D
+    col_ok = c * 8 < cols_valid;
+  }
+  // The next tile into the shared tile at s, rows past the matrix's end zero-filled.
+  __device__ __forceinline__ void load_next(uint32_t s) {
+    const T *g = next;
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      const bool ok = col_ok && i * RSTEP < rows_left;
+      const uint32_t chunk = dst_chunk ^ (((i * RSTEP) & 7) << 3);
+      cp_async_16(s + dst_row + (i * RSTEP * D + chunk) * (uint32_t)sizeof(T), ok ? g : safe, ok);
+      g += step;
+    }
+    next = g;
+    rows_left -= ROWS;
+  }
+};
+
 }  // namespace flashattn

@@ -2,9 +2,10 @@
 and the GPU time of each kernel it launches (torch.profiler), next to SDPA cuDNN's. Used to choose the split
 heuristic and to see decode vs combine time; `run.sh decode-probe`. With --cluster-sweep: graph time per step of
 the splits merged in a thread-block cluster of each size against the automatic plan through the combine kernel,
-alternated in rounds (to choose when the cluster merge serves).
+alternated in rounds (to choose when the cluster merge serves). With --split-sweep: graph time per step of the
+combine path at forced split counts against the automatic plan, alternated in rounds (to choose the split rule).
 
-usage: python3 decode_probe.py LIB [SPLITS,...] | python3 decode_probe.py LIB --cluster-sweep"""
+usage: python3 decode_probe.py LIB [SPLITS,...] | python3 decode_probe.py LIB --cluster-sweep | --split-sweep"""
 import statistics
 import sys
 
@@ -92,10 +93,46 @@ def cluster_sweep(lib, rounds=3):
         torch.cuda.empty_cache()
 
 
+SPLIT_SWEEP = [8, 16, 32, 64, 128]
+SPLIT_SHAPES = ((1, 1, 4096), (1, 1, 8192), (1, 1, 16384), (1, 1, 32768), (2, 1, 8192), (4, 1, 8192), (4, 1, 32768),
+                (1, 8, 4096), (1, 8, 8192), (1, 8, 16384), (2, 8, 8192), (8, 1, 8192), (8, 1, 32768))
+
+
+def split_sweep(lib, rounds=3):
+    H, D = 32, 128
+    for B, Hkv, S in SPLIT_SHAPES:
+        q = torch.randn(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
+        out = torch.empty(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
+        P = fa_lib.make_params(lib, q, k, v, out)
+        setups = [("auto", -1)] + [(str(n), n) for n in SPLIT_SWEEP]
+        times = {name: [] for name, _ in setups}
+        names = {}
+        fa_lib.set_decode_cluster(lib, 0)
+        for _ in range(rounds):
+            for name, splits in setups:
+                fa_lib.set_decode_splits(lib, splits)
+                ws = fa_lib.workspace(lib, P)
+                names[name] = fa_lib.kernel_name(lib, P).split(" x")[1]
+                times[name].append(time_step(lambda: fa_lib.launch(lib, P, ws=ws))[0] * 1e3)
+        fa_lib.set_decode_splits(lib, -1)
+        fa_lib.set_decode_cluster(lib, -1)
+        base = statistics.median(times["auto"])
+        cells = [f"{name}: {statistics.median(t):.1f} us ({base / statistics.median(t):.2f}x; {names[name]})"
+                 for name, t in times.items()]
+        print(f"splits B{B} Hkv{Hkv} kv{S}: " + " | ".join(cells), flush=True)
+        del q, k, v, out
+        torch.cuda.empty_cache()
+
+
 def main():
     lib = fa_lib.load(sys.argv[1])
     if sys.argv[2:3] == ["--cluster-sweep"]:
         cluster_sweep(lib)
+        return
+    if sys.argv[2:3] == ["--split-sweep"]:
+        split_sweep(lib)
         return
     global SPLITS
     if len(sys.argv) > 2:

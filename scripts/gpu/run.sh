@@ -3,7 +3,7 @@
 # built here and carried in .gpu/ (scripts/gpu/pack.sh), with staged wheel parts.
 #
 #   bash scripts/gpu/run.sh stage [DIR...]     # copy this call's wheel parts (.gpu/stage/*, or DIRs) to /tmp/fa-stage
-#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-prefill bench-decode decode-probe cluster-sweep e2e e2e-profile e2e-memcheck gen-bench kv-sanitize profile profile-vs profile-source profile-decode selfcheck
+#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-prefill bench-decode decode-probe cluster-sweep split-sweep e2e e2e-profile e2e-memcheck gen-bench kv-sanitize profile profile-vs profile-source profile-decode selfcheck
 #                                              # (default: numerics sanitize ort rust-ort bench)
 #
 # Logs and the benchmark table go to $OUT (or /tmp/fa-out). Exit status: nonzero if any step failed.
@@ -80,6 +80,7 @@ for s in "${steps[@]}"; do
         --other-cluster "${FA_OTHER_CLUSTER:--1}" --out "$out/bench-decode${FA_TAG:-}.md" 2>&1 | tee "$out/bench-decode${FA_TAG:-}.log" ;;
     decode-probe) python3 decode_probe.py "$lib" ${FA_SPLITS:-} 2>&1 | tee "$out/decode-probe.log" ;;
     cluster-sweep) python3 decode_probe.py "$lib" --cluster-sweep 2>&1 | tee "$out/cluster-sweep.log" ;;
+    split-sweep) python3 decode_probe.py "$lib" --split-sweep 2>&1 | tee "$out/split-sweep.log" ;;
     e2e)
       { python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 4 --out "$out/e2e-gqa.md" &&
         python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 16 --profile 4096 --out "$out/e2e-mha.md"; } 2>&1 |

@@ -27,6 +27,11 @@ pub const MAX_ROWS: i32 = 64;
 /// Most key splits: past this the combine step costs more than the extra blocks gain (H200, MQA batch 1 at
 /// 32k keys: 17.2 µs with 128 splits, 21.1 µs with 256; docs/PERF.md).
 pub const MAX_SPLITS: i32 = 128;
+/// Splits of more than 16 packed rows (MQA-like groups) read at least two key tiles each unless that leaves
+/// fewer than this many: one-tile splits of many rows write more partials than their extra blocks gain (H200,
+/// MQA at 8k keys: 64 two-tile splits 1.14x / 1.34x the time of 128 / 256 one-tile ones at batch 1 / 2, while
+/// 64 one-tile splits stay the best at 4k; docs/PERF.md).
+const MANY_ROWS_MIN_SPLITS: i64 = 64;
 /// Cluster sizes whose residency the plan knows (ClusterResidency); 16 needs the driver's non-portable sizes.
 pub const CLUSTER_SIZES: [i32; 4] = [2, 4, 8, 16];
 pub const THREADS: u32 = 128;
@@ -244,12 +249,14 @@ pub fn key_tiles(p: &AttnParams) -> i64 {
 /// Splits for `blocks` (batch x KV heads) blocks of `tiles` key tiles each: as many as fill one wave of
 /// resident blocks (more would only add a tail wave and combine work), down to one tile per split (the
 /// combine step reads every split at once, so a one-tile split costs less than an idle SM: H200, batch 1,
-/// 2k keys, 32 one-tile splits 10.1 µs against 13.6 µs for 8 four-tile ones; docs/PERF.md), then evened
-/// out so no split is left empty. 1 when the batch alone fills the GPU.
-pub fn choose_splits(blocks: i64, tiles: i64, num_sms: i32, blocks_per_sm: i32) -> i32 {
+/// 2k keys, 32 one-tile splits 10.1 µs against 13.6 µs for 8 four-tile ones; docs/PERF.md), except for
+/// blocks of many `rows` (MANY_ROWS_MIN_SPLITS), then evened out so no split is left empty. 1 when the batch
+/// alone fills the GPU.
+pub fn choose_splits(blocks: i64, tiles: i64, rows: i64, num_sms: i32, blocks_per_sm: i32) -> i32 {
     let wave = num_sms.max(1) as i64 * blocks_per_sm.max(1) as i64;
     let by_wave = (wave / blocks.max(1)).max(1);
-    even_splits(tiles, by_wave.min(MAX_SPLITS as i64))
+    let by_rows = if rows > 16 { (tiles / 2).max(MANY_ROWS_MIN_SPLITS) } else { MAX_SPLITS as i64 };
+    even_splits(tiles, by_wave.min(by_rows).min(MAX_SPLITS as i64))
 }
 
 /// The automatic choice of a cluster merge: the smallest cluster whose splits read at most
@@ -313,7 +320,7 @@ pub fn plan(p: &AttnParams, dev: Device, available: usize) -> Result<Option<Deco
     let mut splits = if forced > 0 {
         forced.min(tiles.clamp(1, MAX_SPLITS as i64) as i32)
     } else {
-        choose_splits(blocks, tiles, dev.num_sms, bps)
+        choose_splits(blocks, tiles, packed_rows(p), dev.num_sms, bps)
     };
     let cluster_spec = DecodeSpec { cluster: true, ..spec };
     let cluster_limit = dev.clusters.max_size(&cluster_spec);
@@ -483,19 +490,23 @@ mod tests {
     #[test]
     fn splits_fill_one_wave_and_stay_even() {
         // batch 1, 8 KV heads: 264 resident blocks on an H100 -> 33 per (batch, head), capped by tiles
-        assert_eq!(choose_splits(8, 32, 132, 2), 32); // 2k keys: one tile per split
-        assert_eq!(choose_splits(8, 128, 132, 2), 32); // 8k: 33 wanted, 4 tiles each -> 32 splits
-        assert_eq!(choose_splits(8, 512, 132, 2), 32); // 32k: 16 tiles each
-        assert_eq!(choose_splits(64, 512, 132, 2), 4); // batch 8
-        assert_eq!(choose_splits(512, 512, 132, 2), 1); // batch 64 fills the GPU alone
-        assert_eq!(choose_splits(1, 512, 132, 2), 128); // MQA batch 1: capped
-        assert_eq!(choose_splits(1, 128, 132, 2), 128); // MQA 8k: one tile per split
-        assert_eq!(choose_splits(1, 100, 132, 2), 100);
-        assert_eq!(choose_splits(8, 0, 132, 2), 1);
-        assert_eq!(choose_splits(8, 1, 132, 2), 1);
-        for blocks in [1, 3, 8, 64, 200] {
+        assert_eq!(choose_splits(8, 32, 4, 132, 2), 32); // 2k keys: one tile per split
+        assert_eq!(choose_splits(8, 128, 4, 132, 2), 32); // 8k: 33 wanted, 4 tiles each -> 32 splits
+        assert_eq!(choose_splits(8, 512, 4, 132, 2), 32); // 32k: 16 tiles each
+        assert_eq!(choose_splits(64, 512, 4, 132, 2), 4); // batch 8
+        assert_eq!(choose_splits(512, 512, 4, 132, 2), 1); // batch 64 fills the GPU alone
+        assert_eq!(choose_splits(1, 512, 32, 132, 2), 128); // MQA batch 1: capped
+        assert_eq!(choose_splits(1, 64, 32, 132, 2), 64); // MQA 4k: one tile per split, 64 splits
+        assert_eq!(choose_splits(1, 128, 32, 132, 2), 64); // MQA 8k: two tiles per split, not 128 of one
+        assert_eq!(choose_splits(1, 128, 16, 132, 2), 128); // 16 rows (GQA 16/1): one tile per split
+        assert_eq!(choose_splits(2, 128, 32, 132, 2), 64); // MQA batch 2
+        assert_eq!(choose_splits(8, 128, 32, 132, 2), 32); // MQA batch 8: the wave decides
+        assert_eq!(choose_splits(1, 100, 4, 132, 2), 100);
+        assert_eq!(choose_splits(8, 0, 4, 132, 2), 1);
+        assert_eq!(choose_splits(8, 1, 4, 132, 2), 1);
+        for (blocks, rows) in [1, 3, 8, 64, 200].into_iter().flat_map(|b| [(b, 4), (b, 32)]) {
             for tiles in [1, 2, 7, 31, 32, 33, 100, 513] {
-                let s = choose_splits(blocks, tiles, 132, 2) as i64;
+                let s = choose_splits(blocks, tiles, rows, 132, 2) as i64;
                 let per = (tiles + s - 1) / s;
                 assert!(s >= 1 && s <= tiles.max(1) && s <= MAX_SPLITS as i64);
                 assert!(s * blocks <= 264 || s == 1, "more than one wave: {blocks} blocks, {tiles} tiles, {s} splits");
