@@ -61,12 +61,22 @@ template <typename T, class Cfg, bool MODS> __device__ __forceinline__ void flas
     load_tile<T, BM, D, NT>(sQ, q_head + (int64_t)row0 * p.q_row_stride, p.q_row_stride, p.seq_q - row0,
                             p.head_dim, q_vec, q_head, tid);
     cp_async_commit();
-    auto load_kv = [&](int nb, int stage) {
+    // The streamers keep each thread's copy addresses from tile to tile (kernels/tile_io.cuh); rows that are
+    // not 16-byte aligned take element-wise copies.
+    TileStreamer<T, BN, D, NT> k_stream(k_head, p.k_row_stride, w.n_begin * BN, w.kv_len, p.head_dim, tid);
+    TileStreamer<T, BN, D, NT> v_stream(v_head, p.v_row_stride, w.n_begin * BN, w.kv_len, p.head_dim_v, tid);
+    auto load_kv = [&](int nb, int stage) {  // called for n_begin, n_begin + 1, ... in turn
       const int r = nb * BN;
-      load_tile<T, BN, D, NT>(sK + stage * BN * D, k_head + (int64_t)r * p.k_row_stride, p.k_row_stride,
-                              w.kv_len - r, p.head_dim, k_vec, k_head, tid);
-      load_tile<T, BN, D, NT>(sV + stage * BN * D, v_head + (int64_t)r * p.v_row_stride, p.v_row_stride,
-                              w.kv_len - r, p.head_dim_v, v_vec, v_head, tid);
+      if (k_vec)
+        k_stream.load_next(smem_u32(sK + stage * BN * D));
+      else
+        load_tile<T, BN, D, NT>(sK + stage * BN * D, k_head + (int64_t)r * p.k_row_stride, p.k_row_stride,
+                                w.kv_len - r, p.head_dim, false, k_head, tid);
+      if (v_vec)
+        v_stream.load_next(smem_u32(sV + stage * BN * D));
+      else
+        load_tile<T, BN, D, NT>(sV + stage * BN * D, v_head + (int64_t)r * p.v_row_stride, p.v_row_stride,
+                                w.kv_len - r, p.head_dim_v, false, v_head, tid);
       cp_async_commit();
     };
     load_kv(w.n_begin, 0);

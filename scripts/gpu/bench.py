@@ -151,7 +151,8 @@ def run_row(lib, B, S, H, D, causal, Hkv=None, Sq=None, rows_out=None):
     # H200's clock drifts by up to ~9% between back-to-back timings of one kernel, so a variant timed once
     # right after the default is compared with a different clock.
     # grid variants (how the Hopper kernel's blocks take tiles) on every row, kernel variants on their head dim
-    variants = [v for v in VARIANTS if v.startswith("grid=") or f"_d{D}_" in v] + (["lib"] if OTHER else [])
+    # (a family name, e.g. sm80, on every row)
+    variants = [v for v in VARIANTS if v.startswith("grid=") or f"_d{D}_" in v or "_" not in v] + (["lib"] if OTHER else [])
     times = {name: [] for name in ["default"] + variants}
     P_other = fa_lib.make_params(OTHER, q, k, v, out, causal=causal) if OTHER else None
     for _ in range(ROUNDS if variants else 1):
@@ -221,6 +222,8 @@ def main():
     ap.add_argument("--cluster", type=int, default=-1, help="decode splits merged in a cluster: -1 auto, 0 never, 1 whenever they fit")
     ap.add_argument("--other-cluster", type=int, default=-1, help="the same for --other-lib (a copy of the same build at "
                     "another path compares two settings)")
+    ap.add_argument("--other-kernel", default=None, help="the kernel or family (sm80, sm90) --other-lib prefers, so a "
+                    "variant of ours can be compared with the same kernel of the other build")
     a = ap.parse_args()
     VARIANTS.extend(v for v in a.variants.split(",") if v)
     global ROUNDS
@@ -231,6 +234,8 @@ def main():
     if a.other_lib:
         OTHER = fa_lib.load(a.other_lib)
         fa_lib.set_decode_cluster(OTHER, a.other_cluster)
+        if a.other_kernel:
+            OTHER.flashattn_ort_gpu_set_kernel(a.other_kernel.encode())
     dev = torch.cuda.get_device_name()
     rows = []
     dims = [128] if a.quick else [int(d) for d in a.dims.split(",")]

@@ -71,9 +71,11 @@ for s in "${steps[@]}"; do
         FLASHATTN_ORT_LIB="$lib" "$root/.gpu/gpu_ort" --ignored --test-threads 1 --nocapture 2>&1 | tee "$out/rust-ort.log" ;;
     bench) python3 bench.py "$lib" --out "$out/bench.md" 2>&1 | tee "$out/bench.log" ;;
     bench-prefill)
-      # FA_OTHER_LIB: another build, timed in the same rounds as variant "lib" (an A/B inside one process)
+      # FA_OTHER_LIB: another build, timed in the same rounds as variant "lib" (an A/B inside one process);
+      # FA_OTHER_KERNEL: the kernel or family it prefers (FA_VARIANTS=sm80 FA_OTHER_KERNEL=sm80: portable vs portable)
       python3 bench.py "$lib" --no-decode ${FA_DIMS:+--dims "$FA_DIMS"} --variants "${FA_VARIANTS:-}" \
-        ${FA_OTHER_LIB:+--other-lib "$FA_OTHER_LIB"} --out "$out/bench-prefill.md" 2>&1 | tee "$out/bench-prefill.log" ;;
+        ${FA_OTHER_LIB:+--other-lib "$FA_OTHER_LIB"} ${FA_OTHER_KERNEL:+--other-kernel "$FA_OTHER_KERNEL"} \
+        --out "$out/bench-prefill.md" 2>&1 | tee "$out/bench-prefill.log" ;;
     bench-decode)
       # FA_CLUSTER / FA_OTHER_CLUSTER: how decode splits merge in ours / in FA_OTHER_LIB (bench.py --cluster)
       python3 bench.py "$lib" --no-prefill ${FA_OTHER_LIB:+--other-lib "$FA_OTHER_LIB"} --cluster "${FA_CLUSTER:--1}" \
