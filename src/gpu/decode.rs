@@ -46,6 +46,17 @@ const CLUSTER_DIMS: [i32; 2] = [64, 128];
 /// where the step is latency-bound and the combine launch is a large share of it. Longer splits lose more to
 /// the fewer blocks streaming the cache than the combine costs (H200 sweep, docs/PERF.md).
 const CLUSTER_MAX_TILES_PER_SPLIT: i64 = 2;
+/// ... or at most this many, when the clusters still hold CLUSTER_MANY_BLOCKS blocks in all: with that many
+/// blocks streaming, a smaller cluster's cheaper merge gains more than its longer splits cost (H200: batch-1 GQA
+/// at 2k keys in clusters of 8, batch-8 MQA at 2k likewise, 1.06x / 1.15x clusters of 16; batch-1 MQA, 8-16
+/// blocks, keeps 16).
+const CLUSTER_MANY_BLOCKS_MAX_TILES_PER_SPLIT: i64 = 4;
+const CLUSTER_MANY_BLOCKS: i64 = 64;
+/// A plan of 2-4 splits (batches that nearly fill the GPU) merges in clusters of 2 instead, when its splits then
+/// read at most this many key tiles: the combine launch and the workspace round trip cost more than the halved
+/// block count (H200, batch 8 / 16 GQA and batch 64 MQA at 2k-4k keys: 1.07-1.14x). At 8k keys (64 tiles a
+/// split) it measured 0.91-1.06x, so longer splits keep the combine (docs/PERF.md).
+const CLUSTER_PAIR_MAX_TILES_PER_SPLIT: i64 = 32;
 const PADDED_ROWS: [i32; 3] = [16, 32, 64];
 /// The lse part of the workspace starts at this alignment after the O part.
 const WORKSPACE_ALIGN: usize = 256;
@@ -259,15 +270,22 @@ pub fn choose_splits(blocks: i64, tiles: i64, rows: i64, num_sms: i32, blocks_pe
     even_splits(tiles, by_wave.min(by_rows).min(MAX_SPLITS as i64))
 }
 
-/// The automatic choice of a cluster merge: the smallest cluster whose splits read at most
-/// CLUSTER_MAX_TILES_PER_SPLIT key tiles each and whose `blocks` clusters (batch x KV heads) the device holds at
+/// The automatic choice of a cluster merge, among clusters whose `blocks` (batch x KV heads) the device holds at
 /// once (a second wave of clusters would double the step: H200, batch 8, 64 clusters of 4 with 62 resident,
-/// 0.70x the combine's time), if there is one.
-fn cluster_size(spec: &DecodeSpec, clusters: &ClusterResidency, tiles: i64, blocks: i64) -> Option<i32> {
-    CLUSTER_SIZES.into_iter().find(|&c| {
-        let per_split = (tiles + c as i64 - 1) / c as i64;
-        per_split <= CLUSTER_MAX_TILES_PER_SPLIT && blocks <= clusters.resident(spec, c) as i64
-    })
+/// 0.70x the combine's time): the smallest whose splits read at most CLUSTER_MANY_BLOCKS_MAX_TILES_PER_SPLIT key
+/// tiles in at least CLUSTER_MANY_BLOCKS blocks, else the smallest whose splits read at most
+/// CLUSTER_MAX_TILES_PER_SPLIT, else pairs for a combine plan of 2-4 splits (CLUSTER_PAIR_MAX_TILES_PER_SPLIT).
+fn cluster_size(spec: &DecodeSpec, clusters: &ClusterResidency, tiles: i64, blocks: i64, planned: i32) -> Option<i32> {
+    let per_split = |c: i32| (tiles + c as i64 - 1) / c as i64;
+    let resident = |c: i32| blocks <= clusters.resident(spec, c) as i64;
+    let many = |c: &i32| {
+        per_split(*c) <= CLUSTER_MANY_BLOCKS_MAX_TILES_PER_SPLIT
+            && blocks * even_splits(tiles, *c as i64) as i64 >= CLUSTER_MANY_BLOCKS
+            && resident(*c)
+    };
+    let short = |c: &i32| per_split(*c) <= CLUSTER_MAX_TILES_PER_SPLIT && resident(*c);
+    let pair = |c: &i32| (2..=4).contains(&planned) && per_split(*c) <= CLUSTER_PAIR_MAX_TILES_PER_SPLIT && resident(*c);
+    CLUSTER_SIZES.into_iter().find(many).or_else(|| CLUSTER_SIZES.into_iter().find(short)).or(Some(2).filter(pair))
 }
 
 /// At most `splits` splits of `tiles` key tiles, evened out so that none is left empty.
@@ -331,7 +349,7 @@ pub fn plan(p: &AttnParams, dev: Device, available: usize) -> Result<Option<Deco
         } else if cluster_mode == 1 {
             Some(even_splits(tiles, splits.min(cluster_limit) as i64))
         } else {
-            cluster_size(&cluster_spec, &dev.clusters, tiles, blocks).map(|c| even_splits(tiles, c as i64))
+            cluster_size(&cluster_spec, &dev.clusters, tiles, blocks, splits).map(|c| even_splits(tiles, c as i64))
         };
         if let Some(splits) = in_cluster.filter(|&s| s >= 2) {
             return Ok(Some(DecodePlan { spec: cluster_spec, splits, workspace_bytes: 0 }));
@@ -596,18 +614,33 @@ mod tests {
         set_splits_override(-1);
         set_cluster_override(-1);
         let cluster = |p: &AttnParams, dev: Device| plan(p, dev, usize::MAX).unwrap().map(|pl| (pl.spec.cluster, pl.splits, pl.workspace_bytes));
-        // batch 1, 8 KV heads, 2k keys (32 tiles): 16 splits of 2 tiles in 8 clusters, no workspace
+        // batch 1, 8 KV heads, 2k keys (32 tiles): 8 splits of 4 tiles in 8 clusters (64 blocks), no workspace
         let short = decode(1, 32, 8, 1, 2048, 128);
-        assert_eq!(cluster(&short, H100), Some((true, 16, 0)));
+        assert_eq!(cluster(&short, H100), Some((true, 8, 0)));
         assert_eq!(plan(&short, H100, 0).unwrap().unwrap().spec.name(), "flash_decode_cluster_bf16_d128_r16");
-        // 1k keys: clusters of 8 already give 2 tiles a split; 3 tiles: 2 splits
+        // 1k keys: clusters of 4 would be 32 blocks, 8 give 2 tiles a split; 3 tiles: 2 splits
         assert_eq!(cluster(&decode(1, 32, 8, 1, 1024, 128), H100), Some((true, 8, 0)));
         assert_eq!(cluster(&decode(1, 32, 8, 1, 150, 128), H100), Some((true, 2, 0)));
+        // 3k and 4k keys: 16 splits of 3-4 tiles (128 blocks)
+        assert_eq!(cluster(&decode(1, 32, 8, 1, 3072, 128), H100), Some((true, 16, 0)));
+        assert_eq!(cluster(&decode(1, 32, 8, 1, 4096, 128), H100), Some((true, 16, 0)));
+        // MQA batch 1 at 2k: 16 blocks at most, so 2-tile splits (clusters of 16); at 3k: the combine
+        assert_eq!(cluster(&decode(1, 32, 1, 1, 2048, 128), H100), Some((true, 16, 0)));
+        assert_eq!(cluster(&decode(1, 32, 1, 1, 3072, 128), H100).unwrap().0, false);
+        // MQA batch 8 at 2k: clusters of 8 (64 blocks)
+        assert_eq!(cluster(&decode(8, 32, 1, 1, 2048, 128), H100), Some((true, 8, 0)));
         // longer splits or more clusters than fit at once: workspace and combine
         let b1 = decode(1, 32, 8, 1, 8192, 128);
         assert_eq!(cluster(&b1, H100).unwrap().0, false);
         assert_eq!(cluster(&decode(4, 32, 8, 1, 2048, 128), H100).unwrap().0, false); // 32 clusters of 16, 14 resident
-        assert_eq!(cluster(&decode(1, 32, 8, 1, 2048, 128), Device { clusters: ClusterResidency::uniform([132, 62, 30, 0]), ..H100 }).unwrap().0, false);
+        // a plan of 2-4 splits: pairs, up to 32 tiles a split (batch 8 and 16 GQA, batch 64 MQA)
+        assert_eq!(cluster(&decode(8, 32, 8, 1, 2048, 128), H100), Some((true, 2, 0)));
+        assert_eq!(cluster(&decode(16, 32, 8, 1, 2048, 128), H100), Some((true, 2, 0)));
+        assert_eq!(cluster(&decode(64, 32, 1, 1, 4096, 128), H100), Some((true, 2, 0)));
+        assert_eq!(cluster(&decode(64, 32, 1, 1, 8192, 128), H100).unwrap().0, false); // 64 tiles a split
+        assert_eq!(cluster(&decode(32, 32, 1, 1, 2048, 128), H100).unwrap().0, false); // a plan of 8 splits
+        assert_eq!(cluster(&decode(8, 32, 8, 1, 2048, 128), Device { clusters: ClusterResidency::uniform([63, 62, 30, 14]), ..H100 }).unwrap().0, false);
+        assert_eq!(cluster(&decode(1, 32, 8, 1, 2048, 128), Device { clusters: ClusterResidency::uniform([132, 62, 0, 0]), ..H100 }).unwrap().0, false);
         // mode 1: always, automatic counts capped at the largest cluster
         set_cluster_override(1);
         assert_eq!(cluster(&b1, H100), Some((true, 16, 0)));
