@@ -66,15 +66,17 @@ SWEEP_SHAPES = ((1, 8, 1024), (1, 8, 2048), (1, 8, 2112), (1, 8, 3072), (1, 8, 4
                 (64, 1, 4096), (64, 1, 8192))
 
 
-def cluster_sweep(lib, rounds=3):
+def sweep(lib, tag, shapes, setups_for, rounds=3):
+    """Graph time per step of each setup (name, split count, cluster mode) of setups_for(keys) on each shape,
+    alternated in rounds; speeds relative to the first setup."""
     H, D = 32, 128
-    for B, Hkv, S in SWEEP_SHAPES:
+    for B, Hkv, S in shapes:
         q = torch.randn(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
         k = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
         v = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
         out = torch.empty(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
         P = fa_lib.make_params(lib, q, k, v, out)
-        setups = [("combine", -1, 0)] + [(f"cluster {c}", c, 1) for c in CLUSTER_SIZES if c <= S // 64]
+        setups = setups_for(S)
         times = {name: [] for name, _, _ in setups}
         names = {}
         for _ in range(rounds):
@@ -82,16 +84,21 @@ def cluster_sweep(lib, rounds=3):
                 fa_lib.set_decode_splits(lib, splits)
                 fa_lib.set_decode_cluster(lib, mode)
                 ws = fa_lib.workspace(lib, P)
-                names[name] = fa_lib.kernel_name(lib, P)
+                names[name] = fa_lib.kernel_name(lib, P).split(" x")[1]
                 times[name].append(time_step(lambda: fa_lib.launch(lib, P, ws=ws))[0] * 1e3)
         fa_lib.set_decode_splits(lib, -1)
         fa_lib.set_decode_cluster(lib, -1)
-        base = statistics.median(times["combine"])
-        cells = [f"{name}: {statistics.median(t):.1f} us ({base / statistics.median(t):.2f}x; {names[name].split(' x')[1]})"
+        base = statistics.median(times[setups[0][0]])
+        cells = [f"{name}: {statistics.median(t):.1f} us ({base / statistics.median(t):.2f}x; {names[name]})"
                  for name, t in times.items()]
-        print(f"sweep B{B} Hkv{Hkv} kv{S}: " + " | ".join(cells), flush=True)
+        print(f"{tag} B{B} Hkv{Hkv} kv{S}: " + " | ".join(cells), flush=True)
         del q, k, v, out
         torch.cuda.empty_cache()
+
+
+def cluster_sweep(lib):
+    sweep(lib, "sweep", SWEEP_SHAPES,
+          lambda S: [("combine", -1, 0)] + [(f"cluster {c}", c, 1) for c in CLUSTER_SIZES if c <= S // 64])
 
 
 SPLIT_SWEEP = [8, 16, 32, 64, 128]
@@ -99,32 +106,8 @@ SPLIT_SHAPES = ((1, 1, 4096), (1, 1, 8192), (1, 1, 16384), (1, 1, 32768), (2, 1,
                 (1, 8, 4096), (1, 8, 8192), (1, 8, 16384), (2, 8, 8192), (8, 1, 8192), (8, 1, 32768))
 
 
-def split_sweep(lib, rounds=3):
-    H, D = 32, 128
-    for B, Hkv, S in SPLIT_SHAPES:
-        q = torch.randn(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
-        out = torch.empty(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
-        P = fa_lib.make_params(lib, q, k, v, out)
-        setups = [("auto", -1)] + [(str(n), n) for n in SPLIT_SWEEP]
-        times = {name: [] for name, _ in setups}
-        names = {}
-        fa_lib.set_decode_cluster(lib, 0)
-        for _ in range(rounds):
-            for name, splits in setups:
-                fa_lib.set_decode_splits(lib, splits)
-                ws = fa_lib.workspace(lib, P)
-                names[name] = fa_lib.kernel_name(lib, P).split(" x")[1]
-                times[name].append(time_step(lambda: fa_lib.launch(lib, P, ws=ws))[0] * 1e3)
-        fa_lib.set_decode_splits(lib, -1)
-        fa_lib.set_decode_cluster(lib, -1)
-        base = statistics.median(times["auto"])
-        cells = [f"{name}: {statistics.median(t):.1f} us ({base / statistics.median(t):.2f}x; {names[name]})"
-                 for name, t in times.items()]
-        print(f"splits B{B} Hkv{Hkv} kv{S}: " + " | ".join(cells), flush=True)
-        del q, k, v, out
-        torch.cuda.empty_cache()
+def split_sweep(lib):
+    sweep(lib, "splits", SPLIT_SHAPES, lambda S: [("auto", -1, 0)] + [(str(n), n, 0) for n in SPLIT_SWEEP])
 
 
 def main():
