@@ -47,9 +47,9 @@ const CLUSTER_DIMS: [i32; 2] = [64, 128];
 /// the fewer blocks streaming the cache than the combine costs (H200 sweep, docs/PERF.md).
 const CLUSTER_MAX_TILES_PER_SPLIT: i64 = 2;
 /// ... or at most this many, when the clusters still hold CLUSTER_MANY_BLOCKS blocks in all: with that many
-/// blocks streaming, a smaller cluster's cheaper merge gains more than its longer splits cost (H200: batch-1 GQA
-/// at 2k keys in clusters of 8, batch-8 MQA at 2k likewise, 1.06x / 1.15x clusters of 16; batch-1 MQA, 8-16
-/// blocks, keeps 16).
+/// blocks streaming, a smaller cluster's cheaper merge gains more than its longer splits cost (H200: clusters of
+/// 8 ran 1.06x / 1.15x the speed of clusters of 16 at batch-1 GQA / batch-8 MQA with 2k keys; batch-1 MQA, with
+/// 8-16 blocks, keeps 16).
 const CLUSTER_MANY_BLOCKS_MAX_TILES_PER_SPLIT: i64 = 4;
 const CLUSTER_MANY_BLOCKS: i64 = 64;
 /// A plan of 2-4 splits (batches that nearly fill the GPU) merges in clusters of 2 instead, when its splits then
