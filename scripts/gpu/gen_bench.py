@@ -238,7 +238,7 @@ def main():
         base = {}
         if a.reference and "genai" in families:
             cpu = ort.InferenceSession(p["genai32"], providers=["CPUExecutionProvider"])
-            reference = buffer_loop(cpu, prompt, a.steps, cap, device="cpu", dtype=np.float32)[0]
+            reference, _, _, reference_logits = buffer_loop(cpu, prompt, a.steps, cap, device="cpu", dtype=np.float32)
             del cpu
         for family, name, path, lib, kind in models:
             sess = session(path, lib)
@@ -264,8 +264,11 @@ def main():
                 base[family] = (tokens, tps, logits)
             if a.reference and family == "genai":
                 differs = np.nonzero((tokens != reference).any(0))[0]
+                top2 = np.sort(reference_logits, -1)[:, -2:]
                 print(f"  {family} {name} batch {B}: first step differing from the float32 CPU reference: "
-                      f"{differs[0] if len(differs) else 'none'} of {tokens.shape[1]}", flush=True)
+                      f"{differs[0] if len(differs) else 'none'} of {tokens.shape[1]}; prefill logits Δ to it "
+                      f"{float(np.abs(logits - reference_logits).max()):.1e}, its smallest top-2 gap "
+                      f"{float((top2[:, 1] - top2[:, 0]).min()):.1e}", flush=True)
             rows.append((family, B, name, pre * 1e3, tps, tps / base[family][1], same))
             if a.profile:
                 print(f"  profile {family} batch {B} {name}: {profile_decode(loop, a.steps)}", flush=True)
