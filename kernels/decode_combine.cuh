@@ -81,18 +81,17 @@ __device__ __forceinline__ void combine_rows(const AttnParams &p, const float *o
   const int base = slot * tpr + c;
   float mx = -INFINITY;
   for (int sh = 0; sh < shares; ++sh) mx = nan_max(mx, run_max[base + sh * units]);
-  float total = 0.f;
-  float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+  SplitMerge all{mx};  // the shares' merged state: all.l >= 1 when any split saw a key (or NaN)
   if (mx != -INFINITY) {
     for (int sh = 0; sh < shares; ++sh) {
       const int t = base + sh * units;
       const float f = __expf(run_max[t] - mx);
-      total += f * run_sum[t];
-      sum = fma4(f, part[t], sum);
+      all.l += f * run_sum[t];
+      all.acc = fma4(f, part[t], all.acc);
     }
   }
-  const float inv = total == 0.f ? 0.f : 1.f / total;  // total >= 1 when any split saw a key (or NaN)
-  const float lse = total == 0.f ? -INFINITY : mx + logf(total);
+  const float inv = all.inverse(), lse = all.lse();
+  const float4 sum = all.acc;
 
   T *orow = reinterpret_cast<T *>(p.out_ptr) + (int64_t)batch * p.out_batch_stride + (int64_t)head * p.out_head_stride +
             (int64_t)token * p.out_row_stride;
