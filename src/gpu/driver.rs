@@ -119,6 +119,17 @@ pub struct Launch<'a> {
     pub cluster_x: u32,
 }
 
+/// The launch attribute that makes every `x` consecutive blocks along x one thread-block cluster.
+pub fn cluster_dimension(x: u32) -> sys::CUlaunchAttribute {
+    // SAFETY: CUlaunchAttribute is plain data; zeroed is a valid value before the fields are set.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr.value.clusterDim.x = x;
+    attr.value.clusterDim.y = 1;
+    attr.value.clusterDim.z = 1;
+    attr
+}
+
 /// Queues `f` on `stream`; every kernel launch of the library goes through here. `dependent`: the kernel
 /// calls `dependent_wait()` (kernels/dependent_launch.cuh) before touching memory and the device has
 /// compute capability 9.0+, so it may be launched while the kernel before it finishes (programmatic stream
@@ -137,10 +148,7 @@ pub fn launch_kernel(f: sys::CUfunction, l: Launch<'_>, stream: sys::CUstream, d
             n += 1;
         }
         if l.cluster_x > 1 {
-            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-            attrs[n].value.clusterDim.x = l.cluster_x;
-            attrs[n].value.clusterDim.y = 1;
-            attrs[n].value.clusterDim.z = 1;
+            attrs[n] = cluster_dimension(l.cluster_x);
             n += 1;
         }
         let config = sys::CUlaunchConfig {
@@ -160,4 +168,18 @@ pub fn launch_kernel(f: sys::CUfunction, l: Launch<'_>, stream: sys::CUstream, d
         unsafe { sys::cuLaunchKernel(f, gx, gy, gz, l.threads, 1, 1, l.smem, stream, l.args.as_mut_ptr(), std::ptr::null_mut()) }
     };
     if r == sys::CUresult::CUDA_SUCCESS { Ok(()) } else { check(r, &what()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_dimension_spans_x_only() {
+        let a = cluster_dimension(16);
+        assert_eq!(a.id, sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION);
+        // SAFETY: the union's clusterDim member is the one cluster_dimension wrote.
+        let d = unsafe { a.value.clusterDim };
+        assert_eq!((d.x, d.y, d.z), (16, 1, 1));
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use cudarc::driver::sys;
 
 use super::dispatch::{all_kernels, Family, KernelSpec, Verdict};
-use super::driver::{check, device_attribute, CurrentContext, GpuError};
+use super::driver::{check, cluster_dimension, device_attribute, CurrentContext, GpuError};
 
 /// The fatbin (sm_80, sm_90a, sm_100a cubins + compute_80 PTX) built by build.rs.
 #[cfg(flashattn_kernels)]
@@ -152,12 +152,8 @@ fn decode_cluster_residency(functions: &HashMap<String, sys::CUfunction>) -> sup
 
 /// How many clusters of `cluster` blocks (along x) of `f` the device holds at once for a launch of `grid`.
 pub fn max_active_clusters(f: sys::CUfunction, grid: (u32, u32, u32), cluster: u32, threads: u32, smem: u32) -> Result<i32, GpuError> {
-    // SAFETY: CUlaunchAttribute/CUlaunchConfig are plain data; zeroed is valid before the fields are set.
-    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-    attr.value.clusterDim.x = cluster;
-    attr.value.clusterDim.y = 1;
-    attr.value.clusterDim.z = 1;
+    let mut attr = cluster_dimension(cluster);
+    // SAFETY: CUlaunchConfig is plain data; zeroed is valid before the fields are set.
     let mut config: sys::CUlaunchConfig = unsafe { std::mem::zeroed() };
     (config.gridDimX, config.gridDimY, config.gridDimZ) = grid;
     (config.blockDimX, config.blockDimY, config.blockDimZ) = (threads, 1, 1);
