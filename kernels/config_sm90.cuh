@@ -6,11 +6,15 @@
 
 namespace flashattn {
 
-template <int D_, int BN_, int STAGES_, int CONSUMERS_ = 2> struct Sm90Config {
+template <int D_, int BN_, int STAGES_, int CONSUMERS_ = 2, int CLUSTER_ = 1> struct Sm90Config {
   static constexpr int D = D_;    // padded head dim (q/k and v): a multiple of 32
   static constexpr int BN = BN_;  // key rows per main-loop step
   static constexpr int STAGES = STAGES_;
   static constexpr int CONSUMERS = CONSUMERS_;  // math warpgroups, 64 query rows each
+  // Blocks per thread-block cluster: the blocks of a cluster compute neighbouring query tiles of one head and
+  // share each K/V tile, loaded once from L2 and multicast (tma_kv_ring.cuh); problems without causal/window
+  // bounds only, where such tiles read the same keys.
+  static constexpr int CLUSTER = CLUSTER_;
   static constexpr int BM = 64 * CONSUMERS;      // query rows per block
   static constexpr int THREADS = 128 * (CONSUMERS + 1);  // + the producer warpgroup
   // Registers per thread after reallocation (setmaxnreg), the whole block within the SM's 64K: the producer
@@ -38,6 +42,7 @@ template <int D_, int BN_, int STAGES_, int CONSUMERS_ = 2> struct Sm90Config {
   static_assert(BN % 16 == 0 && BN <= 256, "BN: multiple of 16 up to 256");
   static_assert(KV_BYTES % 1024 == 0 && Q_BYTES % 1024 == 0, "tiles must keep 1024-byte alignment");
   static_assert(CONSUMERS == 2 || CONSUMERS == 3, "two or three consumer warpgroups");
+  static_assert(CLUSTER == 1 || (CLUSTER == 2 && PANELS >= 2), "clusters of two blocks, each loading whole panels");
   static_assert(128 * PRODUCER_REGS + 128 * CONSUMERS * CONSUMER_REGS <= 65536, "registers of one SM");
 };
 

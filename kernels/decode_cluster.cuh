@@ -5,47 +5,12 @@
 // No workspace and no combine launch: what the combine kernel (decode_combine.cuh) costs at batch 1 and 8
 // (a launch, and the partials' round trip through memory) is what this saves.
 #pragma once
+#include "cluster.cuh"
 #include "common.cuh"
 #include "params.cuh"
 #include "split_merge.cuh"
 
 namespace flashattn {
-
-// Every thread of every block of the cluster: writes to shared memory before it are visible to the whole
-// cluster after it.
-__device__ __forceinline__ void cluster_sync() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-#else
-  __trap();
-#endif
-}
-
-// The address of this block's shared-memory address `addr` in block `rank` of the cluster, and loads from it.
-__device__ __forceinline__ uint32_t cluster_peer(uint32_t addr, uint32_t rank) {
-  uint32_t peer = 0;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(peer) : "r"(addr), "r"(rank));
-#endif
-  return peer;
-}
-__device__ __forceinline__ float ld_cluster(uint32_t addr) {
-  float v = 0.f;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(addr) : "memory");
-#endif
-  return v;
-}
-__device__ __forceinline__ float4 ld_cluster4(uint32_t addr) {
-  float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];"
-               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-               : "r"(addr)
-               : "memory");
-#endif
-  return v;
-}
 
 // Where a block leaves its rows: Cfg::ROWS rows of XD floats (O), then ROWS lse values, placed in the K/V
 // stages after the cross-warp merge buffer (which is still being read while the rows are written).

@@ -6,19 +6,21 @@
 #include "mainloop_sm90.cuh"
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, OPT, MODS) \
-  flashattn::flash_fwd_sm90<T, flashattn::Sm90Config<D, BN, STAGES, C>, OPT, MODS>(p, &tq, &tk, &tv);
+#define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, CL, OPT, MODS) \
+  flashattn::flash_fwd_sm90<T, flashattn::Sm90Config<D, BN, STAGES, C, CL>, OPT, MODS>(p, &tq, &tk, &tv);
 #else
-#define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, OPT, MODS) __trap();
+#define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, CL, OPT, MODS) __trap();
 #endif
 
-// C: consumer warpgroups (the block has C + 1 warpgroups).
-#define FLASH_FWD_SM90_ENTRY_C(NAME, T, D, BN, STAGES, C, OPT, MODS)                                  \
+// C: consumer warpgroups (the block has C + 1 warpgroups); CL: blocks per cluster (the launch sets it).
+#define FLASH_FWD_SM90_ENTRY_CL(NAME, T, D, BN, STAGES, C, CL, OPT, MODS)                             \
   extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1)                                      \
       NAME(const __grid_constant__ flashattn::AttnParams p, const __grid_constant__ CUtensorMap tq,   \
            const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv) {          \
-    FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, OPT, MODS)                                               \
+    FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, CL, OPT, MODS)                                           \
   }
+#define FLASH_FWD_SM90_ENTRY_C(NAME, T, D, BN, STAGES, C, OPT, MODS) \
+  FLASH_FWD_SM90_ENTRY_CL(NAME, T, D, BN, STAGES, C, 1, OPT, MODS)
 #define FLASH_FWD_SM90_ENTRY(NAME, T, D, BN, STAGES, OPT, MODS) FLASH_FWD_SM90_ENTRY_C(NAME, T, D, BN, STAGES, 2, OPT, MODS)
 
 // Default options: ping-pong on, exact rescaling skipped only when no max moved, MUFU exp2 only, the previous PV
@@ -52,6 +54,22 @@ FLASH_FWD_SM90_BOTH(128, 128, 2)
 FLASH_FWD_SM90_BOTH(128, 176, 2)
 FLASH_FWD_SM90_BOTH(192, 96, 2)
 FLASH_FWD_SM90_BOTH(256, 80, 2)
+
+// Clusters of two blocks sharing each K/V tile (multicast), for problems without causal/window bounds:
+// flash_fwd_sm90_{f16|bf16}_d{D}_m128n{BN}w12c2[_plain].
+#define FLASH_FWD_SM90_CLUSTER2(TNAME, T, D, BN)                                                                  \
+  FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_##TNAME##_d##D##_m128n##BN##w12c2, T, D, BN, 2, 2, 2, Sm90Default, true) \
+  FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_##TNAME##_d##D##_m128n##BN##w12c2_plain, T, D, BN, 2, 2, 2, Sm90Default, false)
+#define FLASH_FWD_SM90_CLUSTER2_BOTH(D, BN)      \
+  FLASH_FWD_SM90_CLUSTER2(f16, __half, D, BN)    \
+  FLASH_FWD_SM90_CLUSTER2(bf16, __nv_bfloat16, D, BN)
+FLASH_FWD_SM90_CLUSTER2_BOTH(128, 128)
+FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_f16_d128_m128n176w12c2_plain, __half, 128, 176, 2, 2, 2, Sm90Default, false)
+FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_bf16_d128_m128n176w12c2_plain, __nv_bfloat16, 128, 176, 2, 2, 2, Sm90Default, false)
+FLASH_FWD_SM90_CLUSTER2_BOTH(192, 96)
+FLASH_FWD_SM90_CLUSTER2_BOTH(256, 80)
+FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_f16_d96_m192n112w16c2_plain, __half, 96, 112, 2, 3, 2, Sm90Default, false)
+FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_bf16_d96_m192n112w16c2_plain, __nv_bfloat16, 96, 112, 2, 3, 2, Sm90Default, false)
 
 // Variants that measure one option each against the default (src/gpu/dispatch.rs Variant; docs/PERF.md).
 #define FLASH_FWD_SM90_VARIANT(D, BN, SUFFIX, OPT)                                                             \

@@ -12,6 +12,7 @@
 // the portable kernel uses (mask.cuh, softmax.cuh), on wgmma's accumulator layout, which per warp is the
 // mma.sync m16n8 layout.
 #pragma once
+#include "cluster.cuh"
 #include "common.cuh"
 #include "config_sm90.cuh"
 #include "epilogue.cuh"
@@ -74,15 +75,16 @@ template <class Cfg> struct Barriers {
 template <typename T, class Cfg>
 __device__ __forceinline__ void produce(const AttnParams &p, unsigned char *smem, const CUtensorMap *tq,
                                         const CUtensorMap *tk, const CUtensorMap *tv) {
-  constexpr int BM = Cfg::BM, BN = Cfg::BN, STAGES = Cfg::STAGES;
+  constexpr int BM = Cfg::BM, BN = Cfg::BN, STAGES = Cfg::STAGES, CLUSTER = Cfg::CLUSTER;
   Barriers<Cfg> bar(smem);
   prefetch_tensor_map(tq);
   prefetch_tensor_map(tk);
   prefetch_tensor_map(tv);
-  const int tiles = query_blocks(p, BM) * p.heads_q * p.batch;
+  const uint32_t rank = CLUSTER > 1 ? cluster_rank() : 0;
+  const int tiles = persistent_tiles<CLUSTER>(p, BM);
   int ring = 0, loaded = 0;  // K/V ring steps and Q tiles so far, counted alike by the consumers
-  for (int k = 0, t; (t = persistent_tile_index(k)) < tiles; ++k) {
-    const BlockWork w = persistent_tile<BM, BN>(p, t);
+  for (int k = 0, t; (t = persistent_tile_index<CLUSTER>(k)) < tiles; ++k) {
+    const BlockWork w = persistent_tile<BM, BN, CLUSTER>(p, t);
     const int n_blocks = w.n_end - w.n_begin;
     if (n_blocks <= 0) continue;
     mbar_wait(bar.q_empty, (uint32_t)(loaded & 1) ^ 1u);
@@ -92,8 +94,17 @@ __device__ __forceinline__ void produce(const AttnParams &p, unsigned char *smem
     for (int i = 0; i < n_blocks; ++i, ++ring) {
       const int st = stage_of<STAGES>(ring);
       const uint32_t ph = phase_of<STAGES>(ring);
-      tma_load_kv_block<Cfg>(smem, bar, st, ph, (w.n_begin + i) * BN, w.kv_head, w.batch, tk, tv,
-                             [](uint64_t *b, uint32_t parity) { mbar_wait(b, parity); });
+      tma_load_kv_block<Cfg, CLUSTER>(smem, bar, st, ph, (w.n_begin + i) * BN, w.kv_head, w.batch, tk, tv,
+                                      [](uint64_t *b, uint32_t parity) { mbar_wait(b, parity); }, rank);
+    }
+  }
+  if constexpr (CLUSTER > 1) {
+    // The peer blocks' consumers still arrive on this block's "empty" barriers after its own consumers are
+    // done: the block (its shared memory) must outlive those arrivals, so wait for the last use of each slot
+    // to be released by every block.
+    for (int j = 0; j < STAGES; ++j, ++ring) {
+      mbar_wait(&bar.k_empty[stage_of<STAGES>(ring)], phase_of<STAGES>(ring) ^ 1u);
+      mbar_wait(&bar.v_empty[stage_of<STAGES>(ring)], phase_of<STAGES>(ring) ^ 1u);
     }
   }
 }
@@ -202,6 +213,15 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
   auto release = [&](uint32_t b) {
     if (lane == 0) mbar_arrive(b);
   };
+  // A K/V slot is free once the consumers of every block of the cluster are done with it (the loads into it
+  // are multicast): lane r of each warp arrives on block r's barrier.
+  auto release_kv = [&](uint32_t b) {
+    if constexpr (Cfg::CLUSTER == 1) {
+      release(b);
+    } else {
+      if (lane < Cfg::CLUSTER) mbar_arrive_cluster(cluster_peer(b, lane));
+    }
+  };
   auto score_mods = [&](int i) {
     apply_tile_mods<T, 1, NTN, MODS>(s, p, w.batch, w.head, row_base, (w.n_begin + i) * BN, w.kv_len, w.lo_max,
                                      w.hi_min, lane);
@@ -241,7 +261,7 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
   turn.pass();
   wgmma_wait<0>();
   fence_regs(s_flat);
-  release(k_empty + 8 * cur.stage);
+  release_kv(k_empty + 8 * cur.stage);
   release_q_after(0);
   score_mods(0);
   {
@@ -267,7 +287,7 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
     turn.pass();
     wgmma_wait<1>();
     fence_regs(s_flat);
-    release(k_empty + 8 * st);
+    release_kv(k_empty + 8 * st);
     release_q_after(i);
     score_mods(i);
     float corr[1][2];
@@ -279,7 +299,7 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
       keep_live(pa_flat, sbase, p.seq_q < 0);
       wgmma_wait<0>();
       fence_regs(o_flat);
-      release(v_empty + 8 * pst);
+      release_kv(v_empty + 8 * pst);
     };
     bool rescale;
     if constexpr (Opt::SPLIT_PV_WAIT) {
@@ -315,7 +335,7 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
   turn.pass();
   wgmma_wait<0>();
   fence_regs(o_flat);
-  release(v_empty + 8 * lst);
+  release_kv(v_empty + 8 * lst);
 
   float inv[1][2], lse[1][2];
   sm.finalize(inv, lse, p.scale);
@@ -349,12 +369,18 @@ __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtens
     for (int st = 0; st < Cfg::STAGES; ++st) {
       mbar_init(&bar.k_full[st], 1);
       mbar_init(&bar.v_full[st], 1);
-      mbar_init(&bar.k_empty[st], 4 * Cfg::CONSUMERS);
-      mbar_init(&bar.v_empty[st], 4 * Cfg::CONSUMERS);
+      mbar_init(&bar.k_empty[st], 4 * Cfg::CONSUMERS * Cfg::CLUSTER);  // every consumer warp of the cluster
+      mbar_init(&bar.v_empty[st], 4 * Cfg::CONSUMERS * Cfg::CLUSTER);
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
-  __syncthreads();
+  if constexpr (Cfg::CLUSTER > 1) {
+    // A cluster's blocks share key tiles, which only bounds-free problems allow (dispatch.rs guarantees it).
+    if (p.window_left >= 0 || p.window_right >= 0) __trap();
+    cluster_sync();  // the peers' barriers are initialised before any load or arrival reaches them
+  } else {
+    __syncthreads();
+  }
   if (group == 0) {
     regs_dealloc<Cfg::PRODUCER_REGS>();
     if (threadIdx.x == 0) produce<T, Cfg>(p, smem, tq, tk, tv);
@@ -368,10 +394,10 @@ __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtens
   // The consumers' GEMM issue takes turns over the whole run, tile after tile: consumer 0 starts, and the
   // last consumer's very last pass is taken by consumer 0 at the end.
   if (consumer == Cfg::CONSUMERS - 1) turn.pass();
-  const int tiles = query_blocks(p, Cfg::BM) * p.heads_q * p.batch;
+  const int tiles = persistent_tiles<Cfg::CLUSTER>(p, Cfg::BM);
   int ring = 0, loaded = 0;
-  for (int k = 0, t; (t = persistent_tile_index(k)) < tiles; ++k) {
-    const BlockWork w = persistent_tile<Cfg::BM, Cfg::BN>(p, t);
+  for (int k = 0, t; (t = persistent_tile_index<Cfg::CLUSTER>(k)) < tiles; ++k) {
+    const BlockWork w = persistent_tile<Cfg::BM, Cfg::BN, Cfg::CLUSTER>(p, t);
     const int n_blocks = w.n_end - w.n_begin;
     if (n_blocks <= 0) {
       store_empty<T, Cfg>(p, w, consumer);

@@ -68,20 +68,28 @@ __device__ __forceinline__ int query_blocks(const AttnParams &p, int bm) { retur
 
 // The k-th tile of this block in a persistent launch: rounds of gridDim.x tiles, walked forwards in even
 // rounds and backwards in odd ones, so a block that drew a heavy tile in one round draws a light one in the
-// next (tiles are ordered heaviest first). With one block per tile it is simply blockIdx.x.
-__device__ __forceinline__ int persistent_tile_index(int k) {
-  const int g = gridDim.x, c = blockIdx.x;
+// next (tiles are ordered heaviest first). With one block per tile it is simply blockIdx.x. With clusters of
+// CLUSTER blocks (along x) the unit handed out is a cluster's tile: CLUSTER neighbouring query tiles.
+template <int CLUSTER = 1> __device__ __forceinline__ int persistent_tile_index(int k) {
+  const int g = gridDim.x / CLUSTER, c = blockIdx.x / CLUSTER;
   return k * g + ((k & 1) ? g - 1 - c : c);
 }
 
-// Tile t of the Hopper kernel's linear tile order (tiles = query blocks x heads x batch). A head's query
-// blocks are consecutive, so the blocks running at once share that head's K/V in L2 (and consecutive heads
-// of a GQA group share theirs too); with a causal/right-bounded window they come heaviest first.
-template <int BM, int BN> __device__ __forceinline__ BlockWork persistent_tile(const AttnParams &p, int t) {
-  const int m_blocks = query_blocks(p, BM);
-  const int m = t % m_blocks, rest = t / m_blocks;
-  const int m_block = p.window_right >= 0 ? m_blocks - 1 - m : m;
-  return block_work<BM, BN>(p, m_block, rest % p.heads_q, rest / p.heads_q);
+// Units of the Hopper kernel's linear tile order: query blocks (rounded up to whole clusters) x heads x batch.
+template <int CLUSTER = 1> __device__ __forceinline__ int persistent_tiles(const AttnParams &p, int bm) {
+  return (query_blocks(p, bm) + CLUSTER - 1) / CLUSTER * p.heads_q * p.batch;
+}
+
+// Tile t of the Hopper kernel's linear tile order. A head's query blocks are consecutive, so the blocks running
+// at once share that head's K/V in L2 (and consecutive heads of a GQA group share theirs too); with a
+// causal/right-bounded window they come heaviest first. Block r of a cluster takes query block
+// CLUSTER * unit + r, which may lie past the last one (rows past seq_q: computed on zeros, never stored) so
+// that it still loads its share of the cluster's K/V tiles.
+template <int BM, int BN, int CLUSTER = 1> __device__ __forceinline__ BlockWork persistent_tile(const AttnParams &p, int t) {
+  const int units = (query_blocks(p, BM) + CLUSTER - 1) / CLUSTER;
+  const int m = t % units, rest = t / units;
+  const int unit = p.window_right >= 0 ? units - 1 - m : m;
+  return block_work<BM, BN>(p, unit * CLUSTER + (int)(blockIdx.x % CLUSTER), rest % p.heads_q, rest / p.heads_q);
 }
 
 }  // namespace flashattn

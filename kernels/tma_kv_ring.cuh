@@ -36,17 +36,37 @@ __device__ __forceinline__ void tma_load_tile(unsigned char *tile, int rows, con
     sm90::tma_load_4d(tile + pn * rows * Cfg::PANEL_BYTES, map, full, pn * Cfg::PANEL_COLS, row, head, batch, evict);
 }
 
-template <class Cfg, class Bar, class Wait>
+// A K or V tile shared by the CLUSTER blocks of a cluster (which compute query tiles of the same head over the
+// same keys): block `rank` loads panels rank, rank + CLUSTER, ... and multicasts each into every block, so the
+// tile is read from L2 once per cluster instead of once per block. Every block expects the whole tile's bytes
+// on its own `full` barrier. CLUSTER == 1 is the plain load.
+template <class Cfg, int CLUSTER>
+__device__ __forceinline__ void tma_load_shared_tile(unsigned char *tile, const CUtensorMap *map, uint64_t *full, int row,
+                                                     int head, int batch, uint32_t rank) {
+  if constexpr (CLUSTER == 1) {
+    tma_load_tile<Cfg>(tile, Cfg::BN, map, full, row, head, batch, sm90::kEvictLast);
+  } else {
+    static_assert(Cfg::PANELS >= CLUSTER, "every block of the cluster loads at least one panel");
+#pragma unroll
+    for (int pn = 0; pn < Cfg::PANELS; ++pn)
+      if (pn % CLUSTER == (int)rank)
+        sm90::tma_load_4d_multicast(tile + pn * Cfg::BN * Cfg::PANEL_BYTES, map, full, pn * Cfg::PANEL_COLS, row, head,
+                                    batch, (uint16_t)((1u << CLUSTER) - 1), sm90::kEvictLast);
+  }
+}
+
+template <class Cfg, int CLUSTER = 1, class Bar, class Wait>
 __device__ __forceinline__ void tma_load_kv_block(unsigned char *smem, Bar &bar, int st, uint32_t ph, int row, int kv_head,
-                                                  int batch, const CUtensorMap *tk, const CUtensorMap *tv, Wait wait) {
+                                                  int batch, const CUtensorMap *tk, const CUtensorMap *tv, Wait wait,
+                                                  uint32_t rank = 0) {
   unsigned char *k_tile = smem + Cfg::K_OFFSET + st * Cfg::KV_BYTES;
   unsigned char *v_tile = smem + Cfg::V_OFFSET + st * Cfg::KV_BYTES;
   wait(&bar.k_empty[st], ph ^ 1u);
   sm90::mbar_expect_tx(&bar.k_full[st], Cfg::KV_BYTES);
-  tma_load_tile<Cfg>(k_tile, Cfg::BN, tk, &bar.k_full[st], row, kv_head, batch, sm90::kEvictLast);
+  tma_load_shared_tile<Cfg, CLUSTER>(k_tile, tk, &bar.k_full[st], row, kv_head, batch, rank);
   wait(&bar.v_empty[st], ph ^ 1u);
   sm90::mbar_expect_tx(&bar.v_full[st], Cfg::KV_BYTES);
-  tma_load_tile<Cfg>(v_tile, Cfg::BN, tv, &bar.v_full[st], row, kv_head, batch, sm90::kEvictLast);
+  tma_load_shared_tile<Cfg, CLUSTER>(v_tile, tv, &bar.v_full[st], row, kv_head, batch, rank);
 }
 
 }  // namespace flashattn

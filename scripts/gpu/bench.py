@@ -152,7 +152,7 @@ def run_row(lib, B, S, H, D, causal, Hkv=None, Sq=None, rows_out=None):
     # right after the default is compared with a different clock.
     # grid variants (how the Hopper kernel's blocks take tiles) on every row, kernel variants on their head dim
     # (a family name, e.g. sm80, on every row)
-    variants = [v for v in VARIANTS if v.startswith("grid=") or f"_d{D}_" in v or "_" not in v] + (["lib"] if OTHER else [])
+    variants = [v for v in VARIANTS if v.startswith(("grid=", "cluster=")) or f"_d{D}_" in v or "_" not in v] + (["lib"] if OTHER else [])
     times = {name: [] for name in ["default"] + variants}
     P_other = fa_lib.make_params(OTHER, q, k, v, out, causal=causal) if OTHER else None
     for _ in range(ROUNDS if variants else 1):
@@ -162,11 +162,14 @@ def run_row(lib, B, S, H, D, causal, Hkv=None, Sq=None, rows_out=None):
                 continue
             if name.startswith("grid="):  # the Hopper kernel's grid: grid=0 one block per tile, grid=1 persistent
                 lib.flashattn_ort_gpu_set_persistent(int(name[5:]))
+            elif name.startswith("cluster="):  # cluster=1: clusters of two blocks sharing K/V tiles where they fit
+                lib.flashattn_ort_gpu_set_prefill_cluster(int(name[8:]))
             elif name != "default":
                 lib.flashattn_ort_gpu_set_kernel(name.encode())
             times[name].append(timeit(lambda: fa_lib.launch(lib, P)))
             lib.flashattn_ort_gpu_set_kernel(None)
             lib.flashattn_ort_gpu_set_persistent(-1)
+            lib.flashattn_ort_gpu_set_prefill_cluster(-1)
     res["ours"] = statistics.median(times["default"])
     for name in variants:
         t = statistics.median(times[name])
@@ -214,6 +217,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="d128 only")
     ap.add_argument("--out", default=None)
     ap.add_argument("--dims", default="64,96,128,192,256")
+    ap.add_argument("--causal", default="0,1", help="prefill rows: non-causal (0), causal (1) or both")
     ap.add_argument("--no-decode", action="store_true")
     ap.add_argument("--no-prefill", action="store_true")
     ap.add_argument("--variants", default="", help="comma-separated kernel names to time too")
@@ -242,7 +246,7 @@ def main():
     seqs = [512, 1024, 2048, 4096, 8192, 16384]
     for D in ([] if a.no_prefill else dims):
         H = 2048 // D
-        for causal in (False, True):
+        for causal in [c == "1" for c in a.causal.split(",")]:
             for S in seqs:
                 r = run_row(lib, 16384 // S, S, H, D, causal, rows_out=rows)
                 print(f"d{D} s{S} causal={int(causal)} ours {fmt(r['tf']['ours'])} fa2 {fmt(r['tf']['fa2'])} "

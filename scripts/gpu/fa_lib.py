@@ -23,6 +23,8 @@ def load(path):
     lib.flashattn_ort_gpu_set_kernel.argtypes = [ctypes.c_char_p]
     lib.flashattn_ort_gpu_set_persistent.restype = None
     lib.flashattn_ort_gpu_set_persistent.argtypes = [ctypes.c_int]
+    lib.flashattn_ort_gpu_set_prefill_cluster.restype = None
+    lib.flashattn_ort_gpu_set_prefill_cluster.argtypes = [ctypes.c_int]
     lib.flashattn_ort_gpu_launch_workspace.restype = ctypes.c_int
     lib.flashattn_ort_gpu_launch_workspace.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_size_t]
     lib.flashattn_ort_gpu_workspace_size.restype = ctypes.c_int

@@ -8,7 +8,8 @@ tail may hold): they must not reach the output.
 
 Every prefill case also picks how the Hopper kernel's blocks take their tiles (`grid`: auto = by problem, 0 = one
 block per tile, 1 = persistent blocks walking a fixed share); fixed cases with more tiles than SMs pin each, so
-a persistent block walks several tiles, some without keys.
+a persistent block walks several tiles, some without keys. And whether it runs in clusters of two blocks
+sharing K/V tiles where a cluster form fits (`prefill_cluster`: auto, 0 never, 1 always; bounds-free problems).
 
 Decode-shaped cases (seq_q * group <= 64) also pin the split-KV decode kernel's split count (auto, off, forced
 n) and check from the kernel name that the decode kernel served them.
@@ -51,12 +52,15 @@ def rand_case(rng, small):
     c["strided"] = rng.random() < 0.2  # q/k/v as views into wider buffers
     c["lse"] = rng.random() < 0.8
     c["grid"] = rng.choice(GRID_MODES)
+    c["prefill_cluster"] = rng.choice(PREFILL_CLUSTER)
     return c
 
 
 # How the Hopper kernel's blocks take tiles (flashattn_ort_gpu_set_persistent): -1 by problem, 0 one block per
 # tile, 1 a fixed share per persistent block.
 GRID_MODES = [-1, -1, 0, 1]
+# Whether it runs in clusters of two blocks sharing K/V tiles (flashattn_ort_gpu_set_prefill_cluster).
+PREFILL_CLUSTER = [-1, 0, 1, 1]
 
 
 # Split-KV decode kernel settings a case may ask for: "auto" (the library's choice), "off" (prefill kernel),
@@ -152,6 +156,7 @@ def run_case(lib, c, gen):
     fa_lib.set_decode_splits(lib, splits_code(c))
     fa_lib.set_decode_cluster(lib, c.get("cluster", -1))
     lib.flashattn_ort_gpu_set_persistent(c.get("grid", -1))
+    lib.flashattn_ort_gpu_set_prefill_cluster(c.get("prefill_cluster", -1))
     try:
         kname = fa_lib.kernel_name(lib, P)
         fa_lib.launch(lib, P)
@@ -160,6 +165,7 @@ def run_case(lib, c, gen):
         fa_lib.set_decode_splits(lib, -1)
         fa_lib.set_decode_cluster(lib, -1)
         lib.flashattn_ort_gpu_set_persistent(-1)
+        lib.flashattn_ort_gpu_set_prefill_cluster(-1)
     ref, ref_lse = fa_lib.reference(q, k, v, **kw)
     naive, _ = fa_lib.reference(q, k, v, dtype=dt, **kw)
     problems = []
@@ -230,6 +236,17 @@ def fixed_cases():
         cases.append(dict(many, grid=grid))
         cases.append(dict(many, grid=grid, causal=False, seqlens=True, zero_len=True, d=64, dv=64))
         cases.append(dict(many, grid=grid, causal=False, hq=16, d=64, dv=64, sq=2100, skv=2100))  # 192-row tiles
+        # clusters of two blocks sharing K/V tiles: an odd count of query tiles per head (the last cluster's
+        # second block has no rows), ragged and empty key lengths, a mask tensor, each shape with a cluster form
+        pair = dict(many, grid=grid, causal=False, prefill_cluster=1)
+        cases.append(dict(pair, sq=1100, seqlens=True, zero_len=True))
+        cases.append(dict(pair, d=256, dv=256, sq=900, skv=700, mask="additive", mask_shape="col"))
+        cases.append(dict(pair, dtype=torch.float16, d=192, dv=192, hq=16, hkv=16, sq=1300, skv=999, strided=True))
+        cases.append(dict(pair, d=96, dv=96, hq=16, sq=2100, skv=2100, seqlens=True))  # 192-row tiles
+    # the default cluster shape (d128, >= 8192 keys, 176-key tiles): 15 query tiles per head, ragged lengths
+    long_pair = dict(base, b=2, hq=8, hkv=2, sq=1900, skv=8200, d=128, dv=128, seqlens=True, zero_len=True)
+    cases.append(long_pair)
+    cases.append(dict(long_pair, dtype=torch.float16, b=1, sq=256, skv=9000, seqlens=False, layout="BNSH"))
     # Split-KV decode: the split path (auto and forced), the one-split path (straight to the outputs), off.
     dec = dict(base, b=1, hq=32, hkv=8, sq=1, skv=32768, d=128, dv=128, splits="auto")
     cases.append(dec)                                                       # GQA 32/8, long cache, split
@@ -286,7 +303,7 @@ def main():
         try:
             err, tol, problems, kernel = run_case(lib, c, gen)
             worst = max(worst, err / tol)
-            family = "_".join(kernel.split("_")[1:3])
+            family = "_".join(kernel.split("_")[1:3]) + ("_c2" if "w12c2" in kernel or "w16c2" in kernel else "")
             served[family] = served.get(family, 0) + 1
         except Exception as e:  # noqa: BLE001
             problems = [f"exception: {e}"]

@@ -59,8 +59,8 @@ for s in "${steps[@]}"; do
         python3 numerics.py "$lib" --cases "${FA_CASES:-150}" --decode-cases 0 --family sm80; } 2>&1 | tee "$out/numerics.log" ;;
     sanitize)
       { compute-sanitizer --tool memcheck --kernel-name kns=flash_ --error-exitcode 9 python3 sanitize_cases.py "$lib" 18 &&
-        compute-sanitizer --tool racecheck --kernel-name kns=flash_ --error-exitcode 9 python3 sanitize_cases.py "$lib" 9 &&
-        compute-sanitizer --tool synccheck --kernel-name kns=flash_ --error-exitcode 9 python3 sanitize_cases.py "$lib" 9; } 2>&1 |
+        compute-sanitizer --tool racecheck --kernel-name kns=flash_ --error-exitcode 9 python3 sanitize_cases.py "$lib" 10 &&
+        compute-sanitizer --tool synccheck --kernel-name kns=flash_ --error-exitcode 9 python3 sanitize_cases.py "$lib" 10; } 2>&1 |
         grep -v "^========= COMPUTE-SANITIZER$" | tee "$out/sanitize.log" ;;
     ort) python3 ort_cuda.py "$lib" 2>&1 | tee "$out/ort.log" ;;
     rust-ort)
@@ -73,7 +73,8 @@ for s in "${steps[@]}"; do
     bench-prefill)
       # FA_OTHER_LIB: another build, timed in the same rounds as variant "lib" (an A/B inside one process);
       # FA_OTHER_KERNEL: the kernel or family it prefers (FA_VARIANTS=sm80 FA_OTHER_KERNEL=sm80: portable vs portable)
-      python3 bench.py "$lib" --no-decode ${FA_DIMS:+--dims "$FA_DIMS"} --variants "${FA_VARIANTS:-}" \
+      # FA_CAUSAL: 0 or 1 for only non-causal or only causal rows
+      python3 bench.py "$lib" --no-decode ${FA_DIMS:+--dims "$FA_DIMS"} ${FA_CAUSAL:+--causal "$FA_CAUSAL"} --variants "${FA_VARIANTS:-}" \
         ${FA_OTHER_LIB:+--other-lib "$FA_OTHER_LIB"} ${FA_OTHER_KERNEL:+--other-kernel "$FA_OTHER_KERNEL"} \
         --out "$out/bench-prefill.md" 2>&1 | tee "$out/bench-prefill.log" ;;
     bench-decode)

@@ -27,6 +27,10 @@ for i in range(n):
         c.update(d=64, dv=64, sq=300, skv=2100, seqlens=True, mask=None, softcap=0.0, b=1, strided=False)
     if i == 6:  # and one with more tiles than SMs (192), so persistent blocks walk several
         c.update(d=64, dv=64, sq=700, skv=700, b=1, hq=32, hkv=8, causal=True, strided=False)
+    if i == 9:  # and one in clusters sharing K/V tiles (the default at d128 over >= 8192 keys), 15 query tiles
+        # per head (the last cluster's second block has no rows), more tiles than SMs, ragged key lengths
+        c.update(d=128, dv=128, sq=1900, skv=8200, b=1, hq=16, hkv=4, causal=False, window_left=-1, window_right=-1,
+                 seqlens=True, strided=False, mask=None, softcap=0.0, prefill_cluster=-1)
     B, Hq, Hkv, Sq, Skv, D, Dv, dt = c["b"], c["hq"], c["hkv"], c["sq"], c["skv"], c["d"], c["dv"], c["dtype"]
     bsnh = c["layout"] == "BSNH"
     shp = lambda s, h, d: (B, s, h, d) if bsnh else (B, h, s, d)  # noqa: E731
@@ -43,12 +47,14 @@ for i in range(n):
                            scale=c["scale"], softcap=c["softcap"], window_left=c["window_left"], window_right=c["window_right"])
     fa_lib.set_decode_splits(lib, splits_code(c))
     fa_lib.set_decode_cluster(lib, c.get("cluster", -1))
+    lib.flashattn_ort_gpu_set_prefill_cluster(c.get("prefill_cluster", -1))
     kernel = fa_lib.kernel_name(lib, P)
     served[kernel] = served.get(kernel, 0) + 1
     fa_lib.launch(lib, P)
     torch.cuda.synchronize()
     fa_lib.set_decode_splits(lib, -1)
     fa_lib.set_decode_cluster(lib, -1)
+    lib.flashattn_ort_gpu_set_prefill_cluster(-1)
     if torch.isnan(out).any():
         bad += 1
         print("NaN/unwritten output in case", c)

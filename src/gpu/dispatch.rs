@@ -32,6 +32,10 @@ pub struct KernelSpec {
     pub variant: Variant,
     /// Which problems the default choice may give it (a kernel forced by name serves whatever it fits).
     pub scope: Scope,
+    /// Blocks per thread-block cluster (Hopper): 2 = pairs of blocks computing neighbouring query tiles of one
+    /// head share each K/V tile, loaded from L2 once and multicast (name `…w12c2`); problems without
+    /// causal/window bounds only.
+    pub cluster: i32,
 }
 
 /// The problems a kernel may get by default. Kernels narrower than `All` exist in their plain form only:
@@ -43,12 +47,28 @@ pub enum Scope {
     PlainLong,
     /// As `PlainLong`, and also plain problems of any length without causal/window bounds.
     PlainLongOrUnbounded,
+    /// Plain, without causal/window bounds, over at least [`CLUSTER_MIN_KEYS`] keys, with query tiles that pair
+    /// up (an even count per head, or enough that the one without a partner is a small share): where clusters
+    /// of two blocks sharing K/V tiles pay.
+    ClusterLong,
 }
 
 /// From this many keys on the three-warpgroup (192-row) tiles beat the two-warpgroup ones at d64 and d96, by
 /// 2-18% (H200, 2026-11-30, docs/PERF.md); below it, with few key blocks per tile, they lose up to 19% (d96,
 /// and causal d64), but win 2-8% at d64 without causal/window bounds.
 pub const LONG_MIN_KEYS: i32 = 2048;
+
+/// From this many keys on, d128 problems without causal/window bounds run faster in clusters of two blocks
+/// sharing 176-key K/V tiles: 1.02-1.04x at 8k and 16k keys, 0.92-0.98x at 512-4k (H200, 2026-11-30,
+/// docs/PERF.md). At d96/d192/d256 clusters measured within noise (0.99-1.02x) at 8k-16k: not used there.
+pub const CLUSTER_MIN_KEYS: i32 = 8192;
+
+/// Whether the query tiles of 128 rows of `p` pair up with little waste: an even count per head, or at
+/// least 15 (the last cluster's second block, which has no rows, is then at most 1/16 of the blocks).
+fn query_tiles_pair_up(p: &AttnParams) -> bool {
+    let tiles = (p.seq_q as i64 + 127) / 128;
+    tiles % 2 == 0 || tiles >= 15
+}
 
 /// Options of a Hopper instance (kernels/flash_fwd_sm90.cu, Sm90Options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +159,8 @@ impl KernelSpec {
         };
         let fam = self.family.name();
         let suffix = if self.plain { "_plain" } else { "" };
-        format!("flash_fwd_{fam}_{t}_d{}_m{}n{}w{}{suffix}{}", self.d, self.bm, self.bn, self.warps, self.variant.suffix())
+        let cluster = if self.cluster > 1 { format!("c{}", self.cluster) } else { String::new() };
+        format!("flash_fwd_{fam}_{t}_d{}_m{}n{}w{}{cluster}{suffix}{}", self.d, self.bm, self.bn, self.warps, self.variant.suffix())
     }
     /// Columns of one shared-memory panel and TMA box of the TMA families (kernels/config_sm90.cuh
     /// PANEL_COLS): 64, swizzled over 128 bytes, where the padded head dim is a multiple of 64; else 32,
@@ -169,12 +190,12 @@ impl KernelSpec {
 }
 
 const fn sm80(dtype: DType, d: i32, bm: i32, bn: i32, warps: i32) -> KernelSpec {
-    KernelSpec { family: Family::Sm80, dtype, d, bm, bn, warps, stages: 2, plain: false, variant: Variant::Default, scope: Scope::All }
+    KernelSpec { family: Family::Sm80, dtype, d, bm, bn, warps, stages: 2, plain: false, variant: Variant::Default, scope: Scope::All, cluster: 1 }
 }
 
 /// A Hopper instance: 128 query rows, a producer and two consumer warpgroups.
 const fn sm90(dtype: DType, d: i32, bn: i32, stages: i32) -> KernelSpec {
-    KernelSpec { family: Family::Sm90, dtype, d, bm: 128, bn, warps: 12, stages, plain: false, variant: Variant::Default, scope: Scope::All }
+    KernelSpec { family: Family::Sm90, dtype, d, bm: 128, bn, warps: 12, stages, plain: false, variant: Variant::Default, scope: Scope::All, cluster: 1 }
 }
 
 /// A Hopper instance with three consumer warpgroups: 192 query rows, 16 warps (plain problems, `scope` says
@@ -185,7 +206,12 @@ const fn sm90_m192(dtype: DType, d: i32, bn: i32, scope: Scope) -> KernelSpec {
 
 /// A Blackwell instance: 128 query rows, 128 keys per step, a load warp, an MMA warp and a softmax warpgroup.
 const fn sm100(dtype: DType, d: i32, stages: i32) -> KernelSpec {
-    KernelSpec { family: Family::Sm100, dtype, d, bm: 128, bn: 128, warps: 6, stages, plain: true, variant: Variant::Default, scope: Scope::All }
+    KernelSpec { family: Family::Sm100, dtype, d, bm: 128, bn: 128, warps: 6, stages, plain: true, variant: Variant::Default, scope: Scope::All, cluster: 1 }
+}
+
+/// `k` run by clusters of two blocks that share each K/V tile.
+const fn cluster2(k: KernelSpec) -> KernelSpec {
+    KernelSpec { cluster: 2, ..k }
 }
 
 const fn sm90_variant(d: i32, bn: i32, variant: Variant) -> KernelSpec {
@@ -211,6 +237,8 @@ pub const KERNELS: &[KernelSpec] = &[
     sm90_m192(DType::BF16, 96, 112, Scope::PlainLong),
     sm90(DType::F16, 96, 128, 2),
     sm90(DType::BF16, 96, 128, 2),
+    cluster2(KernelSpec { scope: Scope::ClusterLong, ..sm90(DType::F16, 128, 176, 2) }),
+    cluster2(KernelSpec { scope: Scope::ClusterLong, ..sm90(DType::BF16, 128, 176, 2) }),
     sm90(DType::F16, 128, 128, 2),
     sm90(DType::BF16, 128, 128, 2),
     sm90(DType::F16, 128, 176, 2),
@@ -219,6 +247,14 @@ pub const KERNELS: &[KernelSpec] = &[
     sm90(DType::BF16, 192, 96, 2),
     sm90(DType::F16, 256, 80, 2),
     sm90(DType::BF16, 256, 80, 2),
+    cluster2(sm90(DType::F16, 128, 128, 2)),
+    cluster2(sm90(DType::BF16, 128, 128, 2)),
+    cluster2(sm90(DType::F16, 192, 96, 2)),
+    cluster2(sm90(DType::BF16, 192, 96, 2)),
+    cluster2(sm90(DType::F16, 256, 80, 2)),
+    cluster2(sm90(DType::BF16, 256, 80, 2)),
+    cluster2(sm90_m192(DType::F16, 96, 112, Scope::PlainLong)),
+    cluster2(sm90_m192(DType::BF16, 96, 112, Scope::PlainLong)),
     sm90_variant(128, 128, Variant::NoPingpong),
     sm90_variant(128, 128, Variant::RescaleThreshold8),
     sm90_variant(128, 128, Variant::EmulatedExp2),
@@ -231,6 +267,16 @@ pub const KERNELS: &[KernelSpec] = &[
     sm100(DType::F16, 128, 2),
     sm100(DType::BF16, 128, 2),
 ];
+
+/// Whether the Hopper kernel runs in clusters of two blocks sharing K/V tiles: -1 = where the table's
+/// choice does ([`Scope::ClusterLong`]), 0 = never, 1 = wherever a cluster form of the chosen shape fits. A
+/// benchmarking aid (ffi `flashattn_ort_gpu_set_prefill_cluster`).
+static CLUSTER_MODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+pub fn set_cluster_mode(mode: i32) {
+    CLUSTER_MODE.store(mode.clamp(-1, 1), std::sync::atomic::Ordering::Relaxed);
+}
+
 
 /// A forced choice: a kernel's full name, or a family name ("sm80", "sm90") to prefer wherever it can serve.
 /// Initialised from the environment variable `FLASHATTN_KERNEL`; the GPU scripts set it through ffi.
@@ -287,6 +333,11 @@ pub fn select(p: &AttnParams, cc: i32, max_smem: i32, verdict: &Verdict) -> Resu
 }
 
 pub(crate) fn select_forced(p: &AttnParams, cc: i32, max_smem: i32, verdict: &Verdict, forced: Option<&str>) -> Result<KernelSpec, GpuError> {
+    select_in(p, cc, max_smem, verdict, forced, CLUSTER_MODE.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// [`select_forced`] with cluster mode `cluster_mode` (see [`set_cluster_mode`]).
+fn select_in(p: &AttnParams, cc: i32, max_smem: i32, verdict: &Verdict, forced: Option<&str>, cluster_mode: i32) -> Result<KernelSpec, GpuError> {
     let dtype = match p.dtype {
         1 => DType::F16,
         2 => DType::BF16,
@@ -308,6 +359,7 @@ pub(crate) fn select_forced(p: &AttnParams, cc: i32, max_smem: i32, verdict: &Ve
             && k.smem_bytes() as i64 <= max_smem as i64
             && (!k.plain || plain_ok)
             && (k.variant == Variant::Default || forced == Some(k.name().as_str()))
+            && (k.cluster == 1 || (cluster_mode != 0 && p.window_left < 0 && p.window_right < 0))
             // (a narrower scope's kernel exists in plain form only: a forced full name of it matches nothing)
             && ((forced == Some(k.name().as_str()) && (k.plain || k.scope == Scope::All))
                 || match k.scope {
@@ -316,6 +368,7 @@ pub(crate) fn select_forced(p: &AttnParams, cc: i32, max_smem: i32, verdict: &Ve
                     Scope::PlainLongOrUnbounded => {
                         plain_ok && (p.seq_kv >= LONG_MIN_KEYS || (p.window_left < 0 && p.window_right < 0))
                     }
+                    Scope::ClusterLong => plain_ok && p.seq_kv >= CLUSTER_MIN_KEYS && query_tiles_pair_up(p),
                 })
             && family_serves(k.family, p, cc, verdict)
     };
@@ -328,12 +381,19 @@ pub(crate) fn select_forced(p: &AttnParams, cc: i32, max_smem: i32, verdict: &Ve
     // covers the problem; among those, the first listed; plain if allowed.
     let family = forced_family.into_iter().chain([Family::Sm100, Family::Sm90, Family::Sm80]).find(|f| KERNELS.iter().any(|k| k.family == *f && fits(k)));
     let d = KERNELS.iter().filter(|k| Some(k.family) == family && fits(k)).map(|k| k.d).min();
-    KERNELS
+    let chosen = KERNELS
         .iter()
         .filter(|k| Some(k.family) == family && fits(k))
         .find(|k| Some(k.d) == d)
         .map(|k| KernelSpec { plain: plain_ok, ..*k })
-        .ok_or_else(|| GpuError::new(format!("no compiled kernel fits head_dim {need} in {max_smem} bytes of shared memory")))
+        .ok_or_else(|| GpuError::new(format!("no compiled kernel fits head_dim {need} in {max_smem} bytes of shared memory")))?;
+    // The same shape run by clusters, where one is compiled and fits (listed after the single-block shapes, it
+    // is never the first fit).
+    let clustered = KernelSpec { cluster: 2, ..chosen };
+    if chosen.cluster == 1 && cluster_mode == 1 && all_kernels().filter(fits).any(|k| k == clustered) {
+        return Ok(clustered);
+    }
+    Ok(chosen)
 }
 
 #[cfg(test)]
@@ -413,6 +473,45 @@ mod tests {
         // A family that cannot serve is a preference only: the default choice stands.
         assert_eq!(pick(&p, 80, h100, Some("sm90")).unwrap().family, Family::Sm80);
         assert_eq!(pick(&p, 90, h100, Some("flash_fwd_sm80_bf16_d256_m64n32w4")).unwrap().name(), "flash_fwd_sm80_bf16_d256_m64n32w4");
+    }
+
+    #[test]
+    fn clusters_serve_bounds_free_problems_when_asked() {
+        let h100 = 227 * 1024;
+        let pick_c = |p: &AttnParams, mode: i32, forced: Option<&str>| select_in(p, 90, h100, &Verdict::NotNeeded, forced, mode).unwrap().name();
+        let p = aligned(DType::BF16, 128, 128);
+        assert_eq!(pick_c(&p, 1, None), "flash_fwd_sm90_bf16_d128_m128n128w12c2_plain");
+        assert_eq!(pick_c(&p, 0, None), "flash_fwd_sm90_bf16_d128_m128n128w12_plain");
+        assert_eq!(pick_c(&AttnParams { mask_kind: 2, ..p }, 1, None), "flash_fwd_sm90_bf16_d128_m128n128w12c2");
+        assert_eq!(pick_c(&aligned(DType::F16, 256, 256), 1, None), "flash_fwd_sm90_f16_d256_m128n80w12c2_plain");
+        let long96 = AttnParams { seq_q: LONG_MIN_KEYS, seq_kv: LONG_MIN_KEYS, ..aligned(DType::F16, 96, 96) };
+        assert_eq!(pick_c(&long96, 1, None), "flash_fwd_sm90_f16_d96_m192n112w16c2_plain");
+        // no cluster form: d64 (one 64-column panel to share), the 128-row d96 tile
+        assert_eq!(pick_c(&aligned(DType::BF16, 64, 64), 1, None), "flash_fwd_sm90_bf16_d64_m192n128w16_plain");
+        assert_eq!(pick_c(&aligned(DType::F16, 96, 96), 1, None), "flash_fwd_sm90_f16_d96_m128n128w12_plain");
+        // causal or windowed: tiles of a cluster would need different keys
+        for (wl, wr) in [(-1, 0), (100, -1), (-1, 5)] {
+            let bounded = AttnParams { window_left: wl, window_right: wr, ..p };
+            assert_eq!(pick_c(&bounded, 1, None), "flash_fwd_sm90_bf16_d128_m128n128w12_plain");
+            let forced = "flash_fwd_sm90_bf16_d128_m128n128w12c2_plain";
+            assert_eq!(pick_c(&bounded, 1, Some(forced)), "flash_fwd_sm90_bf16_d128_m128n128w12_plain");
+        }
+        // on other GPUs nothing changes
+        assert_eq!(select_in(&p, 80, h100, &Verdict::NotNeeded, None, 1).unwrap().family, Family::Sm80);
+        // by default: d128 plain bounds-free problems over >= CLUSTER_MIN_KEYS keys whose query tiles pair up
+        let long = AttnParams { seq_q: 2048, seq_kv: CLUSTER_MIN_KEYS, ..p };
+        assert_eq!(pick_c(&long, -1, None), "flash_fwd_sm90_bf16_d128_m128n176w12c2_plain");
+        assert_eq!(pick_c(&long, 1, None), "flash_fwd_sm90_bf16_d128_m128n176w12c2_plain");
+        assert_eq!(pick_c(&long, 0, None), "flash_fwd_sm90_bf16_d128_m128n128w12_plain");
+        assert_eq!(pick_c(&AttnParams { seq_kv: CLUSTER_MIN_KEYS - 1, ..long }, -1, None), "flash_fwd_sm90_bf16_d128_m128n128w12_plain");
+        assert_eq!(pick_c(&AttnParams { window_right: 0, ..long }, -1, None), "flash_fwd_sm90_bf16_d128_m128n128w12_plain");
+        assert_eq!(pick_c(&AttnParams { mask_kind: 1, ..long }, -1, None), "flash_fwd_sm90_bf16_d128_m128n128w12");
+        // 3 query tiles: one of the two clusters would carry a block without rows
+        assert_eq!(pick_c(&AttnParams { seq_q: 300, ..long }, -1, None), "flash_fwd_sm90_bf16_d128_m128n128w12_plain");
+        assert_eq!(pick_c(&AttnParams { seq_q: 15 * 128, ..long }, -1, None), "flash_fwd_sm90_bf16_d128_m128n176w12c2_plain");
+        assert_eq!(pick_c(&AttnParams { seq_q: 14 * 128 - 5, ..long }, -1, None), "flash_fwd_sm90_bf16_d128_m128n176w12c2_plain");
+        assert_eq!(pick_c(&AttnParams { seq_q: 13 * 128, ..long }, -1, None), "flash_fwd_sm90_bf16_d128_m128n128w12_plain");
+        assert_eq!(pick_c(&AttnParams { dtype: DType::F16 as i32, ..long }, -1, None), "flash_fwd_sm90_f16_d128_m128n176w12c2_plain");
     }
 
     #[test]

@@ -251,6 +251,13 @@ pub extern "C" fn flashattn_ort_gpu_set_persistent(mode: i32) {
     super::launch::set_grid_mode(mode);
 }
 
+/// Benchmarking aid: whether the Hopper kernel runs in clusters of two blocks sharing K/V tiles where a
+/// cluster form fits (-1 = by problem, 0 = never, 1 = always).
+#[no_mangle]
+pub extern "C" fn flashattn_ort_gpu_set_prefill_cluster(mode: i32) {
+    super::dispatch::set_cluster_mode(mode);
+}
+
 /// Benchmarking aid: 0 turns off programmatic dependent launches (decode and its combine step then wait
 /// for the kernel before them in the usual way), 1 turns them back on (default; Hopper and newer only).
 #[no_mangle]

@@ -40,9 +40,10 @@ pub fn persistent(p: &AttnParams) -> bool {
 
 /// Grid of a launch (kernels/tile_scheduler.cuh): the portable kernel runs one block per tile (x = query
 /// blocks, y = query heads, z = batch); the Hopper kernel walks a linear tile order, with one block per tile
-/// or persistent blocks (at most one per SM) that take several; the Blackwell kernel runs one block per tile
-/// of that linear order.
-pub fn grid(k: &KernelSpec, p: &AttnParams, num_sms: i32) -> Result<(u32, u32, u32), GpuError> {
+/// or persistent blocks (at most `resident` at once: one per SM, or what the device holds of its clusters)
+/// that take several, a cluster of blocks taking `cluster` neighbouring tiles at a time; the Blackwell kernel
+/// runs one block per tile of that linear order.
+pub fn grid(k: &KernelSpec, p: &AttnParams, resident: i32) -> Result<(u32, u32, u32), GpuError> {
     let gx = (p.seq_q as i64 + k.bm as i64 - 1) / k.bm as i64;
     if p.heads_q > 65535 || p.batch > 65535 {
         return Err(GpuError::new(format!("batch {} and query heads {} must each be at most 65535 on the GPU", p.batch, p.heads_q)));
@@ -54,8 +55,13 @@ pub fn grid(k: &KernelSpec, p: &AttnParams, num_sms: i32) -> Result<(u32, u32, u
             if tiles > i32::MAX as i64 {
                 return Err(GpuError::new(format!("{tiles} tiles of 128 query rows exceed the kernel's 2^31 limit")));
             }
-            let blocks = if k.family == Family::Sm90 && persistent(p) { tiles.min(num_sms.max(1) as i64) } else { tiles };
-            Ok((blocks as u32, 1, 1))
+            let cluster = k.cluster.max(1) as i64;
+            let units = (gx + cluster - 1) / cluster * p.heads_q as i64 * p.batch as i64;
+            let units = if k.family == Family::Sm90 && persistent(p) { units.min((resident as i64 / cluster).max(1)) } else { units };
+            if units * cluster > i32::MAX as i64 {
+                return Err(GpuError::new(format!("{} blocks exceed the kernel's 2^31 limit", units * cluster)));
+            }
+            Ok(((units * cluster) as u32, 1, 1))
         }
     }
 }
@@ -175,18 +181,19 @@ impl Prepared {
         let spec = dispatch::select(p, self.kernels.cc, self.kernels.max_smem_optin, &self.kernels.verdict)?;
         let f = self.kernels.function(&spec)?;
         let _cur = CurrentContext::push(self.ctx)?;
-        launch_function(f, &spec, p, stream, self.kernels.num_sms)
+        launch_function(f, &spec, p, stream, self.kernels.resident_blocks(&spec))
     }
 }
 
 /// Queues kernel `f` with the geometry and parameters of `spec` (its grid, block, shared memory, and for the
-/// TMA families the Q/K/V tensor maps) on `stream` of the current context. The self-check launches its
-/// candidates through here too, so a broken stand-in gets exactly the launch the real kernel would.
-pub fn launch_function(f: sys::CUfunction, spec: &KernelSpec, p: &AttnParams, stream: sys::CUstream, num_sms: i32) -> Result<(), GpuError> {
-    let (gx, gy, gz) = grid(spec, p, num_sms)?;
+/// TMA families the Q/K/V tensor maps) on `stream` of the current context; `resident`: how many of its blocks
+/// the device runs at once (see [`grid`]). The self-check launches its candidates through here too, so a
+/// broken stand-in gets exactly the launch the real kernel would.
+pub fn launch_function(f: sys::CUfunction, spec: &KernelSpec, p: &AttnParams, stream: sys::CUstream, resident: i32) -> Result<(), GpuError> {
+    let (gx, gy, gz) = grid(spec, p, resident)?;
     let mut arg = *p;
     let launch = |args: &mut [*mut c_void]| {
-        let l = driver::Launch { grid: (gx, gy, gz), threads: spec.threads(), smem: spec.smem_bytes(), args, cluster_x: 0 };
+        let l = driver::Launch { grid: (gx, gy, gz), threads: spec.threads(), smem: spec.smem_bytes(), args, cluster_x: spec.cluster.max(1) as u32 };
         driver::launch_kernel(f, l, stream, false, &|| format!("launching {}", spec.name()))
     };
     match spec.family {
@@ -211,6 +218,21 @@ mod tests {
         assert!(persistent(&p));
         assert!(!persistent(&AttnParams { seq_kv: 4097, ..p }));
         assert!(persistent(&AttnParams { seq_kv: 100_000, window_right: -1, ..p }));
+    }
+
+    #[test]
+    fn clusters_take_pairs_of_query_tiles() {
+        let spec = dispatch::KERNELS.iter().copied().find(|k| k.cluster == 2 && k.d == 128 && k.bn == 128).unwrap();
+        let single = KernelSpec { cluster: 1, ..spec };
+        // 9 query tiles of 128 rows per head: 5 pairs, the last one's second block without rows
+        let p = AttnParams { window_left: -1, window_right: -1, batch: 2, heads_q: 3, seq_q: 1100, seq_kv: 1100, ..Default::default() };
+        assert_eq!(grid(&single, &p, 132).unwrap(), (54, 1, 1));
+        assert_eq!(grid(&spec, &p, 132).unwrap(), (60, 1, 1));
+        // persistent: as many pairs as the device holds at once, whole clusters
+        let big = AttnParams { batch: 8, heads_q: 32, ..p };
+        assert_eq!(grid(&spec, &big, 130).unwrap(), (130, 1, 1));
+        assert_eq!(grid(&spec, &big, 131).unwrap(), (130, 1, 1));
+        assert_eq!(grid(&single, &big, 131).unwrap(), (131, 1, 1));
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct DeviceKernels {
     /// the portable one.
     pub verdict: Verdict,
     functions: HashMap<String, sys::CUfunction>,
+    /// How many blocks of each forward kernel that runs in clusters the device holds at once.
+    fwd_cluster_blocks: HashMap<String, i32>,
 }
 
 // CUfunction/CUcontext handles are plain driver handles, usable from any thread.
@@ -44,6 +46,16 @@ unsafe impl Sync for DeviceKernels {}
 impl DeviceKernels {
     pub fn function(&self, k: &KernelSpec) -> Result<sys::CUfunction, GpuError> {
         self.named(&k.name())
+    }
+    /// How many blocks of forward kernel `k` run at once: one per SM, or for a kernel that runs in clusters
+    /// what the device holds of its clusters (GPCs whose SM count the cluster size does not divide leave SMs
+    /// idle).
+    pub fn resident_blocks(&self, k: &KernelSpec) -> i32 {
+        if k.cluster > 1 {
+            self.fwd_cluster_blocks.get(&k.name()).copied().unwrap_or(0).max(k.cluster)
+        } else {
+            self.num_sms
+        }
     }
     pub fn named(&self, name: &str) -> Result<sys::CUfunction, GpuError> {
         self.functions
@@ -123,10 +135,20 @@ fn load(dev: sys::CUdevice) -> Result<DeviceKernels, GpuError> {
         functions.insert(kname, f);
     }
     let clusters = if cc >= 90 { decode_cluster_residency(&functions) } else { Default::default() };
+    let fwd_cluster_blocks = all_kernels()
+        .filter(|k| k.cluster > 1 && cc >= 90)
+        .filter_map(|k| {
+            let f = *functions.get(&k.name())?;
+            let c = k.cluster as u32;
+            // a grid of one cluster: the answer is the device's capacity, not the grid's
+            let clusters = max_active_clusters(f, (c, 1, 1), c, k.threads(), k.smem_bytes()).ok()?;
+            Some((k.name(), clusters * k.cluster))
+        })
+        .collect();
     // Runs the kernel no test here could run against the portable one, in a private context (10.0 only,
     // or where FLASHATTN_SELFCHECK_CANDIDATE asks).
     let verdict = super::selfcheck::first_use(dev, cc);
-    Ok(DeviceKernels { ordinal: dev, ctx, cc, max_smem_optin, num_sms, clusters, verdict, functions })
+    Ok(DeviceKernels { ordinal: dev, ctx, cc, max_smem_optin, num_sms, clusters, verdict, functions, fwd_cluster_blocks })
 }
 
 /// The decode kernel's cluster residency table (decode::ClusterResidency). Its cluster entries first get the
