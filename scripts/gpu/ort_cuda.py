@@ -147,6 +147,35 @@ def kv_only():
     sys.exit(1 if FAILS else 0)
 
 
+def graph_check(name, dtype, causal, shape):
+    """ORT's CUDA graph of one node: warm-up, capture, replays, each after new data was written in place into
+    the bound inputs; every run must match the reference of its inputs."""
+    try:
+        sess = session(model(dtype, causal=int(causal)), cuda_opts={"enable_cuda_graph": "1"})
+        feeds = inputs(dtype, **shape)
+        B, Sq, H = feeds["query"].shape[0], feeds["query"].shape[1], shape.get("H", 4)
+        b = sess.io_binding()
+        for n, t in feeds.items():
+            bind_torch(b, n, t)
+        out = torch.full((B, Sq, H, feeds["value"].shape[-1]), float("nan"), dtype=dtype, device="cuda")
+        lse = torch.empty(B, H, Sq, device="cuda")
+        bind_out(b, "output", out)
+        bind_out(b, "softmax_lse", lse)
+        ok = True
+        for it in range(4):  # ORT warms up, captures, then replays
+            for t in feeds.values():
+                t.copy_(torch.randn(t.shape, device="cuda").to(t.dtype))
+            torch.cuda.synchronize()
+            sess.run_with_iobinding(b)
+            torch.cuda.synchronize()
+            ref, _ = fa_lib.reference(feeds["query"], feeds["key"], feeds["value"], causal=causal)
+            err = (out.double() - ref).abs().max().item()
+            ok = ok and err < 2e-2
+        check(name, ok, f"last err {err:.2e}")
+    except Exception as e:  # noqa: BLE001
+        check(name, False, f"exception {e}")
+
+
 def main():
     if "--kv-only" in sys.argv:
         kv_only()
@@ -186,56 +215,14 @@ def main():
         check("float32 runs on the CPU kernel", err < 1e-4 and prov == {"CPUExecutionProvider"}, f"err {err:.1e}, {prov}")
     except Exception as e:  # noqa: BLE001
         check("float32 runs on the CPU kernel", False, f"exception {e}")
-    # 3. CUDA graph capture: fixed bindings, new data written in place, replays must follow it.
-    try:
-        dtype = torch.float16
-        sess = session(model(dtype, causal=1), cuda_opts={"enable_cuda_graph": "1"})
-        feeds = inputs(dtype, Sq=128, Skv=128)
-        b = sess.io_binding()
-        for n, t in feeds.items():
-            bind_torch(b, n, t)
-        out = torch.empty(2, 128, 4, 64, dtype=dtype, device="cuda")
-        lse = torch.empty(2, 4, 128, device="cuda")
-        bind_out(b, "output", out)
-        bind_out(b, "softmax_lse", lse)
-        ok = True
-        for it in range(4):  # ORT warms up, captures, then replays
-            for t in feeds.values():
-                t.copy_(torch.randn(t.shape, device="cuda").to(t.dtype))
-            torch.cuda.synchronize()
-            sess.run_with_iobinding(b)
-            torch.cuda.synchronize()
-            ref, _ = fa_lib.reference(feeds["query"], feeds["key"], feeds["value"], causal=True)
-            err = (out.double() - ref).abs().max().item()
-            ok = ok and err < 2e-2
-        check("CUDA graph capture + replay follows new inputs", ok, f"last err {err:.2e}")
-    except Exception as e:  # noqa: BLE001
-        check("CUDA graph capture + replay", False, f"exception {e}")
-    # 3b. CUDA graph capture of a split-KV decode step (workspace allocated inside the captured run).
-    try:
-        dtype = torch.bfloat16
-        sess = session(model(dtype), cuda_opts={"enable_cuda_graph": "1"})
-        feeds = inputs(dtype, B=1, Sq=1, Skv=2048, H=8, Hkv=2, D=128)
-        b = sess.io_binding()
-        for n, t in feeds.items():
-            bind_torch(b, n, t)
-        out = torch.empty(1, 1, 8, 128, dtype=dtype, device="cuda")
-        lse = torch.empty(1, 8, 1, device="cuda")
-        bind_out(b, "output", out)
-        bind_out(b, "softmax_lse", lse)
-        ok = True
-        for it in range(4):
-            for t in feeds.values():
-                t.copy_(torch.randn(t.shape, device="cuda").to(t.dtype))
-            torch.cuda.synchronize()
-            sess.run_with_iobinding(b)
-            torch.cuda.synchronize()
-            ref, _ = fa_lib.reference(feeds["query"], feeds["key"], feeds["value"])
-            err = (out.double() - ref).abs().max().item()
-            ok = ok and err < 2e-2
-        check("CUDA graph capture + replay of a split-KV decode step", ok, f"last err {err:.2e}")
-    except Exception as e:  # noqa: BLE001
-        check("CUDA graph capture + replay of a split-KV decode step", False, f"exception {e}")
+    # 3. CUDA graph capture: fixed bindings, new data written in place, replays must follow it. A causal
+    # prefill; a split-KV decode step (workspace allocated inside the captured run); a prefill long enough for
+    # the Hopper kernel's clusters (d128, >= 8192 keys, no causal bounds).
+    graph_check("CUDA graph capture + replay follows new inputs", torch.float16, True, dict(Sq=128, Skv=128))
+    graph_check("CUDA graph capture + replay of a split-KV decode step", torch.bfloat16, False,
+                dict(B=1, Sq=1, Skv=2048, H=8, Hkv=2, D=128))
+    graph_check("CUDA graph capture + replay of a prefill over 8192 keys (clusters on Hopper)", torch.bfloat16, False,
+                dict(B=1, Sq=256, Skv=8192, H=4, Hkv=2, D=128))
     # 4. Two sessions on two threads.
     try:
         dtype = torch.bfloat16
