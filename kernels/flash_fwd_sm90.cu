@@ -67,6 +67,11 @@ FLASH_FWD_SM90_CLUSTER2_BOTH(128, 128)
 FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_f16_d128_m128n176w12c2_plain, __half, 128, 176, 2, 2, 2, Sm90Default, false)
 FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_bf16_d128_m128n176w12c2_plain, __nv_bfloat16, 128, 176, 2, 2, 2, Sm90Default, false)
 FLASH_FWD_SM90_CLUSTER2_BOTH(192, 96)
+// Longer key tiles in clusters, the default for long bounds-free problems (dispatch.rs Scope::ClusterLong): d128
+// with 176 keys (above), d192 with 112 (FlashAttention-4's d192 shape; its single-block form is a measured variant).
+FLASH_FWD_SM90_ENTRY_C(flash_fwd_sm90_bf16_d192_m128n112w12_plain, __nv_bfloat16, 192, 112, 2, 2, Sm90Default, false)
+FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_f16_d192_m128n112w12c2_plain, __half, 192, 112, 2, 2, 2, Sm90Default, false)
+FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_bf16_d192_m128n112w12c2_plain, __nv_bfloat16, 192, 112, 2, 2, 2, Sm90Default, false)
 FLASH_FWD_SM90_CLUSTER2_BOTH(256, 80)
 FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_f16_d96_m192n112w16c2_plain, __half, 96, 112, 2, 3, 2, Sm90Default, false)
 FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_bf16_d96_m192n112w16c2_plain, __nv_bfloat16, 96, 112, 2, 3, 2, Sm90Default, false)

@@ -243,10 +243,13 @@ def fixed_cases():
         cases.append(dict(pair, d=256, dv=256, sq=900, skv=700, mask="additive", mask_shape="col"))
         cases.append(dict(pair, dtype=torch.float16, d=192, dv=192, hq=16, hkv=16, sq=1300, skv=999, strided=True))
         cases.append(dict(pair, d=96, dv=96, hq=16, sq=2100, skv=2100, seqlens=True))  # 192-row tiles
-    # the default cluster shape (d128, >= 8192 keys, 176-key tiles): 15 query tiles per head, ragged lengths
+    # the default cluster shapes (>= 8192 keys; d128: 176-key tiles, d192: 112): 15 query tiles per head, ragged
+    # lengths, value head_dim != query's
     long_pair = dict(base, b=2, hq=8, hkv=2, sq=1900, skv=8200, d=128, dv=128, seqlens=True, zero_len=True)
     cases.append(long_pair)
     cases.append(dict(long_pair, dtype=torch.float16, b=1, sq=256, skv=9000, seqlens=False, layout="BNSH"))
+    cases.append(dict(long_pair, d=192, dv=160, hq=4))
+    cases.append(dict(long_pair, dtype=torch.float16, d=176, dv=192, b=1, sq=640, skv=8192, seqlens=False))
     # Split-KV decode: the split path (auto and forced), the one-split path (straight to the outputs), off.
     dec = dict(base, b=1, hq=32, hkv=8, sq=1, skv=32768, d=128, dv=128, splits="auto")
     cases.append(dec)                                                       # GQA 32/8, long cache, split

@@ -58,9 +58,10 @@ pub enum Scope {
 /// and causal d64), but win 2-8% at d64 without causal/window bounds.
 pub const LONG_MIN_KEYS: i32 = 2048;
 
-/// From this many keys on, d128 problems without causal/window bounds run faster in clusters of two blocks
-/// sharing 176-key K/V tiles: 1.02-1.04x at 8k and 16k keys, 0.92-0.98x at 512-4k (H200, 2026-11-30,
-/// docs/PERF.md). At d96/d192/d256 clusters measured within noise (0.99-1.02x) at 8k-16k: not used there.
+/// From this many keys on, d128 and d192 problems without causal/window bounds run faster in clusters of two
+/// blocks sharing longer K/V tiles (d128: 176 keys, d192: 112): 1.02-1.05x at 8k and 16k keys, 0.92-0.98x at
+/// 512-4k (H200, 2026-11-30, docs/PERF.md). Clusters with the usual tiles, and at d96/d256, measured within
+/// noise (0.99-1.02x) at 8k-16k: not used there.
 pub const CLUSTER_MIN_KEYS: i32 = 8192;
 
 /// Whether the query tiles of 128 rows of `p` pair up with little waste: an even count per head, or at
@@ -243,6 +244,8 @@ pub const KERNELS: &[KernelSpec] = &[
     sm90(DType::BF16, 128, 128, 2),
     sm90(DType::F16, 128, 176, 2),
     sm90(DType::BF16, 128, 176, 2),
+    cluster2(KernelSpec { scope: Scope::ClusterLong, ..sm90(DType::F16, 192, 112, 2) }),
+    cluster2(KernelSpec { scope: Scope::ClusterLong, ..sm90(DType::BF16, 192, 112, 2) }),
     sm90(DType::F16, 192, 96, 2),
     sm90(DType::BF16, 192, 96, 2),
     sm90(DType::F16, 256, 80, 2),
@@ -251,6 +254,7 @@ pub const KERNELS: &[KernelSpec] = &[
     cluster2(sm90(DType::BF16, 128, 128, 2)),
     cluster2(sm90(DType::F16, 192, 96, 2)),
     cluster2(sm90(DType::BF16, 192, 96, 2)),
+    KernelSpec { scope: Scope::PlainLongOrUnbounded, ..sm90(DType::BF16, 192, 112, 2) },
     cluster2(sm90(DType::F16, 256, 80, 2)),
     cluster2(sm90(DType::BF16, 256, 80, 2)),
     cluster2(sm90_m192(DType::F16, 96, 112, Scope::PlainLong)),
@@ -512,6 +516,12 @@ mod tests {
         assert_eq!(pick_c(&AttnParams { seq_q: 14 * 128 - 5, ..long }, -1, None), "flash_fwd_sm90_bf16_d128_m128n176w12c2_plain");
         assert_eq!(pick_c(&AttnParams { seq_q: 13 * 128, ..long }, -1, None), "flash_fwd_sm90_bf16_d128_m128n128w12_plain");
         assert_eq!(pick_c(&AttnParams { dtype: DType::F16 as i32, ..long }, -1, None), "flash_fwd_sm90_f16_d128_m128n176w12c2_plain");
+        let long192 = AttnParams { seq_q: 2048, seq_kv: CLUSTER_MIN_KEYS, ..aligned(DType::F16, 192, 128) };
+        assert_eq!(pick_c(&long192, -1, None), "flash_fwd_sm90_f16_d192_m128n112w12c2_plain");
+        assert_eq!(pick_c(&AttnParams { seq_kv: 4096, ..long192 }, -1, None), "flash_fwd_sm90_f16_d192_m128n96w12_plain");
+        assert_eq!(pick_c(&AttnParams { seq_kv: 4096, ..long192 }, 1, None), "flash_fwd_sm90_f16_d192_m128n96w12c2_plain");
+        let long256 = AttnParams { seq_q: 2048, seq_kv: CLUSTER_MIN_KEYS, ..aligned(DType::BF16, 256, 256) };
+        assert_eq!(pick_c(&long256, -1, None), "flash_fwd_sm90_bf16_d256_m128n80w12_plain");
     }
 
     #[test]
