@@ -226,6 +226,8 @@ def main():
     ap.add_argument("--cluster", type=int, default=-1, help="decode splits merged in a cluster: -1 auto, 0 never, 1 whenever they fit")
     ap.add_argument("--other-cluster", type=int, default=-1, help="the same for --other-lib (a copy of the same build at "
                     "another path compares two settings)")
+    ap.add_argument("--row-groups", type=int, default=-1, help="decode: row groups of an MQA step's rows in ours "
+                    "(-1 auto, 1 one group, n groups)")
     ap.add_argument("--other-kernel", default=None, help="the kernel or family (sm80, sm90) --other-lib prefers, so a "
                     "variant of ours can be compared with the same kernel of the other build")
     a = ap.parse_args()
@@ -234,6 +236,7 @@ def main():
     ROUNDS = max(1, a.rounds)
     lib = fa_lib.load(a.lib)
     fa_lib.set_decode_cluster(lib, a.cluster)
+    fa_lib.set_decode_row_groups(lib, a.row_groups)
     global OTHER
     if a.other_lib:
         OTHER = fa_lib.load(a.other_lib)

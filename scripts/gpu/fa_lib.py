@@ -23,8 +23,9 @@ def load(path):
     lib.flashattn_ort_gpu_set_kernel.argtypes = [ctypes.c_char_p]
     lib.flashattn_ort_gpu_set_persistent.restype = None
     lib.flashattn_ort_gpu_set_persistent.argtypes = [ctypes.c_int]
-    lib.flashattn_ort_gpu_set_prefill_cluster.restype = None
-    lib.flashattn_ort_gpu_set_prefill_cluster.argtypes = [ctypes.c_int]
+    if hasattr(lib, "flashattn_ort_gpu_set_prefill_cluster"):  # builds before the Hopper clusters lack it
+        lib.flashattn_ort_gpu_set_prefill_cluster.restype = None
+        lib.flashattn_ort_gpu_set_prefill_cluster.argtypes = [ctypes.c_int]
     lib.flashattn_ort_gpu_launch_workspace.restype = ctypes.c_int
     lib.flashattn_ort_gpu_launch_workspace.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_size_t]
     lib.flashattn_ort_gpu_workspace_size.restype = ctypes.c_int
@@ -151,6 +152,19 @@ def set_decode_cluster(lib, mode):
     f.restype = None
     f.argtypes = [ctypes.c_int]
     f(mode)
+
+
+def set_decode_row_groups(lib, n):
+    """Into how many row groups the decode kernel cuts an MQA step's packed rows: -1 automatic; 0 or 1 one group;
+    n: n groups where possible. Builds before row groups accept only -1."""
+    f = getattr(lib, "flashattn_ort_gpu_set_decode_row_groups", None)
+    if f is None:
+        if n != -1:
+            raise RuntimeError("this build of the library has no decode row groups")
+        return
+    f.restype = None
+    f.argtypes = [ctypes.c_int]
+    f(n)
 
 
 def set_dependent_launch(lib, on):

@@ -69,6 +69,8 @@ DECODE_SPLITS = ["auto", "auto", "off", 1, 2, 3, 16, 128]
 # How the splits merge on Hopper (fa_lib.set_decode_cluster): -1 the library's choice, 0 workspace and combine
 # kernel, 1 in a thread-block cluster whenever the split count fits one.
 DECODE_CLUSTER = [-1, -1, 0, 1]
+# Row groups of an MQA step's packed rows (fa_lib.set_decode_row_groups): -1 automatic, 0 one group, 2 or 4 groups.
+DECODE_ROW_GROUPS = [-1, -1, 0, 2, 4]
 
 
 def rand_decode_case(rng, small=False):
@@ -99,6 +101,7 @@ def rand_decode_case(rng, small=False):
     c["lse"] = rng.random() < 0.8
     c["splits"] = rng.choice(DECODE_SPLITS)
     c["cluster"] = rng.choice(DECODE_CLUSTER)
+    c["row_groups"] = rng.choice(DECODE_ROW_GROUPS)
     return c
 
 
@@ -155,6 +158,7 @@ def run_case(lib, c, gen):
     P = fa_lib.make_params(lib, q, k_in, v_in, out, lse, **kw)
     fa_lib.set_decode_splits(lib, splits_code(c))
     fa_lib.set_decode_cluster(lib, c.get("cluster", -1))
+    fa_lib.set_decode_row_groups(lib, c.get("row_groups", -1))
     lib.flashattn_ort_gpu_set_persistent(c.get("grid", -1))
     lib.flashattn_ort_gpu_set_prefill_cluster(c.get("prefill_cluster", -1))
     try:
@@ -164,6 +168,7 @@ def run_case(lib, c, gen):
     finally:
         fa_lib.set_decode_splits(lib, -1)
         fa_lib.set_decode_cluster(lib, -1)
+        fa_lib.set_decode_row_groups(lib, -1)
         lib.flashattn_ort_gpu_set_persistent(-1)
         lib.flashattn_ort_gpu_set_prefill_cluster(-1)
     ref, ref_lse = fa_lib.reference(q, k, v, **kw)
@@ -277,6 +282,10 @@ def fixed_cases():
     cases.append(dict(dec, layout="BNSH", sq=16, skv=1000, causal=True, splits=3, cluster=1))
     cases.append(dict(dec, skv=3000, mask="additive", mask_shape="full", softcap=30.0, d=80, dv=64, splits=5, cluster=1))
     cases.append(dict(dec, b=8, skv=8192, cluster=-1))                      # the automatic choice at batch 8
+    # MQA rows cut into row groups (one block per group, K/V shared): clusters and combine, ragged, 2 tokens
+    cases.append(dict(dec, hkv=1, skv=2048, row_groups=2, cluster=1))
+    cases.append(dict(dec, hkv=1, skv=3000, b=3, seqlens=True, zero_len=True, row_groups=4, cluster=0))
+    cases.append(dict(dec, hkv=1, sq=2, skv=5000, causal=True, row_groups=2, splits="auto"))
     return cases
 
 

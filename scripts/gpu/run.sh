@@ -79,7 +79,9 @@ for s in "${steps[@]}"; do
         --out "$out/bench-prefill.md" 2>&1 | tee "$out/bench-prefill.log" ;;
     bench-decode)
       # FA_CLUSTER / FA_OTHER_CLUSTER: how decode splits merge in ours / in FA_OTHER_LIB (bench.py --cluster)
+      # FA_ROW_GROUPS: row groups of MQA steps in ours (bench.py --row-groups)
       python3 bench.py "$lib" --no-prefill ${FA_OTHER_LIB:+--other-lib "$FA_OTHER_LIB"} --cluster "${FA_CLUSTER:--1}" \
+        --row-groups "${FA_ROW_GROUPS:--1}" \
         --other-cluster "${FA_OTHER_CLUSTER:--1}" --out "$out/bench-decode${FA_TAG:-}.md" 2>&1 | tee "$out/bench-decode${FA_TAG:-}.log" ;;
     decode-probe) python3 decode_probe.py "$lib" ${FA_SPLITS:-} 2>&1 | tee "$out/decode-probe.log" ;;
     cluster-sweep) python3 decode_probe.py "$lib" --cluster-sweep 2>&1 | tee "$out/cluster-sweep.log" ;;

@@ -50,6 +50,7 @@ for i in range(n):
                            scale=c["scale"], softcap=c["softcap"], window_left=c["window_left"], window_right=c["window_right"])
     fa_lib.set_decode_splits(lib, splits_code(c))
     fa_lib.set_decode_cluster(lib, c.get("cluster", -1))
+    fa_lib.set_decode_row_groups(lib, c.get("row_groups", -1))
     lib.flashattn_ort_gpu_set_prefill_cluster(c.get("prefill_cluster", -1))
     kernel = fa_lib.kernel_name(lib, P)
     served[kernel] = served.get(kernel, 0) + 1
@@ -57,6 +58,7 @@ for i in range(n):
     torch.cuda.synchronize()
     fa_lib.set_decode_splits(lib, -1)
     fa_lib.set_decode_cluster(lib, -1)
+    fa_lib.set_decode_row_groups(lib, -1)
     lib.flashattn_ort_gpu_set_prefill_cluster(-1)
     if torch.isnan(out).any():
         bad += 1

@@ -149,6 +149,49 @@ pub fn set_cluster_override(mode: i32) {
     CLUSTER_OVERRIDE.store(mode.clamp(-1, 1), Ordering::Relaxed);
 }
 
+/// Into how many row groups a single KV head's packed rows are cut, each group its own blocks (see
+/// [`grouped`]). -1: automatic ([`row_groups_for`]); 0 or 1: one group; n: n groups wherever that is
+/// possible. A test/benchmark aid (ffi).
+static ROW_GROUPS_OVERRIDE: AtomicI32 = AtomicI32::new(-1);
+
+pub fn set_row_groups_override(n: i32) {
+    ROW_GROUPS_OVERRIDE.store(n.max(-1), Ordering::Relaxed);
+}
+
+/// `p` with its one KV head's query heads cut into `groups` groups, as if there were `groups` KV heads that
+/// all read the same keys and values (head stride 0): each block then holds a group's rows, so an MQA step
+/// with few blocks runs more, shorter ones (K/V tiles are read once per group, from L2 after the first).
+/// Query head `kv_head * group + g` of the grouped problem is the same query head as before.
+pub fn grouped(p: &AttnParams, groups: i32) -> AttnParams {
+    if groups <= 1 {
+        return *p;
+    }
+    AttnParams { heads_kv: p.heads_kv * groups, k_head_stride: 0, v_head_stride: 0, ..*p }
+}
+
+/// Whether `p`'s rows may be cut into `g` row groups: one KV head (a shared K/V head stride of 0 stands for
+/// all groups), more than 16 packed rows, and a group count that divides the query heads.
+fn row_groups_possible(p: &AttnParams, g: i32) -> bool {
+    p.heads_kv == 1 && g >= 2 && p.heads_q % g == 0 && packed_rows(p) > 16
+}
+
+/// Row groups forced by `mode` (ROW_GROUPS_OVERRIDE), where possible.
+fn row_groups_for(p: &AttnParams, mode: i32) -> i32 {
+    if mode >= 2 && row_groups_possible(p, mode) { mode } else { 1 }
+}
+
+/// The automatic choice, given the block count of the plan without groups: a plan of fewer than a quarter as
+/// many blocks as SMs (the step is latency-bound: each block's rows and key tiles are a long serial chain)
+/// takes the most groups (4, else 2) that keep it within half the SMs. H200, batch-1 MQA (32 rows) at 2k keys,
+/// 16 blocks: 4 groups 1.19x, 2 groups 1.16x; plans of 64 and more blocks (batch-1 MQA at 8k, batch 8 and 64)
+/// ran 0.58-0.98x with groups (docs/PERF.md).
+fn auto_row_groups(p: &AttnParams, blocks: i64, num_sms: i32) -> i32 {
+    if blocks * 4 >= num_sms as i64 {
+        return 1;
+    }
+    [4, 2].into_iter().find(|&g| row_groups_possible(p, g) && blocks * g as i64 * 2 <= num_sms as i64).unwrap_or(1)
+}
+
 /// How many clusters of each size in CLUSTER_SIZES the device holds at once, per cluster shape (padded head
 /// dim in CLUSTER_DIMS x packed rows in PADDED_ROWS); 0 where none fits or the device has no clusters. Less
 /// than blocks-per-SM x SMs / size: clusters are placed within one GPC (H200, d128 x 16 rows: 132, 62, 30, 14).
@@ -210,6 +253,8 @@ impl From<&DeviceKernels> for Device {
 pub struct DecodePlan {
     pub spec: DecodeSpec,
     pub splits: i32,
+    /// Row groups of the one KV head ([`grouped`]): the launches run the grouped problem.
+    pub row_groups: i32,
     /// Device bytes the launch needs (0 with one split).
     pub workspace_bytes: usize,
 }
@@ -324,10 +369,25 @@ pub fn workspace_layout(p: &AttnParams, splits: i32) -> (usize, usize) {
 /// when the prefill kernel serves `p`. Automatic plans shrink to the splits the workspace holds; a forced
 /// split count that does not fit is an error (a test asked for a path it would not get).
 pub fn plan(p: &AttnParams, dev: Device, available: usize) -> Result<Option<DecodePlan>, GpuError> {
+    let mode = ROW_GROUPS_OVERRIDE.load(Ordering::Relaxed);
+    if mode != -1 {
+        return plan_grouped(p, dev, available, row_groups_for(p, mode));
+    }
+    let Some(whole) = plan_grouped(p, dev, available, 1)? else { return Ok(None) };
+    let blocks = whole.splits as i64 * p.heads_kv as i64 * p.batch as i64;
+    match auto_row_groups(p, blocks, dev.num_sms) {
+        1 => Ok(Some(whole)),
+        g => plan_grouped(p, dev, available, g),
+    }
+}
+
+/// [`plan`] for `p` cut into `row_groups` row groups.
+fn plan_grouped(p: &AttnParams, dev: Device, available: usize, row_groups: i32) -> Result<Option<DecodePlan>, GpuError> {
     let forced = SPLITS_OVERRIDE.load(Ordering::Relaxed);
-    if forced == 0 || dev.cc < 80 {
+    if forced == 0 || dev.cc < 80 || spec_for(p).is_none() {
         return Ok(None);
     }
+    let p = &grouped(p, row_groups);
     let Some(spec) = spec_for(p) else { return Ok(None) };
     let bps = blocks_per_sm(spec.smem_bytes(), dev.max_smem_optin);
     if bps < 1 {
@@ -352,7 +412,7 @@ pub fn plan(p: &AttnParams, dev: Device, available: usize) -> Result<Option<Deco
             cluster_size(&cluster_spec, &dev.clusters, tiles, blocks, splits).map(|c| even_splits(tiles, c as i64))
         };
         if let Some(splits) = in_cluster.filter(|&s| s >= 2) {
-            return Ok(Some(DecodePlan { spec: cluster_spec, splits, workspace_bytes: 0 }));
+            return Ok(Some(DecodePlan { spec: cluster_spec, splits, row_groups, workspace_bytes: 0 }));
         }
     }
     let mut bytes = workspace_layout(p, splits).0;
@@ -373,7 +433,7 @@ pub fn plan(p: &AttnParams, dev: Device, available: usize) -> Result<Option<Deco
             bytes = 0;
         }
     }
-    Ok(Some(DecodePlan { spec, splits, workspace_bytes: bytes }))
+    Ok(Some(DecodePlan { spec, splits, row_groups, workspace_bytes: bytes }))
 }
 
 /// For a cluster plan: how many of its clusters the device holds at once, and how many it launches.
@@ -382,6 +442,7 @@ pub fn resident_clusters(plan: &DecodePlan, p: &AttnParams, kernels: &DeviceKern
         return Ok(None);
     }
     let f = kernels.named(&plan.spec.name())?;
+    let p = &grouped(p, plan.row_groups);
     let grid = (plan.splits as u32, p.heads_kv as u32, p.batch as u32);
     let resident = super::module::max_active_clusters(f, grid, plan.splits as u32, THREADS, plan.spec.smem_bytes())?;
     Ok(Some((resident, p.heads_kv as i64 * p.batch as i64)))
@@ -399,7 +460,11 @@ pub struct Workspace {
 /// (nothing to copy: kernels/kv_append.cuh `kv_append_owned_rows`); `p.q_ptr` is then the unrotated query.
 pub fn launch(plan: &DecodePlan, p: &AttnParams, append: Option<&KvAppendParams>, kernels: &DeviceKernels, ws: Workspace, stream: sys::CUstream) -> Result<(), GpuError> {
     let name = if append.is_some() { plan.spec.append_name() } else { plan.spec.name() };
+    if append.is_some() && plan.row_groups > 1 {
+        return Err(GpuError::new("internal: a KV append handed to a decode launch in row groups (their blocks would each append)"));
+    }
     let f = kernels.named(&name)?;
+    let p = &grouped(p, plan.row_groups);
     let mut arg = *p;
     let mut append_arg = append.copied().unwrap_or_default();
     // Both launches may overlap the kernel before them (the KV append, then the decode kernel) on Hopper and
@@ -477,6 +542,28 @@ mod tests {
 
     // The override is process-wide: tests that read plans hold this lock.
     static OVERRIDE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn row_groups_cut_one_kv_heads_rows_and_keep_query_heads() {
+        let mqa = AttnParams { batch: 1, heads_q: 32, heads_kv: 1, seq_q: 1, seq_kv: 2048, k_head_stride: 128, v_head_stride: 128, ..Default::default() };
+        assert_eq!(row_groups_for(&mqa, 2), 2);
+        assert_eq!(row_groups_for(&mqa, 4), 4);
+        assert_eq!(row_groups_for(&mqa, 3), 1); // 32 heads do not split in 3
+        assert_eq!(row_groups_for(&mqa, 1), 1);
+        assert_eq!(row_groups_for(&AttnParams { heads_kv: 2, ..mqa }, 2), 1); // two KV heads: strides differ
+        assert_eq!(row_groups_for(&AttnParams { heads_q: 16, ..mqa }, 2), 1); // 16 rows fit one block already
+        let g = grouped(&mqa, 2);
+        assert_eq!((g.heads_kv, g.k_head_stride, g.v_head_stride, packed_rows(&g)), (2, 0, 0, 16));
+        // query head kv_head * group + i of the grouped problem is query head kv_head * 16 + i
+        assert_eq!(g.heads_q / g.heads_kv, 16);
+        assert_eq!(grouped(&mqa, 1), mqa);
+        // automatic: only plans of fewer blocks than a quarter of the SMs, as many groups as half the SMs hold
+        assert_eq!(auto_row_groups(&mqa, 16, 132), 4);
+        assert_eq!(auto_row_groups(&mqa, 32, 132), 2);
+        assert_eq!(auto_row_groups(&mqa, 33, 132), 1);
+        assert_eq!(auto_row_groups(&mqa, 64, 132), 1);
+        assert_eq!(auto_row_groups(&AttnParams { heads_kv: 8, heads_q: 256, ..mqa }, 8, 132), 1);
+    }
 
     #[test]
     fn applies_to_few_packed_rows_only() {

@@ -204,10 +204,11 @@ pub unsafe extern "C" fn flashattn_ort_gpu_kernel_name(params: *const AttnParams
     let r = std::panic::catch_unwind(|| -> Result<String, super::GpuError> {
         let k = super::module::device_kernels(current_device()?)?;
         if let Some(plan) = super::decode::plan(&p, k.into(), usize::MAX)? {
+            let groups = if plan.row_groups > 1 { format!(" in {} row groups", plan.row_groups) } else { String::new() };
             if let Some((resident, launched)) = super::decode::resident_clusters(&plan, &p, k)? {
-                return Ok(format!("{} x{} splits, {launched} clusters ({resident} resident)", plan.spec.name(), plan.splits));
+                return Ok(format!("{} x{} splits{groups}, {launched} clusters ({resident} resident)", plan.spec.name(), plan.splits));
             }
-            return Ok(format!("{} x{} splits", plan.spec.name(), plan.splits));
+            return Ok(format!("{} x{} splits{groups}", plan.spec.name(), plan.splits));
         }
         Ok(super::dispatch::select(&p, k.cc, k.max_smem_optin, &k.verdict)?.name())
     });
@@ -249,6 +250,13 @@ pub unsafe extern "C" fn flashattn_ort_gpu_set_kernel(name: *const c_char) {
 #[no_mangle]
 pub extern "C" fn flashattn_ort_gpu_set_persistent(mode: i32) {
     super::launch::set_grid_mode(mode);
+}
+
+/// Test/benchmarking aid: into how many row groups the split-KV decode kernel cuts an MQA step's packed rows
+/// (-1 = automatic, 0 or 1 = one group, n = n groups where possible).
+#[no_mangle]
+pub extern "C" fn flashattn_ort_gpu_set_decode_row_groups(n: i32) {
+    super::decode::set_row_groups_override(n);
 }
 
 /// Benchmarking aid: whether the Hopper kernel runs in clusters of two blocks sharing K/V tiles where a

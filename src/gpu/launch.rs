@@ -149,7 +149,8 @@ impl Prepared {
     pub fn fuse_append(&mut self, kp: &KvAppendParams) -> bool {
         let no_copy = kp.past_k_ptr == 0 && kp.past_v_ptr == 0;
         let reads_present = self.p.k_ptr == kp.present_k_ptr && self.p.v_ptr == kp.present_v_ptr;
-        if self.decode.is_none() || !no_copy || !reads_present || kp.present_k_ptr == 0 || kp.new_k_ptr == 0 {
+        let grouped = self.decode.is_some_and(|plan| plan.row_groups > 1);
+        if self.decode.is_none() || grouped || !no_copy || !reads_present || kp.present_k_ptr == 0 || kp.new_k_ptr == 0 {
             return false;
         }
         if kp.rotary_dim > 0 && (kp.cos_ptr == 0 || kp.sin_ptr == 0) {
