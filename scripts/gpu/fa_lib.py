@@ -140,31 +140,28 @@ def set_decode_splits(lib, n):
     lib.flashattn_ort_gpu_set_decode_splits(n)
 
 
-def set_decode_cluster(lib, mode):
-    """How decode splits merge on Hopper and newer: -1 automatic; 0 always through the workspace and the combine
-    kernel; 1 inside a thread-block cluster whenever the split count fits one (automatic counts capped).
-    Builds before the cluster merge have no such setting: only -1 is accepted for them."""
-    f = getattr(lib, "flashattn_ort_gpu_set_decode_cluster", None)
+def _setting(lib, symbol, value, what):
+    """Calls the library's int setting `symbol` with `value`; a build without it accepts only -1 (automatic)."""
+    f = getattr(lib, symbol, None)
     if f is None:
-        if mode != -1:
-            raise RuntimeError("this build of the library has no cluster merge for decode splits")
+        if value != -1:
+            raise RuntimeError(f"this build of the library has no {what}")
         return
     f.restype = None
     f.argtypes = [ctypes.c_int]
-    f(mode)
+    f(value)
+
+
+def set_decode_cluster(lib, mode):
+    """How decode splits merge on Hopper and newer: -1 automatic; 0 always through the workspace and the combine
+    kernel; 1 inside a thread-block cluster whenever the split count fits one (automatic counts capped)."""
+    _setting(lib, "flashattn_ort_gpu_set_decode_cluster", mode, "cluster merge for decode splits")
 
 
 def set_decode_row_groups(lib, n):
     """Into how many row groups the decode kernel cuts an MQA step's packed rows: -1 automatic; 0 or 1 one group;
-    n: n groups where possible. Builds before row groups accept only -1."""
-    f = getattr(lib, "flashattn_ort_gpu_set_decode_row_groups", None)
-    if f is None:
-        if n != -1:
-            raise RuntimeError("this build of the library has no decode row groups")
-        return
-    f.restype = None
-    f.argtypes = [ctypes.c_int]
-    f(n)
+    n: n groups where possible."""
+    _setting(lib, "flashattn_ort_gpu_set_decode_row_groups", n, "decode row groups")
 
 
 def set_dependent_launch(lib, on):
