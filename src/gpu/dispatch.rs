@@ -336,6 +336,11 @@ pub fn select(p: &AttnParams, cc: i32, max_smem: i32, verdict: &Verdict) -> Resu
     select_forced(p, cc, max_smem, verdict, override_name().as_deref())
 }
 
+/// [`select`] without the kernels that run in clusters.
+pub fn select_single_block(p: &AttnParams, cc: i32, max_smem: i32, verdict: &Verdict) -> Result<KernelSpec, GpuError> {
+    select_in(p, cc, max_smem, verdict, override_name().as_deref(), 0)
+}
+
 pub(crate) fn select_forced(p: &AttnParams, cc: i32, max_smem: i32, verdict: &Verdict, forced: Option<&str>) -> Result<KernelSpec, GpuError> {
     select_in(p, cc, max_smem, verdict, forced, CLUSTER_MODE.load(std::sync::atomic::Ordering::Relaxed))
 }

@@ -210,7 +210,7 @@ pub unsafe extern "C" fn flashattn_ort_gpu_kernel_name(params: *const AttnParams
             }
             return Ok(format!("{} x{} splits{groups}", plan.spec.name(), plan.splits));
         }
-        Ok(super::dispatch::select(&p, k.cc, k.max_smem_optin, &k.verdict)?.name())
+        Ok(k.forward_kernel(&p)?.name())
     });
     match r {
         Ok(Ok(name)) if name.len() < len => {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use cudarc::driver::sys;
 
 use super::decode::{self, Workspace};
-use super::dispatch::{self, Family, KernelSpec};
+use super::dispatch::{Family, KernelSpec};
 use super::driver::{self, CurrentContext, GpuError};
 use super::module;
 use super::tensor_map::Operand;
@@ -179,7 +179,7 @@ impl Prepared {
         if self.append.is_some() {
             return Err(GpuError::new("internal: the KV append was handed to a decode launch that did not run"));
         }
-        let spec = dispatch::select(p, self.kernels.cc, self.kernels.max_smem_optin, &self.kernels.verdict)?;
+        let spec = self.kernels.forward_kernel(p)?;
         let f = self.kernels.function(&spec)?;
         let _cur = CurrentContext::push(self.ctx)?;
         launch_function(f, &spec, p, stream, self.kernels.resident_blocks(&spec))
@@ -223,7 +223,7 @@ mod tests {
 
     #[test]
     fn clusters_take_pairs_of_query_tiles() {
-        let spec = dispatch::KERNELS.iter().copied().find(|k| k.cluster == 2 && k.d == 128 && k.bn == 128).unwrap();
+        let spec = super::super::dispatch::KERNELS.iter().copied().find(|k| k.cluster == 2 && k.d == 128 && k.bn == 128).unwrap();
         let single = KernelSpec { cluster: 1, ..spec };
         // 9 query tiles of 128 rows per head: 5 pairs, the last one's second block without rows
         let p = AttnParams { window_left: -1, window_right: -1, batch: 2, heads_q: 3, seq_q: 1100, seq_kv: 1100, ..Default::default() };
