@@ -8,6 +8,9 @@
 //     P from registers. Inside a consumer, the next tile's QK^T and the current PV run on the tensor cores
 //     while the softmax of the tile in between runs on the other units; across consumers, named barriers
 //     make their GEMM issue take turns (ping-pong), so one warpgroup's softmax hides behind the others' GEMMs.
+// With Cfg::CLUSTER == 2 the two blocks of a cluster walk neighbouring query tiles of one head in step and share
+// every K/V tile: each producer loads its panels into both blocks (multicast), and a ring slot is free once
+// both blocks' consumers released it.
 // Scores stay in raw units (scale folded into the exponent), masking and the online softmax are the ones
 // the portable kernel uses (mask.cuh, softmax.cuh), on wgmma's accumulator layout, which per warp is the
 // mma.sync m16n8 layout.
