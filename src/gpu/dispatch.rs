@@ -64,10 +64,10 @@ pub const LONG_MIN_KEYS: i32 = 2048;
 /// noise (0.99-1.02x) at 8k-16k: not used there.
 pub const CLUSTER_MIN_KEYS: i32 = 8192;
 
-/// Whether the query tiles of 128 rows of `p` pair up with little waste: an even count per head, or at
+/// Whether the query tiles of `bm` rows of `p` pair up with little waste: an even count per head, or at
 /// least 15 (the last cluster's second block, which has no rows, is then at most 1/16 of the blocks).
-fn query_tiles_pair_up(p: &AttnParams) -> bool {
-    let tiles = (p.seq_q as i64 + 127) / 128;
+fn query_tiles_pair_up(p: &AttnParams, bm: i32) -> bool {
+    let tiles = (p.seq_q as i64 + bm as i64 - 1) / bm as i64;
     tiles % 2 == 0 || tiles >= 15
 }
 
@@ -281,7 +281,6 @@ pub fn set_cluster_mode(mode: i32) {
     CLUSTER_MODE.store(mode.clamp(-1, 1), std::sync::atomic::Ordering::Relaxed);
 }
 
-
 /// A forced choice: a kernel's full name, or a family name ("sm80", "sm90") to prefer wherever it can serve.
 /// Initialised from the environment variable `FLASHATTN_KERNEL`; the GPU scripts set it through ffi.
 static OVERRIDE: std::sync::RwLock<Option<Option<String>>> = std::sync::RwLock::new(None);
@@ -377,7 +376,7 @@ fn select_in(p: &AttnParams, cc: i32, max_smem: i32, verdict: &Verdict, forced: 
                     Scope::PlainLongOrUnbounded => {
                         plain_ok && (p.seq_kv >= LONG_MIN_KEYS || (p.window_left < 0 && p.window_right < 0))
                     }
-                    Scope::ClusterLong => plain_ok && p.seq_kv >= CLUSTER_MIN_KEYS && query_tiles_pair_up(p),
+                    Scope::ClusterLong => plain_ok && p.seq_kv >= CLUSTER_MIN_KEYS && query_tiles_pair_up(p, k.bm),
                 })
             && family_serves(k.family, p, cc, verdict)
     };

@@ -210,7 +210,7 @@ pub unsafe extern "C" fn flashattn_ort_gpu_kernel_name(params: *const AttnParams
             }
             return Ok(format!("{} x{} splits{groups}", plan.spec.name(), plan.splits));
         }
-        Ok(k.forward_kernel(&p)?.name())
+        Ok(k.forward_kernel(&p)?.0.name())
     });
     match r {
         Ok(Ok(name)) if name.len() < len => {

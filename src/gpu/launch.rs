@@ -179,10 +179,10 @@ impl Prepared {
         if self.append.is_some() {
             return Err(GpuError::new("internal: the KV append was handed to a decode launch that did not run"));
         }
-        let spec = self.kernels.forward_kernel(p)?;
+        let (spec, resident) = self.kernels.forward_kernel(p)?;
         let f = self.kernels.function(&spec)?;
         let _cur = CurrentContext::push(self.ctx)?;
-        launch_function(f, &spec, p, stream, self.kernels.resident_blocks(&spec))
+        launch_function(f, &spec, p, stream, resident)
     }
 }
 

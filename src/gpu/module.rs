@@ -50,7 +50,7 @@ impl DeviceKernels {
     /// How many blocks of forward kernel `k` run at once: one per SM, or for a kernel that runs in clusters
     /// what the device holds of its clusters (GPCs whose SM count the cluster size does not divide leave SMs
     /// idle); 0 when the device holds none (or could not say).
-    pub fn resident_blocks(&self, k: &KernelSpec) -> i32 {
+    fn resident_blocks(&self, k: &KernelSpec) -> i32 {
         if k.cluster > 1 {
             self.fwd_cluster_blocks.get(&k.name()).copied().unwrap_or(0)
         } else {
@@ -58,14 +58,16 @@ impl DeviceKernels {
         }
     }
 
-    /// The forward kernel for `p` on this device: dispatch's choice, or its single-block form where the device
-    /// holds none of the clusters the choice would run in.
-    pub fn forward_kernel(&self, p: &crate::params::AttnParams) -> Result<KernelSpec, GpuError> {
+    /// The forward kernel for `p` on this device and how many of its blocks run at once: dispatch's choice,
+    /// or its single-block form where the device holds none of the clusters the choice would run in.
+    pub fn forward_kernel(&self, p: &crate::params::AttnParams) -> Result<(KernelSpec, i32), GpuError> {
         let k = super::dispatch::select(p, self.cc, self.max_smem_optin, &self.verdict)?;
-        if k.cluster > 1 && self.resident_blocks(&k) < k.cluster {
-            return super::dispatch::select_single_block(p, self.cc, self.max_smem_optin, &self.verdict);
+        let resident = self.resident_blocks(&k);
+        if k.cluster > 1 && resident < k.cluster {
+            let single = super::dispatch::select_single_block(p, self.cc, self.max_smem_optin, &self.verdict)?;
+            return Ok((single, self.resident_blocks(&single)));
         }
-        Ok(k)
+        Ok((k, resident))
     }
     pub fn named(&self, name: &str) -> Result<sys::CUfunction, GpuError> {
         self.functions
