@@ -1,4 +1,5 @@
-// Writes O (normalised) and lse for a warp's rows; rows >= seq_q and cols >= head_dim_v are skipped.
+// Writes O (normalised) and lse for a warp's rows; rows >= seq_q and cols >= head_dim_v are skipped. With GQA
+// packing (row_shift > 0, gqa_pack.cuh) rows are packed rows and h is the group's first query head.
 #pragma once
 #include "common.cuh"
 #include "params.cuh"
@@ -8,7 +9,7 @@ namespace flashattn {
 template <typename T, int MT, int NTD>
 __device__ __forceinline__ void store_output(const AttnParams &p, const float (&o)[MT][NTD][4],
                                              const float (&inv)[MT][2], const float (&lse)[MT][2], int b,
-                                             int h, int row_base, int lane) {
+                                             int h, int row_base, int lane, int row_shift = 0) {
   T *out = reinterpret_cast<T *>(p.out_ptr) + (int64_t)b * p.out_batch_stride + (int64_t)h * p.out_head_stride;
   const int dv = p.head_dim_v;
   // Pairs of elements can be stored as one 4-byte word when every row start is 4-byte aligned; when also every
@@ -19,9 +20,10 @@ __device__ __forceinline__ void store_output(const AttnParams &p, const float (&
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      const int row = row_base + mt * 16 + (lane >> 2) + 8 * hf;
+      const int packed = row_base + mt * 16 + (lane >> 2) + 8 * hf;
+      const int row = packed >> row_shift, head_in_group = packed & ((1 << row_shift) - 1);
       if (row >= p.seq_q) continue;
-      T *orow = out + (int64_t)row * p.out_row_stride;
+      T *orow = out + (int64_t)row * p.out_row_stride + (int64_t)head_in_group * p.out_head_stride;
       if (whole_rows) {
 #pragma unroll
         for (int nd = 0; nd < NTD; ++nd)
@@ -42,7 +44,7 @@ __device__ __forceinline__ void store_output(const AttnParams &p, const float (&
         }
       }
       if (p.lse_ptr != 0 && (lane & 3) == 0) {
-        reinterpret_cast<float *>(p.lse_ptr)[((int64_t)b * p.heads_q + h) * p.seq_q + row] = lse[mt][hf];
+        reinterpret_cast<float *>(p.lse_ptr)[((int64_t)b * p.heads_q + h + head_in_group) * p.seq_q + row] = lse[mt][hf];
       }
     }
   }

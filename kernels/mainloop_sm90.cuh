@@ -1,5 +1,6 @@
 // The Hopper (sm_90a) forward kernel body, FlashAttention-3 style. Blocks are persistent (one per SM):
-// each walks the tiles of BM query rows of one (batch, head) that persistent_tile hands it, with a producer
+// each walks the tiles of BM query rows of one (batch, head) that persistent_tile hands it (or, GQA-packed, of
+// one (batch, KV head)'s group of query heads: gqa_pack.cuh), with a producer
 // and two or three consumer warpgroups (BM = 128 or 192):
 //   - the producer (warpgroup 0, one thread) streams Q once and K/V tiles through a STAGES-deep ring with
 //     TMA, each load completing on a "full" mbarrier; consumers hand stages back on "empty" mbarriers,
@@ -75,7 +76,7 @@ template <class Cfg> struct Barriers {
   }
 };
 
-template <typename T, class Cfg>
+template <typename T, class Cfg, bool PACK>
 __device__ __forceinline__ void produce(const AttnParams &p, unsigned char *smem, const CUtensorMap *tq,
                                         const CUtensorMap *tk, const CUtensorMap *tv) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, STAGES = Cfg::STAGES, CLUSTER = Cfg::CLUSTER;
@@ -84,15 +85,18 @@ __device__ __forceinline__ void produce(const AttnParams &p, unsigned char *smem
   prefetch_tensor_map(tk);
   prefetch_tensor_map(tv);
   const uint32_t rank = CLUSTER > 1 ? cluster_rank() : 0;
-  const int tiles = persistent_tiles<CLUSTER>(p, BM);
+  const int tiles = persistent_tiles<CLUSTER, PACK>(p, BM);
   int ring = 0, loaded = 0;  // K/V ring steps and Q tiles so far, counted alike by the consumers
   for (int k = 0, t; (t = persistent_tile_index<CLUSTER>(k)) < tiles; ++k) {
-    const BlockWork w = persistent_tile<BM, BN, CLUSTER>(p, t);
+    const BlockWork w = persistent_tile<BM, BN, CLUSTER, PACK>(p, t);
     const int n_blocks = w.n_end - w.n_begin;
     if (n_blocks <= 0) continue;
     mbar_wait(bar.q_empty, (uint32_t)(loaded & 1) ^ 1u);
     mbar_expect_tx(bar.q_full, Cfg::Q_BYTES);
-    tma_load_tile<Cfg>(smem, BM, tq, bar.q_full, w.m_block * BM, w.head, w.batch, kEvictFirst);
+    if constexpr (PACK)
+      tma_load_packed_q<Cfg>(smem, tq, bar.q_full, w.m_block * BM, gqa_row_shift(p), w.kv_head, w.batch, kEvictFirst);
+    else
+      tma_load_tile<Cfg>(smem, BM, tq, bar.q_full, w.m_block * BM, w.head, w.batch, kEvictFirst);
     ++loaded;
     for (int i = 0; i < n_blocks; ++i, ++ring) {
       const int st = stage_of<STAGES>(ring);
@@ -160,10 +164,11 @@ template <class Opt, int CONSUMERS> struct Turn {
 };
 
 // One tile of a consumer: `ring` is the K/V ring step of its first key block, `loaded` the count of Q
-// tiles before it.
+// tiles before it; row_shift: GQA packing's (gqa_pack.cuh), 0 without.
 template <typename T, class Cfg, class Opt, bool MODS>
 __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWork &w, unsigned char *smem,
-                                             int consumer, int ring, int loaded, const Turn<Opt, Cfg::CONSUMERS> &turn) {
+                                             int consumer, int ring, int loaded, const Turn<Opt, Cfg::CONSUMERS> &turn,
+                                             int row_shift) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, D = Cfg::D, STAGES = Cfg::STAGES;
   constexpr int NTN = BN / 8, NTD = D / 8, KQ = D / 16, KP = BN / 16;
   constexpr int PB = Cfg::PANEL_BYTES, KQ_PER_PANEL = Cfg::PANEL_COLS / 16;
@@ -227,7 +232,7 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
   };
   auto score_mods = [&](int i) {
     apply_tile_mods<T, 1, NTN, MODS>(s, p, w.batch, w.head, row_base, (w.n_begin + i) * BN, w.kv_len, w.lo_max,
-                                     w.hi_min, lane);
+                                     w.hi_min, lane, row_shift);
   };
   auto to_p = [&](uint32_t(&dst)[KP][4]) {
 #pragma unroll
@@ -342,26 +347,28 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
 
   float inv[1][2], lse[1][2];
   sm.finalize(inv, lse, p.scale);
-  store_output<T, 1, NTD>(p, o, inv, lse, w.batch, w.head, row_base, lane);
+  store_output<T, 1, NTD>(p, o, inv, lse, w.batch, w.head, row_base, lane, row_shift);
 }
 
 // Rows of a block that sees no key at all: zeros and lse = -inf, as the main loop would give them.
 template <typename T, class Cfg>
-__device__ __forceinline__ void store_empty(const AttnParams &p, const BlockWork &w, int consumer) {
+__device__ __forceinline__ void store_empty(const AttnParams &p, const BlockWork &w, int consumer, int row_shift) {
   constexpr int NTD = Cfg::D / 8;
   const int lane = threadIdx.x & 31, warp_in_group = (threadIdx.x / 32) & 3;
   float o[1][NTD][4] = {};
   const float inv[1][2] = {{0.f, 0.f}}, lse[1][2] = {{-INFINITY, -INFINITY}};
   store_output<T, 1, NTD>(p, o, inv, lse, w.batch, w.head, w.m_block * Cfg::BM + consumer * 64 + warp_in_group * 16,
-                          lane);
+                          lane, row_shift);
 }
 
 }  // namespace sm90
 
-template <typename T, class Cfg, class Opt, bool MODS>
+// PACK: GQA packing (gqa_pack.cuh), plain single-block instances only.
+template <typename T, class Cfg, class Opt, bool MODS, bool PACK = false>
 __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtensorMap *tq, const CUtensorMap *tk,
                                                const CUtensorMap *tv) {
   using namespace sm90;
+  static_assert(!PACK || (!MODS && Cfg::CLUSTER == 1), "GQA packing: plain problems, single blocks");
   require_dynamic_smem(Cfg::SMEM_BYTES);
   unsigned char *smem = dynamic_smem_1024<!(Cfg::D == 256 && MODS)>();
   const int group = threadIdx.x / 128;
@@ -386,7 +393,7 @@ __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtens
   }
   if (group == 0) {
     regs_dealloc<Cfg::PRODUCER_REGS>();
-    if (threadIdx.x == 0) produce<T, Cfg>(p, smem, tq, tk, tv);
+    if (threadIdx.x == 0) produce<T, Cfg, PACK>(p, smem, tq, tk, tv);
     return;
   }
   regs_alloc<Cfg::CONSUMER_REGS>();
@@ -397,16 +404,17 @@ __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtens
   // The consumers' GEMM issue takes turns over the whole run, tile after tile: consumer 0 starts, and the
   // last consumer's very last pass is taken by consumer 0 at the end.
   if (consumer == Cfg::CONSUMERS - 1) turn.pass();
-  const int tiles = persistent_tiles<Cfg::CLUSTER>(p, Cfg::BM);
+  const int tiles = persistent_tiles<Cfg::CLUSTER, PACK>(p, Cfg::BM);
+  const int row_shift = PACK ? gqa_row_shift(p) : 0;
   int ring = 0, loaded = 0;
   for (int k = 0, t; (t = persistent_tile_index<Cfg::CLUSTER>(k)) < tiles; ++k) {
-    const BlockWork w = persistent_tile<Cfg::BM, Cfg::BN, Cfg::CLUSTER>(p, t);
+    const BlockWork w = persistent_tile<Cfg::BM, Cfg::BN, Cfg::CLUSTER, PACK>(p, t);
     const int n_blocks = w.n_end - w.n_begin;
     if (n_blocks <= 0) {
-      store_empty<T, Cfg>(p, w, consumer);
+      store_empty<T, Cfg>(p, w, consumer, row_shift);
       continue;
     }
-    consume_tile<T, Cfg, Opt, MODS>(p, w, smem, consumer, ring, loaded, turn);
+    consume_tile<T, Cfg, Opt, MODS>(p, w, smem, consumer, ring, loaded, turn, row_shift);
     ring += n_blocks;
     ++loaded;
   }

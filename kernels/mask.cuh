@@ -36,9 +36,10 @@ __device__ __forceinline__ void visible_cols(const AttnParams &p, int row, int k
 // Applies softcap, the additive/bool mask tensor (MASK) and the per-row visible range (BOUNDS) to a warp's
 // S fragment (raw units) in place.
 // s[mt][nt][e]: row = row_base + mt*16 + lane/4 + 8*(e/2), col = col_base + nt*8 + 2*(lane%4) + (e%2).
+// With GQA packing rows are packed rows, query position row >> row_shift (gqa_pack.cuh; no MASK then).
 template <typename T, int MT, int NTN, bool BOUNDS, bool MASK, bool SOFTCAP = true>
 __device__ __forceinline__ void apply_score_mods(float (&s)[MT][NTN][4], const AttnParams &p, int b, int h,
-                                                 int row_base, int col_base, int kv_len, int lane) {
+                                                 int row_base, int col_base, int kv_len, int lane, int row_shift = 0) {
   static_assert(BOUNDS || !MASK, "mask reads need the bounds check");
   const float scale = p.scale, inv_scale = 1.f / p.scale;
   const float softcap = p.softcap;
@@ -49,7 +50,7 @@ __device__ __forceinline__ void apply_score_mods(float (&s)[MT][NTN][4], const A
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      const int row = row_base + mt * 16 + (lane >> 2) + 8 * hf;
+      const int row = (row_base + mt * 16 + (lane >> 2) + 8 * hf) >> row_shift;
       int lo = 0, hi = 0;
       int64_t mrow = 0;
       if (BOUNDS) {
@@ -182,9 +183,10 @@ __device__ __forceinline__ bool apply_row_mask_mods(float (&s)[MT][NTN][4], cons
 // row's entries for the tile are all neutral),
 // bounds-only where the tile crosses some row's visible range [lo_max, hi_min) (see BlockWork), softcap
 // alone inside it, nothing for the common interior tile.
+// row_shift: GQA packing's (plain problems only, MODS false).
 template <typename T, int MT, int NTN, bool MODS>
 __device__ __forceinline__ void apply_tile_mods(float (&s)[MT][NTN][4], const AttnParams &p, int b, int h, int row_base,
-                                                int c0, int kv_len, int lo_max, int hi_min, int lane) {
+                                                int c0, int kv_len, int lo_max, int hi_min, int lane, int row_shift = 0) {
   constexpr int BN = NTN * 8;
   const bool bounds = c0 < lo_max || c0 + BN > hi_min;
   if (MODS && p.mask_kind != kMaskNone && p.mask_row_stride == 0 &&
@@ -193,7 +195,7 @@ __device__ __forceinline__ void apply_tile_mods(float (&s)[MT][NTN][4], const At
   if (MODS && p.mask_kind != kMaskNone && p.mask_row_stride != 0)
     apply_score_mods<T, MT, NTN, true, MODS>(s, p, b, h, row_base, c0, kv_len, lane);
   else if (bounds)
-    apply_score_mods<T, MT, NTN, true, false, MODS>(s, p, b, h, row_base, c0, kv_len, lane);
+    apply_score_mods<T, MT, NTN, true, false, MODS>(s, p, b, h, row_base, c0, kv_len, lane, row_shift);
   else if (MODS && p.softcap > 0.f)
     apply_score_mods<T, MT, NTN, false, false>(s, p, b, h, row_base, c0, kv_len, lane);
 }

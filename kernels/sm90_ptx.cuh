@@ -43,6 +43,16 @@ __device__ __forceinline__ void tma_load_4d(void *dst, const CUtensorMap *map, u
       "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "l"(cache_hint)
       : "memory");
 }
+// A 5D box (the GQA-packed Q tile: head_dim, head in group, position, KV head, batch).
+__device__ __forceinline__ void tma_load_5d(void *dst, const CUtensorMap *map, uint64_t *bar, int c0, int c1, int c2,
+                                            int c3, int c4, uint64_t cache_hint) {
+  asm volatile(
+      "cp.async.bulk.tensor.5d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint"
+      " [%0], [%1, {%3, %4, %5, %6, %7}], [%2], %8;" ::"r"(smem_u32(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4),
+      "l"(cache_hint)
+      : "memory");
+}
 // The same load issued by one block of a cluster, landing at the same shared-memory offset in every block of
 // `cta_mask` and completing on the mbarrier at the same offset in each of them.
 __device__ __forceinline__ void tma_load_4d_multicast(void *dst, const CUtensorMap *map, uint64_t *bar, int c0, int c1,

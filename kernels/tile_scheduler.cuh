@@ -3,6 +3,7 @@
 // right-bounded window the last query blocks carry the most keys, so they are scheduled first (x reversed)
 // to even out the tail. Persistent blocks (Hopper kernel) walk a linear tile order instead.
 #pragma once
+#include "gqa_pack.cuh"
 #include "mask.cuh"
 #include "params.cuh"
 
@@ -40,16 +41,17 @@ struct BlockWork {
   int lo_max, hi_min;  // a key tile [c0, c1) with c0 >= lo_max and c1 <= hi_min is visible to all rows
 };
 
+// With GQA packing (row_shift > 0, gqa_pack.cuh) `head` is the group's first query head and rows are packed rows.
 template <int BM, int BN>
-__device__ __forceinline__ BlockWork block_work(const AttnParams &p, int m_block, int head, int batch) {
+__device__ __forceinline__ BlockWork block_work(const AttnParams &p, int m_block, int head, int batch, int row_shift = 0) {
   BlockWork w;
   w.m_block = m_block;
   w.head = head;
   w.batch = batch;
   w.kv_head = w.head / (p.heads_q / p.heads_kv);
   const int row_first = w.m_block * BM;
-  const int row_last = min(row_first + BM, p.seq_q) - 1;
-  const KeyRange r = key_range<BN>(p, w.batch, row_first, row_last);
+  const int row_last = min(row_first + BM, p.seq_q << row_shift) - 1;
+  const KeyRange r = key_range<BN>(p, w.batch, row_first >> row_shift, row_last >> row_shift);
   w.kv_len = r.kv_len;
   w.n_begin = r.n_begin;
   w.n_end = r.n_end;
@@ -75,8 +77,10 @@ template <int CLUSTER = 1> __device__ __forceinline__ int persistent_tile_index(
   return k * g + ((k & 1) ? g - 1 - c : c);
 }
 
-// Units of the Hopper kernel's linear tile order: query blocks (rounded up to whole clusters) x heads x batch.
-template <int CLUSTER = 1> __device__ __forceinline__ int persistent_tiles(const AttnParams &p, int bm) {
+// Units of the Hopper kernel's linear tile order: query blocks (rounded up to whole clusters) x heads x batch;
+// with GQA packing (PACK) blocks of packed rows x KV heads x batch.
+template <int CLUSTER = 1, bool PACK = false> __device__ __forceinline__ int persistent_tiles(const AttnParams &p, int bm) {
+  if constexpr (PACK) return packed_query_blocks(p, bm) * p.heads_kv * p.batch;
   return (query_blocks(p, bm) + CLUSTER - 1) / CLUSTER * p.heads_q * p.batch;
 }
 
@@ -85,7 +89,18 @@ template <int CLUSTER = 1> __device__ __forceinline__ int persistent_tiles(const
 // causal/right-bounded window they come heaviest first. Block r of a cluster takes query block
 // CLUSTER * unit + r, which may lie past the last one (rows past seq_q: computed on zeros, never stored) so
 // that it still loads its share of the cluster's K/V tiles.
-template <int BM, int BN, int CLUSTER = 1> __device__ __forceinline__ BlockWork persistent_tile(const AttnParams &p, int t) {
+template <int BM, int BN, int CLUSTER = 1, bool PACK = false>
+__device__ __forceinline__ BlockWork persistent_tile(const AttnParams &p, int t) {
+  if constexpr (PACK) {
+    static_assert(CLUSTER == 1, "GQA packing runs single blocks");
+    // Within a batch entry, the same query block of every KV head next to each other (heaviest first with a
+    // causal / right-bounded window). A KV head has g times the query blocks of a query head, about a persistent
+    // round of them on an H100/H200: walked head by head, the rounds' forward/backward pairing gave some blocks
+    // two heavy causal tiles per pair of rounds (0.64-0.79x at 2k-8k keys, H200, docs/PERF.md).
+    const int units = packed_query_blocks(p, BM), shift = gqa_row_shift(p);
+    const int per_batch = units * p.heads_kv, r = t % per_batch, m = r / p.heads_kv;
+    return block_work<BM, BN>(p, p.window_right >= 0 ? units - 1 - m : m, (r % p.heads_kv) << shift, t / per_batch, shift);
+  }
   const int units = (query_blocks(p, BM) + CLUSTER - 1) / CLUSTER;
   const int m = t % units, rest = t / units;
   const int unit = p.window_right >= 0 ? units - 1 - m : m;

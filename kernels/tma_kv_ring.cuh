@@ -36,6 +36,17 @@ __device__ __forceinline__ void tma_load_tile(unsigned char *tile, int rows, con
     sm90::tma_load_4d(tile + pn * rows * Cfg::PANEL_BYTES, map, full, pn * Cfg::PANEL_COLS, row, head, batch, evict);
 }
 
+// A GQA-packed Q tile (gqa_pack.cuh) of BM packed rows from packed row `row` (a multiple of the group size
+// g = 1 << shift) of KV head `kv_head`: per panel one 5D box of g heads x BM / g positions.
+template <class Cfg>
+__device__ __forceinline__ void tma_load_packed_q(unsigned char *tile, const CUtensorMap *map, uint64_t *full, int row,
+                                                  int shift, int kv_head, int batch, uint64_t evict) {
+#pragma unroll
+  for (int pn = 0; pn < Cfg::PANELS; ++pn)
+    sm90::tma_load_5d(tile + pn * Cfg::BM * Cfg::PANEL_BYTES, map, full, pn * Cfg::PANEL_COLS, 0, row >> shift, kv_head,
+                      batch, evict);
+}
+
 // A K or V tile shared by the CLUSTER blocks of a cluster (which compute query tiles of the same head over the
 // same keys): block `rank` loads panels rank, rank + CLUSTER, ... and multicasts each into every block, so the
 // tile is read from L2 once per cluster instead of once per block. Every block expects the whole tile's bytes

@@ -3,7 +3,12 @@ bf16 forward, every row timed in this one run. Prefill rows: head_dim 64/128/256
 batch*seq = 16k, width (heads*head_dim) 2048, causal and not. Decode rows: 1 query token, 32 query heads over
 8 KV heads (GQA) and 1 (MQA), d 128, batch 1/8/64, KV 2k/8k/32k, timed through CUDA graphs. TFLOP/s counts 4*B*H*Sq*Skv*D (half that when causal); ratio = ours / best anchor.
 
-usage: python3 bench.py LIB [--quick] [--no-prefill] [--no-decode] [--out FILE.md]"""
+--gqa: instead, GQA prefill rows (query heads sharing a KV head; short query chunks over long caches, and long
+prompts), each with our Hopper kernel packed (a group's heads in one tile) and unpacked timed as variants in the
+same rounds; SDPA gets K/V repeated per query head, and for causal rows with fewer queries than keys SDPA runs
+non-causal (its causal mask is top-left aligned), FA4 causal bottom-right like ours.
+
+usage: python3 bench.py LIB [--quick] [--no-prefill] [--no-decode] [--gqa] [--out FILE.md]"""
 import argparse
 import math
 import statistics
@@ -164,8 +169,11 @@ def run_row(lib, B, S, H, D, causal, Hkv=None, Sq=None, rows_out=None):
                 lib.flashattn_ort_gpu_set_persistent(int(name[5:]))
             elif name.startswith("cluster="):  # cluster=1: clusters of two blocks sharing K/V tiles where they fit
                 lib.flashattn_ort_gpu_set_prefill_cluster(int(name[8:]))
-            elif name != "default":
-                lib.flashattn_ort_gpu_set_kernel(name.encode())
+            elif name != "default":  # a kernel name, optionally with its grid: NAME+grid=0|1
+                kernel, _, grid = name.partition("+grid=")
+                lib.flashattn_ort_gpu_set_kernel(kernel.encode())
+                if grid:
+                    lib.flashattn_ort_gpu_set_persistent(int(grid))
             times[name].append(timeit(lambda: fa_lib.launch(lib, P)))
             lib.flashattn_ort_gpu_set_kernel(None)
             lib.flashattn_ort_gpu_set_persistent(-1)
@@ -207,6 +215,44 @@ def run_row(lib, B, S, H, D, causal, Hkv=None, Sq=None, rows_out=None):
     return row
 
 
+# (batch, query length, key length, query heads, KV heads, head_dim, causal)
+GQA_ROWS = [
+    (8, 40, 4096, 32, 8, 128, True),
+    (16, 32, 2048, 32, 8, 128, True),
+    (8, 100, 8192, 32, 8, 128, True),
+    (4, 200, 16384, 32, 8, 128, False),
+    (2, 17, 32768, 32, 8, 128, True),
+    (8, 48, 4096, 32, 4, 64, True),
+    (8, 24, 8192, 64, 8, 128, True),
+    (4, 2048, 2048, 32, 8, 64, True),
+    (1, 4096, 4096, 32, 8, 128, True),
+    (2, 8192, 8192, 32, 8, 128, False),
+    (1, 16384, 16384, 32, 8, 128, True),
+]
+
+
+def gqa_table(lib, spec=None):
+    """GQA prefill rows with the packed and unpacked Hopper kernels as variants (see the module docstring), or
+    other variants where --variants names some; `spec` replaces the rows: "B:Sq:Skv:H:Hkv:D:causal;..."."""
+    table = [tuple(int(x) for x in r.split(":")) for r in spec.split(";")] if spec else GQA_ROWS
+    if not VARIANTS:
+        for D in sorted({r[5] for r in table}):
+            VARIANTS.extend([f"flash_fwd_sm90_bf16_d{D}_m128n128w12_plain_packgqa", f"flash_fwd_sm90_bf16_d{D}_m128n128w12_plain"])
+    rows = []
+    for B, Sq, Skv, H, Hkv, D, causal in table:
+        causal = bool(causal)
+        r = run_row(lib, B, Skv, H, D, causal, Hkv=Hkv, Sq=Sq, rows_out=rows)
+        print(f"gqa B{B} q{Sq} kv{Skv} {H}/{Hkv} d{D} causal={int(causal)}: ours {fmt(r['tf']['ours'])} fa2 "
+              f"{fmt(r['tf']['fa2'])} cudnn {fmt(r['tf']['cudnn'])} fa4 {fmt(r['tf']['fa4'])} TFLOP/s ({r['kernel']})", flush=True)
+    lines = ["| batch | query len | key len | heads q/kv | d | causal | ours µs | SDPA FA2 µs | SDPA cuDNN µs | FA4 µs | ours/best | kernel |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        us = lambda n: fmt(r["ms"].get(n) and r["ms"][n] * 1e3, "{:.1f}")  # noqa: E731
+        lines.append(f"| {r['B']} | {r['Sq']} | {r['Skv']} | {r['H']}/{r['Hkv']} | {r['D']} | {'yes' if r['causal'] else 'no'} | "
+                     f"{us('ours')} | {us('fa2')} | {us('cudnn')} | {us('fa4')} | {fmt(r['ratio'], '{:.2f}')} | `{r['kernel']}` |")
+    return lines
+
+
 def fmt(x, spec="{:.0f}"):
     return "—" if x is None else spec.format(x)
 
@@ -220,6 +266,8 @@ def main():
     ap.add_argument("--causal", default="0,1", help="prefill rows: non-causal (0), causal (1) or both")
     ap.add_argument("--no-decode", action="store_true")
     ap.add_argument("--no-prefill", action="store_true")
+    ap.add_argument("--gqa", action="store_true", help="GQA prefill rows, packed and unpacked (nothing else)")
+    ap.add_argument("--gqa-rows", default=None, help="--gqa's rows instead of the built-in ones: B:Sq:Skv:H:Hkv:D:causal;...")
     ap.add_argument("--variants", default="", help="comma-separated kernel names to time too")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of default + variants (when variants are given)")
     ap.add_argument("--other-lib", default=None, help="another build of the library, timed as variant 'lib' in the same rounds")
@@ -244,6 +292,13 @@ def main():
         if a.other_kernel:
             OTHER.flashattn_ort_gpu_set_kernel(a.other_kernel.encode())
     dev = torch.cuda.get_device_name()
+    if a.gqa:
+        text = "\n".join([f"Device: {dev}; torch {torch.__version__}; bf16 forward, GQA prefill.", ""] + gqa_table(lib, a.gqa_rows))
+        print(text)
+        if a.out:
+            with open(a.out, "w") as f:
+                f.write(text + "\n")
+        return
     rows = []
     dims = [128] if a.quick else [int(d) for d in a.dims.split(",")]
     seqs = [512, 1024, 2048, 4096, 8192, 16384]

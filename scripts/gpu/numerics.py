@@ -11,6 +11,10 @@ block per tile, 1 = persistent blocks walking a fixed share); fixed cases with m
 a persistent block walks several tiles, some without keys. And whether it runs in clusters of two blocks
 sharing K/V tiles where a cluster form fits (`prefill_cluster`: auto, 0 never, 1 always; bounds-free problems).
 
+GQA packing (the Hopper kernel computing a KV head's group of query heads in one tile): fixed cases where the
+library packs by itself (`packed`: the kernel name must say so) and where a packed kernel is forced by name
+(`force`), over group sizes 2..128, causal, windows, ragged key lengths, both layouts, strided views.
+
 Decode-shaped cases (seq_q * group <= 64) also pin the split-KV decode kernel's split count (auto, off, forced
 n) and check from the kernel name that the decode kernel served them.
 
@@ -26,6 +30,7 @@ import torch
 import fa_lib
 
 FLOOR = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
+FAMILY = None  # the kernel family main() prefers (restored after a case that forces a kernel)
 
 
 def rand_case(rng, small):
@@ -161,6 +166,8 @@ def run_case(lib, c, gen):
     fa_lib.set_decode_row_groups(lib, c.get("row_groups", -1))
     lib.flashattn_ort_gpu_set_persistent(c.get("grid", -1))
     lib.flashattn_ort_gpu_set_prefill_cluster(c.get("prefill_cluster", -1))
+    if c.get("force"):
+        lib.flashattn_ort_gpu_set_kernel(c["force"].encode())
     try:
         kname = fa_lib.kernel_name(lib, P)
         fa_lib.launch(lib, P)
@@ -171,9 +178,13 @@ def run_case(lib, c, gen):
         fa_lib.set_decode_row_groups(lib, -1)
         lib.flashattn_ort_gpu_set_persistent(-1)
         lib.flashattn_ort_gpu_set_prefill_cluster(-1)
+        if c.get("force"):
+            lib.flashattn_ort_gpu_set_kernel(FAMILY.encode() if FAMILY else None)
     ref, ref_lse = fa_lib.reference(q, k, v, **kw)
     naive, _ = fa_lib.reference(q, k, v, dtype=dt, **kw)
     problems = []
+    if "packed" in c and FAMILY != "sm80" and kname.endswith("_packgqa") != c["packed"]:
+        problems.append(f"ran {kname}, GQA packing expected: {c['packed']}")
     if kname.startswith("flash_decode") != decode_expected(c):
         problems.append(f"ran {kname}, decode kernel expected: {decode_expected(c)}")
     if torch.isnan(out).any():
@@ -255,6 +266,24 @@ def fixed_cases():
     cases.append(dict(long_pair, dtype=torch.float16, b=1, sq=256, skv=9000, seqlens=False, layout="BNSH"))
     cases.append(dict(long_pair, d=192, dv=160, hq=4))
     cases.append(dict(long_pair, dtype=torch.float16, d=176, dv=192, b=1, sq=640, skv=8192, seqlens=False))
+    # GQA packing: a group's query heads in one tile (automatic where it fills tiles: the names must say so)
+    gq = dict(base, b=2, hq=32, hkv=8, sq=40, skv=3000, d=128, dv=128, causal=True, packed=True)
+    cases.append(gq)
+    cases.append(dict(gq, hq=16, hkv=2, d=256, dv=256, sq=24, skv=1000, b=3, window_left=50, window_right=0,
+                      seqlens=True, zero_len=True))                               # 8 heads a group, window, ragged
+    cases.append(dict(gq, layout="BNSH", d=96, dv=64, sq=33, skv=777, seqlens=True, strided=True, causal=False))
+    cases.append(dict(gq, dtype=torch.float16, hq=32, hkv=2, d=192, dv=128, sq=20, skv=2000))  # 16 heads a group
+    cases.append(dict(gq, hq=4, hkv=2, d=64, dv=64, sq=50, skv=5000, causal=False, lse=False))
+    cases.append(dict(gq, hq=128, hkv=1, d=64, dv=64, sq=3, skv=3000, b=1))        # 128 heads: one position a tile
+    cases.append(dict(gq, hq=128, hkv=1, d=128, dv=128, sq=1, skv=700, b=1, causal=False))
+    cases.append(dict(gq, sq=20, skv=20, causal=True))                            # first row sees one key
+    cases.append(dict(gq, hq=24, hkv=8, packed=False))                            # 3 heads a group: never packed
+    cases.append(dict(gq, mask="bool", mask_shape="col", packed=False))           # a mask tensor: unpacked
+    # forced where it would not pay: long causal (tiles of every length) under each schedule, Sq != Skv
+    for grid in (-1, 0, 1):
+        cases.append(dict(gq, sq=1100, skv=1100, grid=grid, force="flash_fwd_sm90_bf16_d128_m128n128w12_plain_packgqa"))
+    cases.append(dict(gq, dtype=torch.float16, sq=700, skv=2500, hq=8, hkv=4, causal=False, seqlens=True,
+                      force="flash_fwd_sm90_f16_d128_m128n128w12_plain_packgqa"))
     # Split-KV decode: the split path (auto and forced), the one-split path (straight to the outputs), off.
     dec = dict(base, b=1, hq=32, hkv=8, sq=1, skv=32768, d=128, dv=128, splits="auto")
     cases.append(dec)                                                       # GQA 32/8, long cache, split
@@ -304,6 +333,8 @@ def main():
     gen = torch.Generator(device="cuda")
     gen.manual_seed(seed)
     lib = fa_lib.load(a.lib)
+    global FAMILY
+    FAMILY = a.family
     if a.family:
         lib.flashattn_ort_gpu_set_kernel(a.family.encode())
     cases = ([] if a.small else fixed_cases()) + [rand_case(rng, a.small) for _ in range(a.cases)]

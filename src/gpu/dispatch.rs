@@ -36,6 +36,9 @@ pub struct KernelSpec {
     /// head share each K/V tile, loaded from L2 once and multicast (name `…w12c2`); problems without
     /// causal/window bounds only.
     pub cluster: i32,
+    /// GQA packing (kernels/gqa_pack.cuh, name suffix `_packgqa`, plain only): a tile holds the rows of every
+    /// query head that shares a KV head; chosen where [`packing_pays`].
+    pub pack_gqa: bool,
 }
 
 /// The problems a kernel may get by default. Kernels narrower than `All` exist in their plain form only:
@@ -69,6 +72,23 @@ pub const CLUSTER_MIN_KEYS: i32 = 8192;
 fn query_tiles_pair_up(p: &AttnParams, bm: i32) -> bool {
     let tiles = (p.seq_q as i64 + bm as i64 - 1) / bm as i64;
     tiles % 2 == 0 || tiles >= 15
+}
+
+/// Whether GQA packing can run `p` in tiles of `bm` rows: a power-of-two group of 2..=bm query heads per KV
+/// head (a tile holds whole groups), packed rows countable in 32 bits, a query TMA can step head by head.
+pub fn packing_possible(p: &AttnParams, bm: i32) -> bool {
+    let g = if p.heads_kv > 0 && p.heads_q % p.heads_kv == 0 { p.heads_q / p.heads_kv } else { 0 };
+    g >= 2 && g <= bm && (g as u32).is_power_of_two() && (p.seq_q as i64) * (g as i64) < i32::MAX as i64 - bm as i64
+        && super::tensor_map::packed_tma_compatible(p)
+}
+
+/// Whether packing the query heads of a group into shared tiles pays for `p`: when it leaves at least 10%
+/// fewer tiles than one head per tile does (query lengths that leave one head's last tile part-empty).
+pub fn packing_pays(p: &AttnParams, bm: i32) -> bool {
+    let g = (p.heads_q / p.heads_kv.max(1)) as i64;
+    let tiles = |rows: i64| (rows + bm as i64 - 1) / bm as i64;
+    let (own, packed) = (tiles(p.seq_q as i64) * g, tiles(p.seq_q as i64 * g));
+    packed * 10 <= own * 9
 }
 
 /// Options of a Hopper instance (kernels/flash_fwd_sm90.cu, Sm90Options).
@@ -159,7 +179,12 @@ impl KernelSpec {
             DType::F32 => "f32",
         };
         let fam = self.family.name();
-        let suffix = if self.plain { "_plain" } else { "" };
+        let suffix = match (self.plain, self.pack_gqa) {
+            (true, true) => "_plain_packgqa",
+            (true, false) => "_plain",
+            (false, true) => "_packgqa",
+            (false, false) => "",
+        };
         let cluster = if self.cluster > 1 { format!("c{}", self.cluster) } else { String::new() };
         format!("flash_fwd_{fam}_{t}_d{}_m{}n{}w{}{cluster}{suffix}{}", self.d, self.bm, self.bn, self.warps, self.variant.suffix())
     }
@@ -191,12 +216,12 @@ impl KernelSpec {
 }
 
 const fn sm80(dtype: DType, d: i32, bm: i32, bn: i32, warps: i32) -> KernelSpec {
-    KernelSpec { family: Family::Sm80, dtype, d, bm, bn, warps, stages: 2, plain: false, variant: Variant::Default, scope: Scope::All, cluster: 1 }
+    KernelSpec { family: Family::Sm80, dtype, d, bm, bn, warps, stages: 2, plain: false, variant: Variant::Default, scope: Scope::All, cluster: 1, pack_gqa: false }
 }
 
 /// A Hopper instance: 128 query rows, a producer and two consumer warpgroups.
 const fn sm90(dtype: DType, d: i32, bn: i32, stages: i32) -> KernelSpec {
-    KernelSpec { family: Family::Sm90, dtype, d, bm: 128, bn, warps: 12, stages, plain: false, variant: Variant::Default, scope: Scope::All, cluster: 1 }
+    KernelSpec { family: Family::Sm90, dtype, d, bm: 128, bn, warps: 12, stages, plain: false, variant: Variant::Default, scope: Scope::All, cluster: 1, pack_gqa: false }
 }
 
 /// A Hopper instance with three consumer warpgroups: 192 query rows, 16 warps (plain problems, `scope` says
@@ -207,12 +232,17 @@ const fn sm90_m192(dtype: DType, d: i32, bn: i32, scope: Scope) -> KernelSpec {
 
 /// A Blackwell instance: 128 query rows, 128 keys per step, a load warp, an MMA warp and a softmax warpgroup.
 const fn sm100(dtype: DType, d: i32, stages: i32) -> KernelSpec {
-    KernelSpec { family: Family::Sm100, dtype, d, bm: 128, bn: 128, warps: 6, stages, plain: true, variant: Variant::Default, scope: Scope::All, cluster: 1 }
+    KernelSpec { family: Family::Sm100, dtype, d, bm: 128, bn: 128, warps: 6, stages, plain: true, variant: Variant::Default, scope: Scope::All, cluster: 1, pack_gqa: false }
 }
 
 /// `k` run by clusters of two blocks that share each K/V tile.
 const fn cluster2(k: KernelSpec) -> KernelSpec {
     KernelSpec { cluster: 2, ..k }
+}
+
+/// `k` with GQA packing.
+const fn packed(k: KernelSpec) -> KernelSpec {
+    KernelSpec { pack_gqa: true, ..k }
 }
 
 const fn sm90_variant(d: i32, bn: i32, variant: Variant) -> KernelSpec {
@@ -224,6 +254,17 @@ const fn sm90_variant(d: i32, bn: i32, variant: Variant) -> KernelSpec {
 /// 128x64x8 warps at d 64/128 (8-15% and 15-20% slower than 128x64x4 warps); 128x32x8 warps and 64x64x4
 /// warps at d 256 (4-20% and 20-25% slower than 64x32x4 warps).
 pub const KERNELS: &[KernelSpec] = &[
+    // Listed first: where packing pays they are the choice (for plain problems only, as they exist plain).
+    packed(sm90(DType::F16, 64, 128, 2)),
+    packed(sm90(DType::BF16, 64, 128, 2)),
+    packed(sm90(DType::F16, 96, 128, 2)),
+    packed(sm90(DType::BF16, 96, 128, 2)),
+    packed(sm90(DType::F16, 128, 128, 2)),
+    packed(sm90(DType::BF16, 128, 128, 2)),
+    packed(sm90(DType::F16, 192, 96, 2)),
+    packed(sm90(DType::BF16, 192, 96, 2)),
+    packed(sm90(DType::F16, 256, 80, 2)),
+    packed(sm90(DType::BF16, 256, 80, 2)),
     sm80(DType::F16, 64, 128, 64, 4),
     sm80(DType::BF16, 64, 128, 64, 4),
     sm80(DType::F16, 128, 128, 64, 4),
@@ -286,10 +327,10 @@ pub fn set_cluster_mode(mode: i32) {
 static OVERRIDE: std::sync::RwLock<Option<Option<String>>> = std::sync::RwLock::new(None);
 
 /// Every entry point of the fatbin: each shape of [`KERNELS`], full and plain (plain only for
-/// [`Family::plain_only`] and for a [`Scope`] narrower than `All`).
+/// [`Family::plain_only`], for a [`Scope`] narrower than `All` and for GQA packing).
 pub fn all_kernels() -> impl Iterator<Item = KernelSpec> {
     KERNELS.iter().flat_map(|k| {
-        let full = (!k.family.plain_only() && k.scope == Scope::All).then_some(KernelSpec { plain: false, ..*k });
+        let full = (!k.family.plain_only() && k.scope == Scope::All && !k.pack_gqa).then_some(KernelSpec { plain: false, ..*k });
         full.into_iter().chain([KernelSpec { plain: true, ..*k }])
     })
 }
@@ -368,6 +409,7 @@ fn select_in(p: &AttnParams, cc: i32, max_smem: i32, verdict: &Verdict, forced: 
             && (!k.plain || plain_ok)
             && (k.variant == Variant::Default || forced == Some(k.name().as_str()))
             && (k.cluster == 1 || (cluster_mode != 0 && p.window_left < 0 && p.window_right < 0))
+            && (!k.pack_gqa || (plain_ok && packing_possible(p, k.bm) && (forced == Some(k.name().as_str()) || packing_pays(p, k.bm))))
             // (a narrower scope's kernel exists in plain form only: a forced full name of it matches nothing)
             && ((forced == Some(k.name().as_str()) && (k.plain || k.scope == Scope::All))
                 || match k.scope {
@@ -556,8 +598,37 @@ mod tests {
         let mut names: Vec<String> = all_kernels().map(|k| k.name()).collect();
         names.sort();
         names.dedup();
-        let plain_only = KERNELS.iter().filter(|k| k.family.plain_only() || k.scope != Scope::All).count();
+        let plain_only = KERNELS.iter().filter(|k| k.family.plain_only() || k.scope != Scope::All || k.pack_gqa).count();
         assert_eq!(names.len(), 2 * KERNELS.len() - plain_only);
+    }
+
+    #[test]
+    fn gqa_packing_serves_plain_groups_whose_tiles_it_fills() {
+        // 32 query heads over 8 KV heads: 4 per group
+        let gqa = |sq: i32, skv: i32| AttnParams { heads_q: 32, heads_kv: 8, seq_q: sq, seq_kv: skv, ..aligned(DType::BF16, 128, 128) };
+        let packed = pick(&gqa(40, 4096), 90, 227 * 1024, None).unwrap();
+        assert!(packed.pack_gqa && packed.plain, "{}", packed.name());
+        assert_eq!(packed.name(), "flash_fwd_sm90_bf16_d128_m128n128w12_plain_packgqa");
+        // 1024 rows fill their tiles either way: no packing
+        assert!(!pick(&gqa(1024, 1024), 90, 227 * 1024, None).unwrap().pack_gqa);
+        // 200 rows: 2 tiles a head (8 a group) against 7 packed
+        assert!(pick(&gqa(200, 4096), 90, 227 * 1024, None).unwrap().pack_gqa);
+        // causal and windows stay packed (rows map to positions)
+        assert!(pick(&AttnParams { window_left: -1, window_right: 0, ..gqa(40, 4096) }, 90, 227 * 1024, None).unwrap().pack_gqa);
+        // a mask tensor or softcap: the full kernel, unpacked
+        assert!(!pick(&AttnParams { softcap: 30.0, ..gqa(40, 4096) }, 90, 227 * 1024, None).unwrap().pack_gqa);
+        assert!(!pick(&AttnParams { mask_kind: 1, ..gqa(40, 4096) }, 90, 227 * 1024, None).unwrap().pack_gqa);
+        // groups that are not a power of two, and MHA, are never packed, even when forced
+        let name = "flash_fwd_sm90_bf16_d128_m128n128w12_plain_packgqa";
+        assert!(!pick(&AttnParams { heads_q: 24, ..gqa(40, 4096) }, 90, 227 * 1024, Some(name)).unwrap().pack_gqa);
+        assert!(!pick(&AttnParams { heads_kv: 32, ..gqa(40, 4096) }, 90, 227 * 1024, Some(name)).unwrap().pack_gqa);
+        // forced by name where it is possible but would not pay
+        assert_eq!(pick(&gqa(1024, 1024), 90, 227 * 1024, Some(name)).unwrap().name(), name);
+        // a query whose head stride TMA cannot step (72 bytes) is not packed
+        let odd_heads = AttnParams { q_head_stride: 36, ..gqa(40, 4096) };
+        assert!(!packing_possible(&odd_heads, 128));
+        // never on the portable family
+        assert!(!pick(&gqa(40, 4096), 80, 163 * 1024, None).unwrap().pack_gqa);
     }
 
     #[test]

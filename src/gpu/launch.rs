@@ -45,6 +45,16 @@ pub fn persistent(p: &AttnParams) -> bool {
 /// runs one block per tile of that linear order.
 pub fn grid(k: &KernelSpec, p: &AttnParams, resident: i32) -> Result<(u32, u32, u32), GpuError> {
     let gx = (p.seq_q as i64 + k.bm as i64 - 1) / k.bm as i64;
+    if k.pack_gqa {
+        // tiles of packed rows (kernels/gqa_pack.cuh): the group's rows per KV head
+        let g = (p.heads_q / p.heads_kv.max(1)) as i64;
+        let tiles = (p.seq_q as i64 * g + k.bm as i64 - 1) / k.bm as i64 * p.heads_kv as i64 * p.batch as i64;
+        if tiles > i32::MAX as i64 {
+            return Err(GpuError::new(format!("{tiles} tiles of packed query rows exceed the kernel's 2^31 limit")));
+        }
+        let blocks = if persistent(p) { tiles.min(resident.max(1) as i64) } else { tiles };
+        return Ok((blocks as u32, 1, 1));
+    }
     if p.heads_q > 65535 || p.batch > 65535 {
         return Err(GpuError::new(format!("batch {} and query heads {} must each be at most 65535 on the GPU", p.batch, p.heads_q)));
     }
@@ -201,7 +211,8 @@ pub fn launch_function(f: sys::CUfunction, spec: &KernelSpec, p: &AttnParams, st
         Family::Sm80 => launch(&mut [(&mut arg as *mut AttnParams).cast()]),
         Family::Sm90 | Family::Sm100 => {
             let cols = spec.panel_cols();
-            let mut tq = Operand::query(p).encode(p.dtype, cols, spec.bm as u32)?;
+            let q = if spec.pack_gqa { Operand::packed_query(p) } else { Operand::query(p) };
+            let mut tq = q.encode(p.dtype, cols, spec.bm as u32)?;
             let mut tk = Operand::key(p).encode(p.dtype, cols, spec.bn as u32)?;
             let mut tv = Operand::value(p).encode(p.dtype, cols, spec.bn as u32)?;
             launch(&mut [(&mut arg as *mut AttnParams).cast(), (&mut tq as *mut sys::CUtensorMap).cast(), (&mut tk as *mut sys::CUtensorMap).cast(), (&mut tv as *mut sys::CUtensorMap).cast()])

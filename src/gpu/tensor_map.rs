@@ -5,6 +5,9 @@
 //! sequence are zero-filled by the hardware, so padded head dims and ragged tiles need no special case.
 //! Encoded on the host for each launch (a driver call, no GPU work) and passed by value as
 //! `__grid_constant__` kernel parameters, so CUDA graph capture records them.
+//!
+//! With GQA packing (kernels/gqa_pack.cuh) the query is 5D (head_dim, head in group, row, KV head, batch) and a
+//! box holds g heads x bm / g rows: packed rows in the order the kernel computes them.
 
 use cudarc::driver::sys;
 
@@ -16,6 +19,10 @@ use crate::params::AttnParams;
 pub struct Operand {
     pub addr: u64,
     pub cols: i64,
+    /// Query heads per KV head of a GQA-packed query (an axis between columns and rows, `group_stride` apart);
+    /// 1 otherwise.
+    pub group: i64,
+    pub group_stride: i64,
     pub rows: i64,
     pub heads: i64,
     pub batch: i64,
@@ -26,20 +33,31 @@ pub struct Operand {
 
 impl Operand {
     pub fn query(p: &AttnParams) -> Self {
-        Operand { addr: p.q_ptr, cols: p.head_dim as i64, rows: p.seq_q as i64, heads: p.heads_q as i64, batch: p.batch as i64, row_stride: p.q_row_stride, head_stride: p.q_head_stride, batch_stride: p.q_batch_stride }
+        Operand { addr: p.q_ptr, cols: p.head_dim as i64, group: 1, group_stride: 0, rows: p.seq_q as i64, heads: p.heads_q as i64, batch: p.batch as i64, row_stride: p.q_row_stride, head_stride: p.q_head_stride, batch_stride: p.q_batch_stride }
+    }
+    /// The query as GQA packing reads it: the heads of a KV head's group as an axis of their own.
+    pub fn packed_query(p: &AttnParams) -> Self {
+        let g = (p.heads_q / p.heads_kv.max(1)) as i64;
+        Operand { group: g, group_stride: p.q_head_stride, heads: p.heads_kv as i64, head_stride: p.q_head_stride * g, ..Operand::query(p) }
     }
     pub fn key(p: &AttnParams) -> Self {
-        Operand { addr: p.k_ptr, cols: p.head_dim as i64, rows: p.seq_kv as i64, heads: p.heads_kv as i64, batch: p.batch as i64, row_stride: p.k_row_stride, head_stride: p.k_head_stride, batch_stride: p.k_batch_stride }
+        Operand { addr: p.k_ptr, cols: p.head_dim as i64, group: 1, group_stride: 0, rows: p.seq_kv as i64, heads: p.heads_kv as i64, batch: p.batch as i64, row_stride: p.k_row_stride, head_stride: p.k_head_stride, batch_stride: p.k_batch_stride }
     }
     pub fn value(p: &AttnParams) -> Self {
-        Operand { addr: p.v_ptr, cols: p.head_dim_v as i64, rows: p.seq_kv as i64, heads: p.heads_kv as i64, batch: p.batch as i64, row_stride: p.v_row_stride, head_stride: p.v_head_stride, batch_stride: p.v_batch_stride }
+        Operand { addr: p.v_ptr, cols: p.head_dim_v as i64, group: 1, group_stride: 0, rows: p.seq_kv as i64, heads: p.heads_kv as i64, batch: p.batch as i64, row_stride: p.v_row_stride, head_stride: p.v_head_stride, batch_stride: p.v_batch_stride }
     }
 
-    /// Extents (innermost first) and byte strides of the outer three axes. An axis of extent 1 is never
-    /// stepped along, so its stride is replaced by a packed one the encoder accepts whatever the caller's was.
-    fn dims_and_strides(&self) -> ([u64; 4], [u64; 3]) {
-        let dims = [self.cols, self.rows, self.heads, self.batch].map(|d| d as u64);
-        let mut strides = [self.row_stride, self.head_stride, self.batch_stride].map(|s| (s * 2) as u64);
+    /// Extents (innermost first) and byte strides of the outer axes (the group axis only when packed). An
+    /// axis of extent 1 is never stepped along, so its stride is replaced by a packed one the encoder accepts
+    /// whatever the caller's was.
+    fn dims_and_strides(&self) -> (Vec<u64>, Vec<u64>) {
+        let (dims, strides): (Vec<i64>, Vec<i64>) = if self.group > 1 {
+            (vec![self.cols, self.group, self.rows, self.heads, self.batch], vec![self.group_stride, self.row_stride, self.head_stride, self.batch_stride])
+        } else {
+            (vec![self.cols, self.rows, self.heads, self.batch], vec![self.row_stride, self.head_stride, self.batch_stride])
+        };
+        let dims: Vec<u64> = dims.into_iter().map(|d| d as u64).collect();
+        let mut strides: Vec<u64> = strides.into_iter().map(|s| (s * 2) as u64).collect();
         let mut packed = (self.cols as u64 * 2).next_multiple_of(16);
         for (i, stride) in strides.iter_mut().enumerate() {
             if dims[i + 1] == 1 {
@@ -58,7 +76,8 @@ impl Operand {
     }
 
     /// The tensor map for boxes of `box_cols` columns (a swizzle panel: 64 or 32 16-bit elements, swizzled
-    /// over 128 or 64 bytes) and `box_rows` rows (a tile's height).
+    /// over 128 or 64 bytes) and `box_rows` rows (a tile's height; of packed rows when packed: a multiple of
+    /// the group).
     pub fn encode(&self, dtype: i32, box_cols: u32, box_rows: u32) -> Result<sys::CUtensorMap, GpuError> {
         let (dims, strides) = self.dims_and_strides();
         let data_type = match dtype {
@@ -71,15 +90,23 @@ impl Operand {
             32 => sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_64B,
             c => return Err(GpuError::new(format!("no swizzle for boxes of {c} columns"))),
         };
-        let boxes = [box_cols, box_rows, 1, 1];
-        let element_strides = [1u32; 4];
+        let boxes: Vec<u32> = if self.group > 1 {
+            let g = self.group as u32;
+            if box_rows % g != 0 {
+                return Err(GpuError::new(format!("a packed query tile of {box_rows} rows does not hold whole groups of {g} heads")));
+            }
+            vec![box_cols, g, box_rows / g, 1, 1]
+        } else {
+            vec![box_cols, box_rows, 1, 1]
+        };
+        let element_strides = vec![1u32; boxes.len()];
         let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
         check(
             unsafe {
                 sys::cuTensorMapEncodeTiled(
                     map.as_mut_ptr(),
                     data_type,
-                    4,
+                    dims.len() as u32,
                     self.addr as *mut std::ffi::c_void,
                     dims.as_ptr(),
                     strides.as_ptr(),
@@ -100,6 +127,11 @@ impl Operand {
 /// Whether the Hopper kernel's loads can serve `p` (else the portable kernel does).
 pub fn tma_compatible(p: &AttnParams) -> bool {
     [Operand::query(p), Operand::key(p), Operand::value(p)].iter().all(Operand::tma_compatible)
+}
+
+/// Whether the GQA-packed query load can serve `p` too (its heads' stride is stepped along).
+pub fn packed_tma_compatible(p: &AttnParams) -> bool {
+    Operand::packed_query(p).tma_compatible()
 }
 
 #[cfg(test)]
@@ -130,9 +162,24 @@ mod tests {
     }
 
     #[test]
+    fn packed_query_steps_heads_within_and_across_groups() {
+        let p = AttnParams { heads_kv: 4, ..bsnh(2, 100, 16, 128) };
+        let q = Operand::packed_query(&p);
+        let (dims, strides) = q.dims_and_strides();
+        assert_eq!(dims, vec![128, 4, 100, 4, 2]);
+        // bytes: next head, next row, next group (4 heads), next batch entry
+        assert_eq!(strides, vec![256, 16 * 256, 4 * 256, 100 * 16 * 256]);
+        assert!(packed_tma_compatible(&p));
+        // a head stride of 36 elements (72 bytes) cannot be stepped by TMA
+        let odd = AttnParams { q_head_stride: 36, q_row_stride: 16 * 64, q_batch_stride: 100 * 16 * 64, ..p };
+        assert!(!packed_tma_compatible(&odd));
+    }
+
+    #[test]
     fn unit_axes_get_packed_strides() {
         let p = AttnParams { q_batch_stride: 3, ..bsnh(1, 64, 4, 64) };
         let (_, strides) = Operand::query(&p).dims_and_strides();
+        assert_eq!(strides.len(), 3);
         assert_eq!(&strides[..2], &[512, 128]);
         assert_eq!(strides[2] % 16, 0);
         assert!(Operand::query(&p).tma_compatible());
