@@ -50,4 +50,42 @@ __device__ __forceinline__ void store_output(const AttnParams &p, const float (&
   }
 }
 
+// Where split-KV partial results go (the GQA-packed Hopper kernels; n == 1: no split, straight to the outputs):
+// split s of packed row r of (batch b, KV head h) at ((b * heads_kv + h) * n + s) * rows + r, O normalised (f32,
+// head_dim_v per row) and lse, the decode kernel's workspace layout, which its combine kernel merges.
+struct SplitParts {
+  float *o, *lse;
+  int n;
+};
+
+// A warp's rows of one split: normalised O and lse into `parts`; packed rows >= rows are skipped.
+template <int MT, int NTD>
+__device__ __forceinline__ void store_partial(const AttnParams &p, const float (&o)[MT][NTD][4], const float (&inv)[MT][2],
+                                              const float (&lse)[MT][2], const SplitParts &parts, int b, int kv_head,
+                                              int split, int rows, int row_base, int lane) {
+  const int dv = p.head_dim_v;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int r = row_base + mt * 16 + (lane >> 2) + 8 * hf;
+      if (r >= rows) continue;
+      const int64_t at = (((int64_t)b * p.heads_kv + kv_head) * parts.n + split) * rows + r;
+      float *orow = parts.o + at * dv;
+#pragma unroll
+      for (int nd = 0; nd < NTD; ++nd) {
+        const int col = nd * 8 + 2 * (lane & 3);
+        const float v0 = o[mt][nd][2 * hf] * inv[mt][hf], v1 = o[mt][nd][2 * hf + 1] * inv[mt][hf];
+        if ((dv & 1) == 0 && col + 1 < dv) {
+          *reinterpret_cast<float2 *>(orow + col) = make_float2(v0, v1);
+        } else {
+          if (col < dv) orow[col] = v0;
+          if (col + 1 < dv) orow[col + 1] = v1;
+        }
+      }
+      if ((lane & 3) == 0) parts.lse[at] = lse[mt][hf];
+    }
+  }
+}
+
 }  // namespace flashattn

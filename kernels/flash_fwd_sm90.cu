@@ -6,22 +6,19 @@
 #include "mainloop_sm90.cuh"
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, CL, OPT, MODS, PACK) \
-  flashattn::flash_fwd_sm90<T, flashattn::Sm90Config<D, BN, STAGES, C, CL>, OPT, MODS, PACK>(p, &tq, &tk, &tv);
+#define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, CL, OPT, MODS) \
+  flashattn::flash_fwd_sm90<T, flashattn::Sm90Config<D, BN, STAGES, C, CL>, OPT, MODS>(p, &tq, &tk, &tv);
 #else
-#define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, CL, OPT, MODS, PACK) __trap();
+#define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, CL, OPT, MODS) __trap();
 #endif
 
 // C: consumer warpgroups (the block has C + 1 warpgroups); CL: blocks per cluster (the launch sets it).
-// PACK: GQA packing (gqa_pack.cuh; tq is then the 5D packed map).
-#define FLASH_FWD_SM90_ENTRY_PACK(NAME, T, D, BN, STAGES, C, CL, OPT, MODS, PACK)                     \
+#define FLASH_FWD_SM90_ENTRY_CL(NAME, T, D, BN, STAGES, C, CL, OPT, MODS)                             \
   extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1)                                      \
       NAME(const __grid_constant__ flashattn::AttnParams p, const __grid_constant__ CUtensorMap tq,   \
            const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv) {          \
-    FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, CL, OPT, MODS, PACK)                                     \
+    FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, CL, OPT, MODS)                                           \
   }
-#define FLASH_FWD_SM90_ENTRY_CL(NAME, T, D, BN, STAGES, C, CL, OPT, MODS) \
-  FLASH_FWD_SM90_ENTRY_PACK(NAME, T, D, BN, STAGES, C, CL, OPT, MODS, false)
 #define FLASH_FWD_SM90_ENTRY_C(NAME, T, D, BN, STAGES, C, OPT, MODS) \
   FLASH_FWD_SM90_ENTRY_CL(NAME, T, D, BN, STAGES, C, 1, OPT, MODS)
 #define FLASH_FWD_SM90_ENTRY(NAME, T, D, BN, STAGES, OPT, MODS) FLASH_FWD_SM90_ENTRY_C(NAME, T, D, BN, STAGES, 2, OPT, MODS)
@@ -80,9 +77,24 @@ FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_f16_d96_m192n112w16c2_plain, __half, 96, 
 FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_bf16_d96_m192n112w16c2_plain, __nv_bfloat16, 96, 112, 2, 3, 2, Sm90Default, false)
 
 // GQA-packed plain forms of the 128-row shapes (dispatch.rs: query heads per KV head a power of two, where
-// packing fills tiles that one head's rows leave part-empty): flash_fwd_sm90_{f16|bf16}_d{D}_m128n{BN}w12_plain_packgqa.
-#define FLASH_FWD_SM90_PACKED(TNAME, T, D, BN) \
-  FLASH_FWD_SM90_ENTRY_PACK(flash_fwd_sm90_##TNAME##_d##D##_m128n##BN##w12_plain_packgqa, T, D, BN, 2, 2, 1, Sm90Default, false, true)
+// packing fills tiles that one head's rows leave part-empty, or where split-KV pays):
+// flash_fwd_sm90_{f16|bf16}_d{D}_m128n{BN}w12_plain_packgqa; tq is the 5D packed query map.
+// They also run split-KV: each tile's keys cut into n_splits ranges, partial results to the workspace (o_part,
+// lse_part; the decode combine kernel merges them); n_splits == 1 writes the outputs directly.
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define FLASH_FWD_SM90_PACKED_BODY(T, D, BN)                                                                \
+  flashattn::flash_fwd_sm90<T, flashattn::Sm90Config<D, BN, 2, 2, 1>, Sm90Default, false, true>(           \
+      p, &tq, &tk, &tv, flashattn::SplitParts{o_part, lse_part, n_splits});
+#else
+#define FLASH_FWD_SM90_PACKED_BODY(T, D, BN) __trap();
+#endif
+#define FLASH_FWD_SM90_PACKED(TNAME, T, D, BN)                                                                 \
+  extern "C" __global__ void __launch_bounds__(384, 1) flash_fwd_sm90_##TNAME##_d##D##_m128n##BN##w12_plain_packgqa( \
+      const __grid_constant__ flashattn::AttnParams p, const __grid_constant__ CUtensorMap tq,                \
+      const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv, float *o_part,          \
+      float *lse_part, int n_splits) {                                                                         \
+    FLASH_FWD_SM90_PACKED_BODY(T, D, BN)                                                                       \
+  }
 #define FLASH_FWD_SM90_PACKED_BOTH(D, BN)   \
   FLASH_FWD_SM90_PACKED(f16, __half, D, BN) \
   FLASH_FWD_SM90_PACKED(bf16, __nv_bfloat16, D, BN)

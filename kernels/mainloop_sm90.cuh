@@ -78,17 +78,17 @@ template <class Cfg> struct Barriers {
 
 template <typename T, class Cfg, bool PACK>
 __device__ __forceinline__ void produce(const AttnParams &p, unsigned char *smem, const CUtensorMap *tq,
-                                        const CUtensorMap *tk, const CUtensorMap *tv) {
+                                        const CUtensorMap *tk, const CUtensorMap *tv, int n_splits) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, STAGES = Cfg::STAGES, CLUSTER = Cfg::CLUSTER;
   Barriers<Cfg> bar(smem);
   prefetch_tensor_map(tq);
   prefetch_tensor_map(tk);
   prefetch_tensor_map(tv);
   const uint32_t rank = CLUSTER > 1 ? cluster_rank() : 0;
-  const int tiles = persistent_tiles<CLUSTER, PACK>(p, BM);
+  const int tiles = persistent_tiles<CLUSTER, PACK>(p, BM) * n_splits;
   int ring = 0, loaded = 0;  // K/V ring steps and Q tiles so far, counted alike by the consumers
   for (int k = 0, t; (t = persistent_tile_index<CLUSTER>(k)) < tiles; ++k) {
-    const BlockWork w = persistent_tile<BM, BN, CLUSTER, PACK>(p, t);
+    const BlockWork w = persistent_split_tile<BM, BN, CLUSTER, PACK>(p, t, n_splits);
     const int n_blocks = w.n_end - w.n_begin;
     if (n_blocks <= 0) continue;
     mbar_wait(bar.q_empty, (uint32_t)(loaded & 1) ^ 1u);
@@ -168,7 +168,7 @@ template <class Opt, int CONSUMERS> struct Turn {
 template <typename T, class Cfg, class Opt, bool MODS>
 __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWork &w, unsigned char *smem,
                                              int consumer, int ring, int loaded, const Turn<Opt, Cfg::CONSUMERS> &turn,
-                                             int row_shift) {
+                                             int row_shift, const SplitParts &parts) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, D = Cfg::D, STAGES = Cfg::STAGES;
   constexpr int NTN = BN / 8, NTD = D / 8, KQ = D / 16, KP = BN / 16;
   constexpr int PB = Cfg::PANEL_BYTES, KQ_PER_PANEL = Cfg::PANEL_COLS / 16;
@@ -347,26 +347,34 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
 
   float inv[1][2], lse[1][2];
   sm.finalize(inv, lse, p.scale);
-  store_output<T, 1, NTD>(p, o, inv, lse, w.batch, w.head, row_base, lane, row_shift);
+  if (parts.n > 1)
+    store_partial<1, NTD>(p, o, inv, lse, parts, w.batch, w.kv_head, w.split, p.seq_q << row_shift, row_base, lane);
+  else
+    store_output<T, 1, NTD>(p, o, inv, lse, w.batch, w.head, row_base, lane, row_shift);
 }
 
 // Rows of a block that sees no key at all: zeros and lse = -inf, as the main loop would give them.
 template <typename T, class Cfg>
-__device__ __forceinline__ void store_empty(const AttnParams &p, const BlockWork &w, int consumer, int row_shift) {
+__device__ __forceinline__ void store_empty(const AttnParams &p, const BlockWork &w, int consumer, int row_shift,
+                                            const SplitParts &parts) {
   constexpr int NTD = Cfg::D / 8;
   const int lane = threadIdx.x & 31, warp_in_group = (threadIdx.x / 32) & 3;
   float o[1][NTD][4] = {};
   const float inv[1][2] = {{0.f, 0.f}}, lse[1][2] = {{-INFINITY, -INFINITY}};
-  store_output<T, 1, NTD>(p, o, inv, lse, w.batch, w.head, w.m_block * Cfg::BM + consumer * 64 + warp_in_group * 16,
-                          lane, row_shift);
+  const int row_base = w.m_block * Cfg::BM + consumer * 64 + warp_in_group * 16;
+  if (parts.n > 1)
+    store_partial<1, NTD>(p, o, inv, lse, parts, w.batch, w.kv_head, w.split, p.seq_q << row_shift, row_base, lane);
+  else
+    store_output<T, 1, NTD>(p, o, inv, lse, w.batch, w.head, row_base, lane, row_shift);
 }
 
 }  // namespace sm90
 
-// PACK: GQA packing (gqa_pack.cuh), plain single-block instances only.
+// PACK: GQA packing (gqa_pack.cuh), plain single-block instances only; they also take split-KV `parts` (n > 1:
+// each tile's keys cut into n ranges, partial results to the workspace for the decode combine kernel to merge).
 template <typename T, class Cfg, class Opt, bool MODS, bool PACK = false>
 __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtensorMap *tq, const CUtensorMap *tk,
-                                               const CUtensorMap *tv) {
+                                               const CUtensorMap *tv, const SplitParts parts = SplitParts{nullptr, nullptr, 1}) {
   using namespace sm90;
   static_assert(!PACK || (!MODS && Cfg::CLUSTER == 1), "GQA packing: plain problems, single blocks");
   require_dynamic_smem(Cfg::SMEM_BYTES);
@@ -393,7 +401,7 @@ __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtens
   }
   if (group == 0) {
     regs_dealloc<Cfg::PRODUCER_REGS>();
-    if (threadIdx.x == 0) produce<T, Cfg, PACK>(p, smem, tq, tk, tv);
+    if (threadIdx.x == 0) produce<T, Cfg, PACK>(p, smem, tq, tk, tv, parts.n);
     return;
   }
   regs_alloc<Cfg::CONSUMER_REGS>();
@@ -404,17 +412,17 @@ __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtens
   // The consumers' GEMM issue takes turns over the whole run, tile after tile: consumer 0 starts, and the
   // last consumer's very last pass is taken by consumer 0 at the end.
   if (consumer == Cfg::CONSUMERS - 1) turn.pass();
-  const int tiles = persistent_tiles<Cfg::CLUSTER, PACK>(p, Cfg::BM);
+  const int tiles = persistent_tiles<Cfg::CLUSTER, PACK>(p, Cfg::BM) * parts.n;
   const int row_shift = PACK ? gqa_row_shift(p) : 0;
   int ring = 0, loaded = 0;
   for (int k = 0, t; (t = persistent_tile_index<Cfg::CLUSTER>(k)) < tiles; ++k) {
-    const BlockWork w = persistent_tile<Cfg::BM, Cfg::BN, Cfg::CLUSTER, PACK>(p, t);
+    const BlockWork w = persistent_split_tile<Cfg::BM, Cfg::BN, Cfg::CLUSTER, PACK>(p, t, parts.n);
     const int n_blocks = w.n_end - w.n_begin;
     if (n_blocks <= 0) {
-      store_empty<T, Cfg>(p, w, consumer, row_shift);
+      store_empty<T, Cfg>(p, w, consumer, row_shift, parts);
       continue;
     }
-    consume_tile<T, Cfg, Opt, MODS>(p, w, smem, consumer, ring, loaded, turn, row_shift);
+    consume_tile<T, Cfg, Opt, MODS>(p, w, smem, consumer, ring, loaded, turn, row_shift, parts);
     ring += n_blocks;
     ++loaded;
   }

@@ -36,6 +36,7 @@ template <int BN> __device__ __forceinline__ KeyRange key_range(const AttnParams
 
 struct BlockWork {
   int m_block, head, batch, kv_head;
+  int split;           // the key split this block computes (split-KV, persistent_split_tile), else 0
   int kv_len;          // keys that exist for this batch entry (key_seqlens / past lengths applied)
   int n_begin, n_end;  // key blocks [n_begin, n_end) holding every key some row of the block may see
   int lo_max, hi_min;  // a key tile [c0, c1) with c0 >= lo_max and c1 <= hi_min is visible to all rows
@@ -48,6 +49,7 @@ __device__ __forceinline__ BlockWork block_work(const AttnParams &p, int m_block
   w.m_block = m_block;
   w.head = head;
   w.batch = batch;
+  w.split = 0;
   w.kv_head = w.head / (p.heads_q / p.heads_kv);
   const int row_first = w.m_block * BM;
   const int row_last = min(row_first + BM, p.seq_q << row_shift) - 1;
@@ -105,6 +107,20 @@ __device__ __forceinline__ BlockWork persistent_tile(const AttnParams &p, int t)
   const int m = t % units, rest = t / units;
   const int unit = p.window_right >= 0 ? units - 1 - m : m;
   return block_work<BM, BN>(p, unit * CLUSTER + (int)(blockIdx.x % CLUSTER), rest % p.heads_q, rest / p.heads_q);
+}
+
+// Unit t of a Hopper launch whose tiles are each cut into n_splits key ranges (split-KV, GQA-packed kernels):
+// tile t / n_splits, keys of split t % n_splits (an even share of its key blocks, possibly none).
+template <int BM, int BN, int CLUSTER = 1, bool PACK = false>
+__device__ __forceinline__ BlockWork persistent_split_tile(const AttnParams &p, int t, int n_splits) {
+  BlockWork w = persistent_tile<BM, BN, CLUSTER, PACK>(p, t / n_splits);
+  if (n_splits > 1) {
+    w.split = t % n_splits;
+    const int blocks = w.n_end - w.n_begin, per = (blocks + n_splits - 1) / n_splits;
+    w.n_begin += min(w.split * per, blocks);
+    w.n_end = min(w.n_begin + per, w.n_end);
+  }
+  return w;
 }
 
 }  // namespace flashattn

@@ -157,7 +157,7 @@ def run_row(lib, B, S, H, D, causal, Hkv=None, Sq=None, rows_out=None):
     # right after the default is compared with a different clock.
     # grid variants (how the Hopper kernel's blocks take tiles) on every row, kernel variants on their head dim
     # (a family name, e.g. sm80, on every row)
-    variants = [v for v in VARIANTS if v.startswith(("grid=", "cluster=")) or f"_d{D}_" in v or "_" not in v] + (["lib"] if OTHER else [])
+    variants = [v for v in VARIANTS if v.startswith(("grid=", "cluster=", "splits=")) or f"_d{D}_" in v or "_" not in v] + (["lib"] if OTHER else [])
     times = {name: [] for name in ["default"] + variants}
     P_other = fa_lib.make_params(OTHER, q, k, v, out, causal=causal) if OTHER else None
     for _ in range(ROUNDS if variants else 1):
@@ -169,6 +169,8 @@ def run_row(lib, B, S, H, D, causal, Hkv=None, Sq=None, rows_out=None):
                 lib.flashattn_ort_gpu_set_persistent(int(name[5:]))
             elif name.startswith("cluster="):  # cluster=1: clusters of two blocks sharing K/V tiles where they fit
                 lib.flashattn_ort_gpu_set_prefill_cluster(int(name[8:]))
+            elif name.startswith("splits="):  # split-KV of the prefill kernel: 0 never, n forced
+                fa_lib.set_prefill_splits(lib, int(name[7:]))
             elif name != "default":  # a kernel name, optionally with its grid: NAME+grid=0|1
                 kernel, _, grid = name.partition("+grid=")
                 lib.flashattn_ort_gpu_set_kernel(kernel.encode())
@@ -178,6 +180,7 @@ def run_row(lib, B, S, H, D, causal, Hkv=None, Sq=None, rows_out=None):
             lib.flashattn_ort_gpu_set_kernel(None)
             lib.flashattn_ort_gpu_set_persistent(-1)
             lib.flashattn_ort_gpu_set_prefill_cluster(-1)
+            fa_lib.set_prefill_splits(lib, -1)
     res["ours"] = statistics.median(times["default"])
     for name in variants:
         t = statistics.median(times[name])
@@ -222,6 +225,10 @@ GQA_ROWS = [
     (8, 100, 8192, 32, 8, 128, True),
     (4, 200, 16384, 32, 8, 128, False),
     (2, 17, 32768, 32, 8, 128, True),
+    (1, 100, 32768, 32, 8, 128, True),
+    (1, 256, 16384, 32, 8, 128, True),
+    (1, 64, 16384, 32, 32, 128, True),
+    (4, 30, 8192, 32, 8, 128, True),
     (8, 48, 4096, 32, 4, 64, True),
     (8, 24, 8192, 64, 8, 128, True),
     (4, 2048, 2048, 32, 8, 64, True),
@@ -238,6 +245,7 @@ def gqa_table(lib, spec=None):
     if not VARIANTS:
         for D in sorted({r[5] for r in table}):
             VARIANTS.extend([f"flash_fwd_sm90_bf16_d{D}_m128n128w12_plain_packgqa", f"flash_fwd_sm90_bf16_d{D}_m128n128w12_plain"])
+        VARIANTS.append("splits=0")
     rows = []
     for B, Sq, Skv, H, Hkv, D, causal in table:
         causal = bool(causal)

@@ -164,6 +164,12 @@ def set_decode_row_groups(lib, n):
     _setting(lib, "flashattn_ort_gpu_set_decode_row_groups", n, "decode row groups")
 
 
+def set_prefill_splits(lib, n):
+    """Split-KV of the Hopper prefill kernel (its GQA-packed instances): -1 automatic; 0 never; n > 1: n splits
+    wherever a packed kernel can serve."""
+    _setting(lib, "flashattn_ort_gpu_set_prefill_splits", n, "prefill splits")
+
+
 def set_dependent_launch(lib, on):
     """Programmatic dependent launches of the decode kernels on (default) or off (Hopper and newer)."""
     lib.flashattn_ort_gpu_set_dependent_launch(1 if on else 0)

@@ -58,12 +58,16 @@ def rand_case(rng, small):
     c["lse"] = rng.random() < 0.8
     c["grid"] = rng.choice(GRID_MODES)
     c["prefill_cluster"] = rng.choice(PREFILL_CLUSTER)
+    c["prefill_splits"] = rng.choice(PREFILL_SPLITS)
     return c
 
 
 # How the Hopper kernel's blocks take tiles (flashattn_ort_gpu_set_persistent): -1 by problem, 0 one block per
 # tile, 1 a fixed share per persistent block.
 GRID_MODES = [-1, -1, 0, 1]
+# Split-KV of the Hopper prefill kernel (fa_lib.set_prefill_splits): -1 automatic, 0 never, n forced (the GQA-packed
+# kernel then serves every plain problem with a power-of-two group, MHA included).
+PREFILL_SPLITS = [-1, -1, 0, 3]
 # Whether it runs in clusters of two blocks sharing K/V tiles (flashattn_ort_gpu_set_prefill_cluster).
 PREFILL_CLUSTER = [-1, 0, 1, 1]
 
@@ -166,6 +170,7 @@ def run_case(lib, c, gen):
     fa_lib.set_decode_row_groups(lib, c.get("row_groups", -1))
     lib.flashattn_ort_gpu_set_persistent(c.get("grid", -1))
     lib.flashattn_ort_gpu_set_prefill_cluster(c.get("prefill_cluster", -1))
+    fa_lib.set_prefill_splits(lib, c.get("prefill_splits", -1))
     if c.get("force"):
         lib.flashattn_ort_gpu_set_kernel(c["force"].encode())
     try:
@@ -178,13 +183,16 @@ def run_case(lib, c, gen):
         fa_lib.set_decode_row_groups(lib, -1)
         lib.flashattn_ort_gpu_set_persistent(-1)
         lib.flashattn_ort_gpu_set_prefill_cluster(-1)
+        fa_lib.set_prefill_splits(lib, -1)
         if c.get("force"):
             lib.flashattn_ort_gpu_set_kernel(FAMILY.encode() if FAMILY else None)
     ref, ref_lse = fa_lib.reference(q, k, v, **kw)
     naive, _ = fa_lib.reference(q, k, v, dtype=dt, **kw)
     problems = []
-    if "packed" in c and FAMILY != "sm80" and kname.endswith("_packgqa") != c["packed"]:
+    if "packed" in c and FAMILY != "sm80" and ("_packgqa" in kname) != c["packed"]:
         problems.append(f"ran {kname}, GQA packing expected: {c['packed']}")
+    if "split" in c and FAMILY != "sm80" and (" splits" in kname and "_packgqa" in kname) != c["split"]:
+        problems.append(f"ran {kname}, prefill split-KV expected: {c['split']}")
     if kname.startswith("flash_decode") != decode_expected(c):
         problems.append(f"ran {kname}, decode kernel expected: {decode_expected(c)}")
     if torch.isnan(out).any():
@@ -284,6 +292,19 @@ def fixed_cases():
         cases.append(dict(gq, sq=1100, skv=1100, grid=grid, force="flash_fwd_sm90_bf16_d128_m128n128w12_plain_packgqa"))
     cases.append(dict(gq, dtype=torch.float16, sq=700, skv=2500, hq=8, hkv=4, causal=False, seqlens=True,
                       force="flash_fwd_sm90_f16_d128_m128n128w12_plain_packgqa"))
+    # Split-KV of the prefill kernel (GQA-packed): automatic for few tiles over many keys (17 tokens x 4 heads,
+    # just past the decode kernel's 64 rows; a new chat turn of 100 tokens at batch 1; MHA through the packed
+    # kernel), forced with causal, windows, ragged and empty key lengths (splits without keys), BNSH, f16, d256
+    sp = dict(base, b=2, hq=32, hkv=8, sq=17, skv=20000, d=128, dv=128, causal=True, split=True)
+    cases.append(sp)
+    cases.append(dict(sp, b=1, sq=100, skv=9000, seqlens=True, zero_len=False, lse=True))
+    cases.append(dict(sp, b=1, hq=16, hkv=16, sq=70, skv=12000, causal=False))   # MHA: a group of one
+    cases.append(dict(sp, b=3, sq=40, skv=3000, seqlens=True, zero_len=True, prefill_splits=5))
+    cases.append(dict(sp, dtype=torch.float16, d=256, dv=256, sq=30, skv=4000, window_left=900, window_right=0,
+                      prefill_splits=7, layout="BNSH"))
+    cases.append(dict(sp, d=96, dv=64, hq=16, hkv=2, sq=33, skv=5000, strided=True, prefill_splits=4))
+    cases.append(dict(sp, sq=300, skv=300, prefill_splits=6))                    # Sq = Skv causal, forced
+    cases.append(dict(sp, prefill_splits=0, split=False))                        # off: one pass per tile
     # Split-KV decode: the split path (auto and forced), the one-split path (straight to the outputs), off.
     dec = dict(base, b=1, hq=32, hkv=8, sq=1, skv=32768, d=128, dv=128, splits="auto")
     cases.append(dec)                                                       # GQA 32/8, long cache, split

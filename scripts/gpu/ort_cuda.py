@@ -204,6 +204,17 @@ def main():
             compare(name, feeds, out, lse, dtype, causal=True)
         except Exception as e:  # noqa: BLE001
             check(name, False, f"exception {e}")
+    # 1c. a short query over many keys: the Hopper prefill kernel with split keys (GQA-packed), its workspace
+    # from ORT's device allocator too.
+    for dtype in (torch.float16, torch.bfloat16):
+        name = f"cuda-ep {str(dtype)[6:]} prefill of 40 tokens over 8192 keys (split-KV on Hopper, workspace from ORT)"
+        try:
+            sess = session(model(dtype, seqlens=True, causal=1), profile=True)
+            feeds = inputs(dtype, B=1, Sq=40, Skv=8192, H=8, Hkv=2, D=128, seqlens=True)
+            out, lse = run_bound(sess, feeds, (1, 40, 8, 128), dtype)
+            compare(name, feeds, out, lse, dtype, causal=True)
+        except Exception as e:  # noqa: BLE001
+            check(name, False, f"exception {e}")
     # 2. float32: no CUDA kernel; ORT runs the CPU kernel.
     try:
         sess = session(model(torch.float32, lse=False), profile=True)
@@ -223,6 +234,8 @@ def main():
                 dict(B=1, Sq=1, Skv=2048, H=8, Hkv=2, D=128))
     graph_check("CUDA graph capture + replay of a prefill over 8192 keys (clusters on Hopper)", torch.bfloat16, False,
                 dict(B=1, Sq=256, Skv=8192, H=4, Hkv=2, D=128))
+    graph_check("CUDA graph capture + replay of a short prefill with split keys (Hopper)", torch.float16, True,
+                dict(B=1, Sq=40, Skv=8192, H=8, Hkv=2, D=128))
     # 4. Two sessions on two threads.
     try:
         dtype = torch.bfloat16

@@ -34,9 +34,10 @@ for i in range(n):
     if i == 12:  # and the d192 cluster shape (112-key tiles)
         c.update(d=192, dv=192, sq=1024, skv=8300, b=1, hq=8, hkv=8, causal=False, window_left=-1, window_right=-1,
                  seqlens=True, strided=False, mask=None, softcap=0.0, prefill_cluster=-1)
-    if i == 15:  # and GQA packing (8 query heads per KV head in a tile), causal, ragged key lengths (memcheck)
+    if i == 15:  # and GQA packing (8 query heads per KV head in a tile) with split keys, causal, ragged key
+        # lengths (memcheck)
         c.update(d=128, dv=128, sq=40, skv=3000, b=2, hq=16, hkv=2, causal=True, window_left=-1, window_right=-1,
-                 seqlens=True, strided=False, mask=None, softcap=0.0)
+                 seqlens=True, strided=False, mask=None, softcap=0.0, prefill_splits=4)
     B, Hq, Hkv, Sq, Skv, D, Dv, dt = c["b"], c["hq"], c["hkv"], c["sq"], c["skv"], c["d"], c["dv"], c["dtype"]
     bsnh = c["layout"] == "BSNH"
     shp = lambda s, h, d: (B, s, h, d) if bsnh else (B, h, s, d)  # noqa: E731
@@ -55,6 +56,7 @@ for i in range(n):
     fa_lib.set_decode_cluster(lib, c.get("cluster", -1))
     fa_lib.set_decode_row_groups(lib, c.get("row_groups", -1))
     lib.flashattn_ort_gpu_set_prefill_cluster(c.get("prefill_cluster", -1))
+    fa_lib.set_prefill_splits(lib, c.get("prefill_splits", -1))
     kernel = fa_lib.kernel_name(lib, P)
     served[kernel] = served.get(kernel, 0) + 1
     fa_lib.launch(lib, P)
@@ -63,6 +65,7 @@ for i in range(n):
     fa_lib.set_decode_cluster(lib, -1)
     fa_lib.set_decode_row_groups(lib, -1)
     lib.flashattn_ort_gpu_set_prefill_cluster(-1)
+    fa_lib.set_prefill_splits(lib, -1)
     if torch.isnan(out).any():
         bad += 1
         print("NaN/unwritten output in case", c)

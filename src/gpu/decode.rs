@@ -491,7 +491,6 @@ pub fn launch(plan: &DecodePlan, p: &AttnParams, append: Option<&KvAppendParams>
         o_part = ws.ptr;
         lse_part = ws.ptr + lse_off as u64;
     }
-    let mut n_splits = plan.splits;
     {
         let (params, append_params, o_arg, lse_arg) = (
             (&mut arg as *mut AttnParams).cast(),
@@ -506,24 +505,38 @@ pub fn launch(plan: &DecodePlan, p: &AttnParams, append: Option<&KvAppendParams>
         launch_kernel(f, l, stream, dependent, &|| format!("launching {name}"))?;
     }
     if plan.splits > 1 {
-        let fc = kernels.named(&plan.spec.combine_name())?;
-        let rows = p.batch as u64 * p.heads_kv as u64 * packed_rows(p) as u64;
-        if rows > i32::MAX as u64 {
-            return Err(GpuError::new(format!("{rows} decode rows exceed one launch")));
-        }
-        let mut rows_per_block = combine_rows_per_block(p.head_dim_v, plan.splits) as i32;
-        let blocks = rows.div_ceil(rows_per_block as u64) as u32;
-        let mut args: [*mut c_void; 5] = [
-            (&mut arg as *mut AttnParams).cast(),
-            (&mut o_part as *mut u64).cast(),
-            (&mut lse_part as *mut u64).cast(),
-            (&mut n_splits as *mut i32).cast(),
-            (&mut rows_per_block as *mut i32).cast(),
-        ];
-        let l = Launch { grid: (blocks, 1, 1), threads: COMBINE_THREADS, smem: 0, args: &mut args, cluster_x: 0 };
-        launch_kernel(fc, l, stream, dependent, &|| format!("launching {}", plan.spec.combine_name()))?;
+        launch_combine(p, plan.splits, o_part, lse_part, kernels, stream)?;
     }
     Ok(())
+}
+
+/// Queues the combine kernel: merges `splits` partial results per packed row of `p` (workspace layout of
+/// [`workspace_layout`], O parts at `o_part`, lse parts at `lse_part`) into its outputs. It waits in-kernel
+/// for the kernel before it (a dependent launch on Hopper and newer).
+pub fn launch_combine(p: &AttnParams, splits: i32, o_part: u64, lse_part: u64, kernels: &DeviceKernels, stream: sys::CUstream) -> Result<(), GpuError> {
+    let dtype = match p.dtype {
+        1 => DType::F16,
+        2 => DType::BF16,
+        d => return Err(GpuError::new(format!("no combine kernel for dtype code {d}"))),
+    };
+    let name = combine_name(dtype);
+    let fc = kernels.named(&name)?;
+    let rows = p.batch as u64 * p.heads_kv as u64 * packed_rows(p) as u64;
+    if rows > i32::MAX as u64 {
+        return Err(GpuError::new(format!("{rows} packed rows exceed one combine launch")));
+    }
+    let (mut arg, mut o_part, mut lse_part, mut n_splits) = (*p, o_part, lse_part, splits);
+    let mut rows_per_block = combine_rows_per_block(p.head_dim_v, splits) as i32;
+    let blocks = rows.div_ceil(rows_per_block as u64) as u32;
+    let mut args: [*mut c_void; 5] = [
+        (&mut arg as *mut AttnParams).cast(),
+        (&mut o_part as *mut u64).cast(),
+        (&mut lse_part as *mut u64).cast(),
+        (&mut n_splits as *mut i32).cast(),
+        (&mut rows_per_block as *mut i32).cast(),
+    ];
+    let l = Launch { grid: (blocks, 1, 1), threads: COMBINE_THREADS, smem: 0, args: &mut args, cluster_x: 0 };
+    launch_kernel(fc, l, stream, kernels.cc >= 90, &|| format!("launching {name}"))
 }
 
 #[cfg(test)]

@@ -74,11 +74,12 @@ fn query_tiles_pair_up(p: &AttnParams, bm: i32) -> bool {
     tiles % 2 == 0 || tiles >= 15
 }
 
-/// Whether GQA packing can run `p` in tiles of `bm` rows: a power-of-two group of 2..=bm query heads per KV
-/// head (a tile holds whole groups), packed rows countable in 32 bits, a query TMA can step head by head.
+/// Whether GQA packing can run `p` in tiles of `bm` rows: a power-of-two group of 1..=bm query heads per KV
+/// head (a tile holds whole groups; a group of one is MHA, which the packed kernels serve for their split-KV),
+/// packed rows countable in 32 bits, a query TMA can step head by head.
 pub fn packing_possible(p: &AttnParams, bm: i32) -> bool {
     let g = if p.heads_kv > 0 && p.heads_q % p.heads_kv == 0 { p.heads_q / p.heads_kv } else { 0 };
-    g >= 2 && g <= bm && (g as u32).is_power_of_two() && (p.seq_q as i64) * (g as i64) < i32::MAX as i64 - bm as i64
+    g >= 1 && g <= bm && (g as u32).is_power_of_two() && (p.seq_q as i64) * (g as i64) < i32::MAX as i64 - bm as i64
         && super::tensor_map::packed_tma_compatible(p)
 }
 
@@ -618,10 +619,11 @@ mod tests {
         // a mask tensor or softcap: the full kernel, unpacked
         assert!(!pick(&AttnParams { softcap: 30.0, ..gqa(40, 4096) }, 90, 227 * 1024, None).unwrap().pack_gqa);
         assert!(!pick(&AttnParams { mask_kind: 1, ..gqa(40, 4096) }, 90, 227 * 1024, None).unwrap().pack_gqa);
-        // groups that are not a power of two, and MHA, are never packed, even when forced
+        // groups that are not a power of two are never packed, even when forced; MHA only when forced
         let name = "flash_fwd_sm90_bf16_d128_m128n128w12_plain_packgqa";
         assert!(!pick(&AttnParams { heads_q: 24, ..gqa(40, 4096) }, 90, 227 * 1024, Some(name)).unwrap().pack_gqa);
-        assert!(!pick(&AttnParams { heads_kv: 32, ..gqa(40, 4096) }, 90, 227 * 1024, Some(name)).unwrap().pack_gqa);
+        assert!(!pick(&AttnParams { heads_kv: 32, ..gqa(40, 4096) }, 90, 227 * 1024, None).unwrap().pack_gqa);
+        assert!(pick(&AttnParams { heads_kv: 32, ..gqa(40, 4096) }, 90, 227 * 1024, Some(name)).unwrap().pack_gqa);
         // forced by name where it is possible but would not pay
         assert_eq!(pick(&gqa(1024, 1024), 90, 227 * 1024, Some(name)).unwrap().name(), name);
         // a query whose head stride TMA cannot step (72 bytes) is not packed

@@ -210,7 +210,8 @@ pub unsafe extern "C" fn flashattn_ort_gpu_kernel_name(params: *const AttnParams
             }
             return Ok(format!("{} x{} splits{groups}", plan.spec.name(), plan.splits));
         }
-        Ok(k.forward_kernel(&p)?.0.name())
+        let plan = k.forward_kernel(&p)?;
+        Ok(if plan.splits > 1 { format!("{} x{} splits", plan.spec.name(), plan.splits) } else { plan.spec.name() })
     });
     match r {
         Ok(Ok(name)) if name.len() < len => {
@@ -257,6 +258,13 @@ pub extern "C" fn flashattn_ort_gpu_set_persistent(mode: i32) {
 #[no_mangle]
 pub extern "C" fn flashattn_ort_gpu_set_decode_row_groups(n: i32) {
     super::decode::set_row_groups_override(n);
+}
+
+/// Test aid: split-KV of the Hopper prefill kernel (its GQA-packed instances). -1: automatic (default); 0:
+/// never; n > 1: n splits wherever a packed kernel can serve (at most one per key block).
+#[no_mangle]
+pub extern "C" fn flashattn_ort_gpu_set_prefill_splits(n: i32) {
+    super::prefill_split::set_override(n);
 }
 
 /// Benchmarking aid: whether the Hopper kernel runs in clusters of two blocks sharing K/V tiles where a

@@ -43,12 +43,12 @@ pub fn persistent(p: &AttnParams) -> bool {
 /// or persistent blocks (at most `resident` at once: one per SM, or what the device holds of its clusters)
 /// that take several, a cluster of blocks taking `cluster` neighbouring tiles at a time; the Blackwell kernel
 /// runs one block per tile of that linear order.
-pub fn grid(k: &KernelSpec, p: &AttnParams, resident: i32) -> Result<(u32, u32, u32), GpuError> {
+pub fn grid(k: &KernelSpec, p: &AttnParams, resident: i32, splits: i32) -> Result<(u32, u32, u32), GpuError> {
     let gx = (p.seq_q as i64 + k.bm as i64 - 1) / k.bm as i64;
     if k.pack_gqa {
-        // tiles of packed rows (kernels/gqa_pack.cuh): the group's rows per KV head
+        // tiles of packed rows (kernels/gqa_pack.cuh): the group's rows per KV head, each `splits` times
         let g = (p.heads_q / p.heads_kv.max(1)) as i64;
-        let tiles = (p.seq_q as i64 * g + k.bm as i64 - 1) / k.bm as i64 * p.heads_kv as i64 * p.batch as i64;
+        let tiles = (p.seq_q as i64 * g + k.bm as i64 - 1) / k.bm as i64 * p.heads_kv as i64 * p.batch as i64 * splits.max(1) as i64;
         if tiles > i32::MAX as i64 {
             return Err(GpuError::new(format!("{tiles} tiles of packed query rows exceed the kernel's 2^31 limit")));
         }
@@ -123,6 +123,8 @@ pub struct Prepared {
     ctx: sys::CUcontext,
     kernels: &'static module::DeviceKernels,
     decode: Option<decode::DecodePlan>,
+    /// The prefill kernel's plan, where the decode kernel does not serve.
+    forward: Option<module::ForwardPlan>,
     append: Option<KvAppendParams>,
 }
 
@@ -138,13 +140,18 @@ pub fn prepare(p: &AttnParams, stream: *mut c_void) -> Result<Option<Prepared>, 
     let stream = stream as sys::CUstream;
     let (ctx, kernels) = module::stream_kernels(stream)?;
     let decode = decode::plan(p, kernels.into(), usize::MAX)?;
-    Ok(Some(Prepared { p: *p, stream, ctx, kernels, decode, append: None }))
+    let forward = if decode.is_none() { Some(kernels.forward_kernel(p)?) } else { None };
+    Ok(Some(Prepared { p: *p, stream, ctx, kernels, decode, forward, append: None }))
 }
 
 impl Prepared {
     /// Device bytes of workspace the launch would use (0: none).
     pub fn workspace_bytes(&self) -> usize {
-        self.decode.as_ref().map_or(0, |plan| plan.workspace_bytes)
+        match (&self.decode, &self.forward) {
+            (Some(plan), _) => plan.workspace_bytes,
+            (None, Some(plan)) => plan.workspace_bytes(&self.p),
+            (None, None) => 0,
+        }
     }
 
     /// The stream's device ordinal (where the workspace must be allocated).
@@ -189,19 +196,47 @@ impl Prepared {
         if self.append.is_some() {
             return Err(GpuError::new("internal: the KV append was handed to a decode launch that did not run"));
         }
-        let (spec, resident) = self.kernels.forward_kernel(p)?;
-        let f = self.kernels.function(&spec)?;
+        let plan = match self.forward {
+            Some(plan) => plan,
+            None => self.kernels.forward_kernel(p)?,
+        };
+        // Split partial results need the workspace; with less than they ask for the tiles run whole.
+        let (bytes, lse_off) = decode::workspace_layout(p, plan.splits);
+        let split = if plan.splits > 1 && ws.ptr != 0 && ws.ptr % 16 == 0 && ws.bytes >= bytes {
+            SplitLaunch { o_part: ws.ptr, lse_part: ws.ptr + lse_off as u64, splits: plan.splits }
+        } else {
+            SplitLaunch::NONE
+        };
+        let f = self.kernels.function(&plan.spec)?;
         let _cur = CurrentContext::push(self.ctx)?;
-        launch_function(f, &spec, p, stream, resident)
+        launch_function(f, &plan.spec, p, stream, plan.resident, split)?;
+        if split.splits > 1 {
+            decode::launch_combine(p, split.splits, split.o_part, split.lse_part, self.kernels, stream)?;
+        }
+        Ok(())
     }
+}
+
+/// Where a GQA-packed Hopper launch leaves split-KV partial results (kernels/epilogue.cuh SplitParts): workspace
+/// addresses and the split count (1: none, the kernel writes the outputs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitLaunch {
+    pub o_part: u64,
+    pub lse_part: u64,
+    pub splits: i32,
+}
+
+impl SplitLaunch {
+    pub const NONE: SplitLaunch = SplitLaunch { o_part: 0, lse_part: 0, splits: 1 };
 }
 
 /// Queues kernel `f` with the geometry and parameters of `spec` (its grid, block, shared memory, and for the
 /// TMA families the Q/K/V tensor maps) on `stream` of the current context; `resident`: how many of its blocks
-/// the device runs at once (see [`grid`]). The self-check launches its candidates through here too, so a
-/// broken stand-in gets exactly the launch the real kernel would.
-pub fn launch_function(f: sys::CUfunction, spec: &KernelSpec, p: &AttnParams, stream: sys::CUstream, resident: i32) -> Result<(), GpuError> {
-    let (gx, gy, gz) = grid(spec, p, resident)?;
+/// the device runs at once (see [`grid`]); `split`: the GQA-packed kernels' split-KV (their extra parameters).
+/// The self-check launches its candidates through here too, so a broken stand-in gets exactly the launch the
+/// real kernel would.
+pub fn launch_function(f: sys::CUfunction, spec: &KernelSpec, p: &AttnParams, stream: sys::CUstream, resident: i32, split: SplitLaunch) -> Result<(), GpuError> {
+    let (gx, gy, gz) = grid(spec, p, resident, split.splits)?;
     let mut arg = *p;
     let launch = |args: &mut [*mut c_void]| {
         let l = driver::Launch { grid: (gx, gy, gz), threads: spec.threads(), smem: spec.smem_bytes(), args, cluster_x: spec.cluster.max(1) as u32 };
@@ -215,7 +250,14 @@ pub fn launch_function(f: sys::CUfunction, spec: &KernelSpec, p: &AttnParams, st
             let mut tq = q.encode(p.dtype, cols, spec.bm as u32)?;
             let mut tk = Operand::key(p).encode(p.dtype, cols, spec.bn as u32)?;
             let mut tv = Operand::value(p).encode(p.dtype, cols, spec.bn as u32)?;
-            launch(&mut [(&mut arg as *mut AttnParams).cast(), (&mut tq as *mut sys::CUtensorMap).cast(), (&mut tk as *mut sys::CUtensorMap).cast(), (&mut tv as *mut sys::CUtensorMap).cast()])
+            let maps: [*mut c_void; 4] = [(&mut arg as *mut AttnParams).cast(), (&mut tq as *mut sys::CUtensorMap).cast(), (&mut tk as *mut sys::CUtensorMap).cast(), (&mut tv as *mut sys::CUtensorMap).cast()];
+            if spec.pack_gqa {
+                let (mut o_part, mut lse_part, mut splits) = (split.o_part, split.lse_part, split.splits);
+                let extra: [*mut c_void; 3] = [(&mut o_part as *mut u64).cast(), (&mut lse_part as *mut u64).cast(), (&mut splits as *mut i32).cast()];
+                launch(&mut [maps[0], maps[1], maps[2], maps[3], extra[0], extra[1], extra[2]])
+            } else {
+                launch(&mut { maps })
+            }
         }
     }
 }
@@ -238,13 +280,13 @@ mod tests {
         let single = KernelSpec { cluster: 1, ..spec };
         // 9 query tiles of 128 rows per head: 5 pairs, the last one's second block without rows
         let p = AttnParams { window_left: -1, window_right: -1, batch: 2, heads_q: 3, seq_q: 1100, seq_kv: 1100, ..Default::default() };
-        assert_eq!(grid(&single, &p, 132).unwrap(), (54, 1, 1));
-        assert_eq!(grid(&spec, &p, 132).unwrap(), (60, 1, 1));
+        assert_eq!(grid(&single, &p, 132, 1).unwrap(), (54, 1, 1));
+        assert_eq!(grid(&spec, &p, 132, 1).unwrap(), (60, 1, 1));
         // persistent: as many pairs as the device holds at once, whole clusters
         let big = AttnParams { batch: 8, heads_q: 32, ..p };
-        assert_eq!(grid(&spec, &big, 130).unwrap(), (130, 1, 1));
-        assert_eq!(grid(&spec, &big, 131).unwrap(), (130, 1, 1));
-        assert_eq!(grid(&single, &big, 131).unwrap(), (131, 1, 1));
+        assert_eq!(grid(&spec, &big, 130, 1).unwrap(), (130, 1, 1));
+        assert_eq!(grid(&spec, &big, 131, 1).unwrap(), (130, 1, 1));
+        assert_eq!(grid(&single, &big, 131, 1).unwrap(), (131, 1, 1));
     }
 
     #[test]

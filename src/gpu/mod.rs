@@ -6,6 +6,7 @@
 //! - [`module`]: the embedded fatbin, loaded lazily once per device;
 //! - [`decode`]: split-KV decode kernel for few query rows: applicability, split count, workspace, launch;
 //! - [`dispatch`]: which kernel serves a problem on a device (compute capability, dtype, head_dim);
+//! - [`prefill_split`]: split-KV for the Hopper prefill kernel (short queries over long caches);
 //! - [`launch`]: grid/shared-memory set-up and the launch on a caller's stream;
 //! - [`selfcheck`]: first-use check of the Blackwell kernel (never run on hardware here) against the
 //!   portable kernel, in a private context; a failure leaves the device to the portable kernel;
@@ -20,6 +21,7 @@ pub mod ffi;
 pub mod kv_append;
 pub mod launch;
 pub mod module;
+pub mod prefill_split;
 pub mod selfcheck;
 pub mod tensor_map;
 

@@ -39,6 +39,23 @@ pub struct DeviceKernels {
     fwd_cluster_blocks: HashMap<String, i32>,
 }
 
+/// How a forward (prefill) problem runs on a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardPlan {
+    pub spec: KernelSpec,
+    /// How many of its blocks run at once (see `launch::grid`).
+    pub resident: i32,
+    /// Key splits of each tile (the GQA-packed Hopper kernels; 1: none).
+    pub splits: i32,
+}
+
+impl ForwardPlan {
+    /// Workspace bytes the split partial results need (0 without splits).
+    pub fn workspace_bytes(&self, p: &crate::params::AttnParams) -> usize {
+        super::decode::workspace_layout(p, self.splits).0
+    }
+}
+
 // CUfunction/CUcontext handles are plain driver handles, usable from any thread.
 unsafe impl Send for DeviceKernels {}
 unsafe impl Sync for DeviceKernels {}
@@ -58,16 +75,16 @@ impl DeviceKernels {
         }
     }
 
-    /// The forward kernel for `p` on this device and how many of its blocks run at once: dispatch's choice,
-    /// or its single-block form where the device holds none of the clusters the choice would run in.
-    pub fn forward_kernel(&self, p: &crate::params::AttnParams) -> Result<(KernelSpec, i32), GpuError> {
-        let k = super::dispatch::select(p, self.cc, self.max_smem_optin, &self.verdict)?;
-        let resident = self.resident_blocks(&k);
-        if k.cluster > 1 && resident < k.cluster {
-            let single = super::dispatch::select_single_block(p, self.cc, self.max_smem_optin, &self.verdict)?;
-            return Ok((single, self.resident_blocks(&single)));
+    /// The forward kernel for `p` on this device: dispatch's choice, or its single-block form where the device
+    /// holds none of the clusters the choice would run in, or the GQA-packed kernel with split keys where
+    /// splitting pays (prefill_split.rs).
+    pub fn forward_kernel(&self, p: &crate::params::AttnParams) -> Result<ForwardPlan, GpuError> {
+        let mut k = super::dispatch::select(p, self.cc, self.max_smem_optin, &self.verdict)?;
+        if k.cluster > 1 && self.resident_blocks(&k) < k.cluster {
+            k = super::dispatch::select_single_block(p, self.cc, self.max_smem_optin, &self.verdict)?;
         }
-        Ok((k, resident))
+        let (spec, splits) = super::prefill_split::plan(p, k, self.num_sms);
+        Ok(ForwardPlan { spec, resident: self.resident_blocks(&spec), splits })
     }
     pub fn named(&self, name: &str) -> Result<sys::CUfunction, GpuError> {
         self.functions

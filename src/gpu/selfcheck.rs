@@ -33,7 +33,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use super::dispatch::{self, Family, KernelSpec, Verdict};
 use super::driver::{check, describe, device_attribute, GpuError};
-use super::launch::launch_function;
+use super::launch::{launch_function, SplitLaunch};
 use crate::check::round_to;
 use crate::params::{AttnParams, DType, MaskKind};
 use crate::schema::{self, InputShapes, OpAttributes};
@@ -378,9 +378,9 @@ fn check_all(ctx: &PrivateContext, dev: sys::CUdevice, image: &[u8], candidate: 
         bufs.bind(&mut p_ref, false);
         let mut p_cand = p0;
         bufs.bind(&mut p_cand, true);
-        launch_function(f_ref, &reference, &p_ref, ctx.stream, num_sms).map_err(|e| Failure::Other(format!("the portable reference: {}", e.0)))?;
+        launch_function(f_ref, &reference, &p_ref, ctx.stream, num_sms, SplitLaunch::NONE).map_err(|e| Failure::Other(format!("the portable reference: {}", e.0)))?;
         ctx.wait(&format!("{} (reference)", reference.name()))?;
-        launch_function(f_cand, &spec, &p_cand, ctx.stream, num_sms)?;
+        launch_function(f_cand, &spec, &p_cand, ctx.stream, num_sms, SplitLaunch::NONE)?;
         ctx.wait(&name)?;
         let (atol, rtol) = tolerance(prob.dtype);
         let case = format!(

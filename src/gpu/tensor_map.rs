@@ -19,8 +19,9 @@ use crate::params::AttnParams;
 pub struct Operand {
     pub addr: u64,
     pub cols: i64,
-    /// Query heads per KV head of a GQA-packed query (an axis between columns and rows, `group_stride` apart);
-    /// 1 otherwise.
+    /// A GQA-packed query: its `group` heads per KV head (`group_stride` apart) are an axis between columns and
+    /// rows (5D, also for a group of one); else 4D with group 1.
+    pub packed: bool,
     pub group: i64,
     pub group_stride: i64,
     pub rows: i64,
@@ -33,25 +34,25 @@ pub struct Operand {
 
 impl Operand {
     pub fn query(p: &AttnParams) -> Self {
-        Operand { addr: p.q_ptr, cols: p.head_dim as i64, group: 1, group_stride: 0, rows: p.seq_q as i64, heads: p.heads_q as i64, batch: p.batch as i64, row_stride: p.q_row_stride, head_stride: p.q_head_stride, batch_stride: p.q_batch_stride }
+        Operand { addr: p.q_ptr, cols: p.head_dim as i64, packed: false, group: 1, group_stride: 0, rows: p.seq_q as i64, heads: p.heads_q as i64, batch: p.batch as i64, row_stride: p.q_row_stride, head_stride: p.q_head_stride, batch_stride: p.q_batch_stride }
     }
     /// The query as GQA packing reads it: the heads of a KV head's group as an axis of their own.
     pub fn packed_query(p: &AttnParams) -> Self {
         let g = (p.heads_q / p.heads_kv.max(1)) as i64;
-        Operand { group: g, group_stride: p.q_head_stride, heads: p.heads_kv as i64, head_stride: p.q_head_stride * g, ..Operand::query(p) }
+        Operand { packed: true, group: g, group_stride: p.q_head_stride, heads: p.heads_kv as i64, head_stride: p.q_head_stride * g, ..Operand::query(p) }
     }
     pub fn key(p: &AttnParams) -> Self {
-        Operand { addr: p.k_ptr, cols: p.head_dim as i64, group: 1, group_stride: 0, rows: p.seq_kv as i64, heads: p.heads_kv as i64, batch: p.batch as i64, row_stride: p.k_row_stride, head_stride: p.k_head_stride, batch_stride: p.k_batch_stride }
+        Operand { addr: p.k_ptr, cols: p.head_dim as i64, packed: false, group: 1, group_stride: 0, rows: p.seq_kv as i64, heads: p.heads_kv as i64, batch: p.batch as i64, row_stride: p.k_row_stride, head_stride: p.k_head_stride, batch_stride: p.k_batch_stride }
     }
     pub fn value(p: &AttnParams) -> Self {
-        Operand { addr: p.v_ptr, cols: p.head_dim_v as i64, group: 1, group_stride: 0, rows: p.seq_kv as i64, heads: p.heads_kv as i64, batch: p.batch as i64, row_stride: p.v_row_stride, head_stride: p.v_head_stride, batch_stride: p.v_batch_stride }
+        Operand { addr: p.v_ptr, cols: p.head_dim_v as i64, packed: false, group: 1, group_stride: 0, rows: p.seq_kv as i64, heads: p.heads_kv as i64, batch: p.batch as i64, row_stride: p.v_row_stride, head_stride: p.v_head_stride, batch_stride: p.v_batch_stride }
     }
 
     /// Extents (innermost first) and byte strides of the outer axes (the group axis only when packed). An
     /// axis of extent 1 is never stepped along, so its stride is replaced by a packed one the encoder accepts
     /// whatever the caller's was.
     fn dims_and_strides(&self) -> (Vec<u64>, Vec<u64>) {
-        let (dims, strides): (Vec<i64>, Vec<i64>) = if self.group > 1 {
+        let (dims, strides): (Vec<i64>, Vec<i64>) = if self.packed {
             (vec![self.cols, self.group, self.rows, self.heads, self.batch], vec![self.group_stride, self.row_stride, self.head_stride, self.batch_stride])
         } else {
             (vec![self.cols, self.rows, self.heads, self.batch], vec![self.row_stride, self.head_stride, self.batch_stride])
@@ -90,7 +91,7 @@ impl Operand {
             32 => sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_64B,
             c => return Err(GpuError::new(format!("no swizzle for boxes of {c} columns"))),
         };
-        let boxes: Vec<u32> = if self.group > 1 {
+        let boxes: Vec<u32> = if self.packed {
             let g = self.group as u32;
             if box_rows % g != 0 {
                 return Err(GpuError::new(format!("a packed query tile of {box_rows} rows does not hold whole groups of {g} heads")));

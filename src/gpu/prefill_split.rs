@@ -1,0 +1,134 @@
+//! Split-KV for the Hopper prefill kernel. A short query over many keys at small batch (a prompt chunk or a new
+//! chat turn over a long KV cache, speculative verification past the decode kernel's 64 packed rows) has few
+//! query tiles: one block per tile leaves most SMs idle while each streams the whole cache. Its GQA-packed
+//! instances (kernels/gqa_pack.cuh) then cut each tile's keys into splits and write partial results in the
+//! decode kernel's workspace layout, which the decode combine kernel merges (`decode::launch_combine`).
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use super::dispatch::{packing_possible, Family, KernelSpec, KERNELS};
+use crate::params::AttnParams;
+
+/// At most this many splits of one tile.
+pub const MAX_SPLITS: i32 = 32;
+/// A split reads at least this many key blocks (fewer: its fixed cost, a Q load and the combine's share,
+/// outweighs the keys).
+const MIN_BLOCKS_PER_SPLIT: i64 = 4;
+
+/// -1 automatic, 0 never, n > 1 forced (where a packed kernel can serve; at most one split per key block): a test aid
+/// (ffi `flashattn_ort_gpu_set_prefill_splits`).
+static OVERRIDE: AtomicI32 = AtomicI32::new(-1);
+
+pub fn set_override(n: i32) {
+    OVERRIDE.store(n.max(-1), Ordering::Relaxed);
+}
+
+/// The kernel and split count for `p`, given dispatch's `chosen` kernel on a device of `num_sms` SMs: `chosen`
+/// and 1 unless splitting pays (or is forced), then the GQA-packed Hopper kernel of the same head dim and the
+/// split count.
+pub fn plan(p: &AttnParams, chosen: KernelSpec, num_sms: i32) -> (KernelSpec, i32) {
+    let forced = OVERRIDE.load(Ordering::Relaxed);
+    let plain_default = chosen.family == Family::Sm90 && chosen.plain && chosen.variant == super::dispatch::Variant::Default;
+    if forced == 0 || !plain_default {
+        return (chosen, 1);
+    }
+    let Some(packed) = KERNELS.iter().find(|k| k.pack_gqa && k.dtype == chosen.dtype && k.d == chosen.d).map(|k| KernelSpec { plain: true, ..*k }) else {
+        return (chosen, 1);
+    };
+    if !packing_possible(p, packed.bm) {
+        return (chosen, 1);
+    }
+    let blocks = key_blocks(p, packed.bn);
+    let splits = if forced > 0 { (forced as i64).min(blocks.max(1)) as i32 } else { auto_splits(tiles(p, packed.bm), blocks, num_sms) };
+    if splits >= 2 {
+        (packed, splits)
+    } else {
+        (chosen, 1)
+    }
+}
+
+/// Splits that fill the SMs once without leaving a split fewer than MIN_BLOCKS_PER_SPLIT key blocks; 1 when
+/// the tiles already fill half the SMs.
+fn auto_splits(tiles: i64, key_blocks: i64, num_sms: i32) -> i32 {
+    if tiles * 2 > num_sms as i64 {
+        return 1;
+    }
+    (num_sms as i64 / tiles.max(1)).min(key_blocks / MIN_BLOCKS_PER_SPLIT).clamp(1, MAX_SPLITS as i64) as i32
+}
+
+/// Packed query tiles of `bm` rows of `p`.
+fn tiles(p: &AttnParams, bm: i32) -> i64 {
+    let g = (p.heads_q / p.heads_kv.max(1)) as i64;
+    (p.seq_q as i64 * g + bm as i64 - 1) / bm as i64 * p.heads_kv as i64 * p.batch as i64
+}
+
+/// Key blocks of `bn` keys the rows of a tile may see at most (causal/window bounds of the whole query).
+fn key_blocks(p: &AttnParams, bn: i32) -> i64 {
+    let (lo, _) = p.visible_keys(0);
+    let (_, hi) = p.visible_keys(p.seq_q as i64 - 1);
+    if hi <= lo {
+        0
+    } else {
+        (hi - 1) / bn as i64 - lo / bn as i64 + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::DType;
+
+    fn chunk(batch: i32, sq: i32, skv: i32, hq: i32, hkv: i32) -> AttnParams {
+        let d = 128;
+        AttnParams {
+            window_left: -1, window_right: 0, dtype: DType::BF16 as i32, head_dim: d, head_dim_v: d,
+            q_ptr: 1 << 20, k_ptr: 2 << 20, v_ptr: 3 << 20, batch, heads_q: hq, heads_kv: hkv, seq_q: sq, seq_kv: skv,
+            q_row_stride: (hq * d) as i64, q_head_stride: d as i64, q_batch_stride: (sq * hq * d) as i64,
+            k_row_stride: (hkv * d) as i64, k_head_stride: d as i64, k_batch_stride: (skv * hkv * d) as i64,
+            v_row_stride: (hkv * d) as i64, v_head_stride: d as i64, v_batch_stride: (skv * hkv * d) as i64,
+            ..Default::default()
+        }
+    }
+
+    fn pick(p: &AttnParams) -> (KernelSpec, i32) {
+        let chosen = super::super::dispatch::select_forced(p, 90, 227 * 1024, &super::super::dispatch::Verdict::NotNeeded, None).unwrap();
+        plan(p, chosen, 132)
+    }
+
+    #[test]
+    fn short_queries_over_long_caches_split_their_keys() {
+        // 17 tokens x 4 heads over 32k keys at batch 2: 16 tiles on 132 SMs
+        let (k, s) = pick(&chunk(2, 17, 32768, 32, 8));
+        assert!(k.pack_gqa);
+        assert_eq!(s, 8);
+        // MHA too (a group of one), through the packed kernel
+        let (k, s) = pick(&chunk(1, 100, 16384, 32, 32));
+        assert!(k.pack_gqa && s == 4, "{} {s}", k.name());
+        // enough tiles already: no split
+        assert_eq!(pick(&chunk(16, 128, 32768, 32, 8)).1, 1);
+        // few keys: splits would read fewer than 4 blocks each
+        assert_eq!(pick(&chunk(1, 40, 512, 32, 8)).1, 1);
+        // long prompts fill the GPU: no split
+        assert_eq!(pick(&chunk(1, 4096, 4096, 32, 8)).1, 1);
+        // never for what the packed kernels cannot serve: a group of 3, a mask tensor
+        assert_eq!(pick(&chunk(2, 17, 32768, 24, 8)).1, 1);
+        assert_eq!(pick(&AttnParams { mask_kind: 1, mask_ptr: 4 << 20, ..chunk(2, 17, 32768, 32, 8) }).1, 1);
+    }
+
+    #[test]
+    fn splits_fill_the_sms_once() {
+        assert_eq!(auto_splits(16, 256, 132), 8);
+        assert_eq!(auto_splits(1, 1000, 132), MAX_SPLITS);
+        assert_eq!(auto_splits(66, 1000, 132), 2);
+        assert_eq!(auto_splits(67, 1000, 132), 1);
+        assert_eq!(auto_splits(4, 10, 132), 2);
+    }
+
+    #[test]
+    fn key_blocks_cover_the_visible_range() {
+        assert_eq!(key_blocks(&chunk(1, 17, 32768, 32, 8), 128), 256);
+        assert_eq!(key_blocks(&chunk(1, 17, 1000, 32, 8), 128), 8);
+        let window = AttnParams { window_left: 300, ..chunk(1, 17, 32768, 32, 8) };
+        assert_eq!(key_blocks(&window, 128), 3); // keys 32451..32768
+    }
+}
