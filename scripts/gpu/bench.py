@@ -142,6 +142,35 @@ def decode_row(lib, B, S, H, Hkv, D=128):
     return row
 
 
+SETTINGS = ("grid=", "cluster=", "splits=", "decode=")
+
+
+def apply_variant(lib, name):
+    """Sets up variant `name` of our kernel: parts joined by '+', each a kernel name (or family) to prefer or a
+    setting — grid=0|1 (the Hopper kernel's blocks: one per tile / persistent), cluster=0|1 (clusters of two
+    never / wherever a cluster form fits), splits=N (prefill split-KV: 0 never, n forced), decode=0 (the decode
+    kernel off). "default" restores every setting."""
+    lib.flashattn_ort_gpu_set_kernel(None)
+    lib.flashattn_ort_gpu_set_persistent(-1)
+    lib.flashattn_ort_gpu_set_prefill_cluster(-1)
+    fa_lib.set_prefill_splits(lib, -1)
+    fa_lib.set_decode_splits(lib, -1)
+    if name == "default":
+        return
+    for part in name.split("+"):
+        key, _, value = part.partition("=")
+        if part.startswith("grid="):
+            lib.flashattn_ort_gpu_set_persistent(int(value))
+        elif part.startswith("cluster="):
+            lib.flashattn_ort_gpu_set_prefill_cluster(int(value))
+        elif part.startswith("splits="):
+            fa_lib.set_prefill_splits(lib, int(value))
+        elif part.startswith("decode="):
+            fa_lib.set_decode_splits(lib, -1 if int(value) else 0)
+        else:
+            lib.flashattn_ort_gpu_set_kernel(part.encode())
+
+
 def run_row(lib, B, S, H, D, causal, Hkv=None, Sq=None, rows_out=None):
     Hkv = Hkv or H
     Sq = Sq or S
@@ -157,7 +186,7 @@ def run_row(lib, B, S, H, D, causal, Hkv=None, Sq=None, rows_out=None):
     # right after the default is compared with a different clock.
     # grid variants (how the Hopper kernel's blocks take tiles) on every row, kernel variants on their head dim
     # (a family name, e.g. sm80, on every row)
-    variants = [v for v in VARIANTS if v.startswith(("grid=", "cluster=", "splits=")) or f"_d{D}_" in v or "_" not in v] + (["lib"] if OTHER else [])
+    variants = [v for v in VARIANTS if v.startswith(SETTINGS) or f"_d{D}_" in v or "_" not in v] + (["lib"] if OTHER else [])
     times = {name: [] for name in ["default"] + variants}
     P_other = fa_lib.make_params(OTHER, q, k, v, out, causal=causal) if OTHER else None
     for _ in range(ROUNDS if variants else 1):
@@ -165,22 +194,9 @@ def run_row(lib, B, S, H, D, causal, Hkv=None, Sq=None, rows_out=None):
             if name == "lib":  # the same problem through the other build
                 times[name].append(timeit(lambda: fa_lib.launch(OTHER, P_other)))
                 continue
-            if name.startswith("grid="):  # the Hopper kernel's grid: grid=0 one block per tile, grid=1 persistent
-                lib.flashattn_ort_gpu_set_persistent(int(name[5:]))
-            elif name.startswith("cluster="):  # cluster=1: clusters of two blocks sharing K/V tiles where they fit
-                lib.flashattn_ort_gpu_set_prefill_cluster(int(name[8:]))
-            elif name.startswith("splits="):  # split-KV of the prefill kernel: 0 never, n forced
-                fa_lib.set_prefill_splits(lib, int(name[7:]))
-            elif name != "default":  # a kernel name, optionally with its grid: NAME+grid=0|1
-                kernel, _, grid = name.partition("+grid=")
-                lib.flashattn_ort_gpu_set_kernel(kernel.encode())
-                if grid:
-                    lib.flashattn_ort_gpu_set_persistent(int(grid))
+            apply_variant(lib, name)
             times[name].append(timeit(lambda: fa_lib.launch(lib, P)))
-            lib.flashattn_ort_gpu_set_kernel(None)
-            lib.flashattn_ort_gpu_set_persistent(-1)
-            lib.flashattn_ort_gpu_set_prefill_cluster(-1)
-            fa_lib.set_prefill_splits(lib, -1)
+            apply_variant(lib, "default")
     res["ours"] = statistics.median(times["default"])
     for name in variants:
         t = statistics.median(times[name])
