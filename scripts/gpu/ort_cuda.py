@@ -194,27 +194,19 @@ def main():
                 check(name + " placed on CUDA EP", prov == {"CUDAExecutionProvider"}, str(prov))
             except Exception as e:  # noqa: BLE001
                 check(name, False, f"exception {e}")
-    # 1b. decode shapes: the split-KV decode kernel, its workspace taken from ORT's device allocator.
-    for dtype in (torch.float16, torch.bfloat16):
-        name = f"cuda-ep {str(dtype)[6:]} decode (split-KV, workspace from ORT)"
-        try:
-            sess = session(model(dtype, seqlens=True, causal=1), profile=True)
-            feeds = inputs(dtype, B=2, Sq=1, Skv=4096, H=8, Hkv=2, D=128, seqlens=True)
-            out, lse = run_bound(sess, feeds, (2, 1, 8, 128), dtype)
-            compare(name, feeds, out, lse, dtype, causal=True)
-        except Exception as e:  # noqa: BLE001
-            check(name, False, f"exception {e}")
-    # 1c. a short query over many keys: the Hopper prefill kernel with split keys (GQA-packed), its workspace
-    # from ORT's device allocator too.
-    for dtype in (torch.float16, torch.bfloat16):
-        name = f"cuda-ep {str(dtype)[6:]} prefill of 40 tokens over 8192 keys (split-KV on Hopper, workspace from ORT)"
-        try:
-            sess = session(model(dtype, seqlens=True, causal=1), profile=True)
-            feeds = inputs(dtype, B=1, Sq=40, Skv=8192, H=8, Hkv=2, D=128, seqlens=True)
-            out, lse = run_bound(sess, feeds, (1, 40, 8, 128), dtype)
-            compare(name, feeds, out, lse, dtype, causal=True)
-        except Exception as e:  # noqa: BLE001
-            check(name, False, f"exception {e}")
+    # 1b. decode shapes: the split-KV decode kernel, its workspace taken from ORT's device allocator; 1c. a short
+    # query over many keys: the Hopper prefill kernel with split keys (GQA-packed), its workspace from ORT too.
+    for what, shape in (("decode (split-KV, workspace from ORT)", dict(B=2, Sq=1, Skv=4096)),
+                        ("prefill of 40 tokens over 8192 keys (split-KV on Hopper, workspace from ORT)", dict(B=1, Sq=40, Skv=8192))):
+        for dtype in (torch.float16, torch.bfloat16):
+            name = f"cuda-ep {str(dtype)[6:]} {what}"
+            try:
+                sess = session(model(dtype, seqlens=True, causal=1), profile=True)
+                feeds = inputs(dtype, H=8, Hkv=2, D=128, seqlens=True, **shape)
+                out, lse = run_bound(sess, feeds, (shape["B"], shape["Sq"], 8, 128), dtype)
+                compare(name, feeds, out, lse, dtype, causal=True)
+            except Exception as e:  # noqa: BLE001
+                check(name, False, f"exception {e}")
     # 2. float32: no CUDA kernel; ORT runs the CPU kernel.
     try:
         sess = session(model(torch.float32, lse=False), profile=True)
