@@ -50,27 +50,34 @@ __device__ __forceinline__ void store_output(const AttnParams &p, const float (&
   }
 }
 
-// Where split-KV partial results go (the GQA-packed Hopper kernels; n == 1: no split, straight to the outputs):
-// split s of packed row r of (batch b, KV head h) at ((b * heads_kv + h) * n + s) * rows + r, O normalised (f32,
-// head_dim_v per row) and lse, the decode kernel's workspace layout, which its combine kernel merges.
+// Where split-KV partial results go (the Hopper kernels' `_packgqa` and `_split` instances; n == 1: no split,
+// straight to the outputs): split s of packed row r (query position t of head j of a KV head's group: r = t * g +
+// j) of (batch b, KV head h) at ((b * heads_kv + h) * n + s) * seq_q * g + r, O normalised (f32, head_dim_v per
+// row) and lse: the decode kernel's workspace layout, which its combine kernel merges.
 struct SplitParts {
   float *o, *lse;
   int n;
 };
 
-// A warp's rows of one split: normalised O and lse into `parts`; packed rows >= rows are skipped.
+// How a tile's rows map to packed rows: row r (< valid) is packed row r * mul + add; `packed` rows per KV head.
+// GQA-packed tiles: r itself; a tile of one query head h: position r of head h % g.
+struct PartialRows {
+  int valid, mul, add, packed;
+};
+
+// A warp's rows of one split: normalised O and lse into `parts`.
 template <int MT, int NTD>
 __device__ __forceinline__ void store_partial(const AttnParams &p, const float (&o)[MT][NTD][4], const float (&inv)[MT][2],
                                               const float (&lse)[MT][2], const SplitParts &parts, int b, int kv_head,
-                                              int split, int rows, int row_base, int lane) {
+                                              int split, const PartialRows &rows, int row_base, int lane) {
   const int dv = p.head_dim_v;
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       const int r = row_base + mt * 16 + (lane >> 2) + 8 * hf;
-      if (r >= rows) continue;
-      const int64_t at = (((int64_t)b * p.heads_kv + kv_head) * parts.n + split) * rows + r;
+      if (r >= rows.valid) continue;
+      const int64_t at = (((int64_t)b * p.heads_kv + kv_head) * parts.n + split) * rows.packed + r * rows.mul + rows.add;
       float *orow = parts.o + at * dv;
 #pragma unroll
       for (int nd = 0; nd < NTD; ++nd) {

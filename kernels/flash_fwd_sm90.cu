@@ -80,24 +80,27 @@ FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_bf16_d96_m192n112w16c2_plain, __nv_bfloat
 // packing fills tiles that one head's rows leave part-empty, or where split-KV pays):
 // flash_fwd_sm90_{f16|bf16}_d{D}_m128n{BN}w12_plain_packgqa; tq is the 5D packed query map.
 // They also run split-KV: each tile's keys cut into n_splits ranges, partial results to the workspace (o_part,
-// lse_part; the decode combine kernel merges them); n_splits == 1 writes the outputs directly.
+// lse_part; the decode combine kernel merges them); n_splits == 1 writes the outputs directly. The same shapes
+// unpacked with split keys, for groups that are not a power of two: …_plain_split.
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define FLASH_FWD_SM90_PACKED_BODY(T, D, BN)                                                                \
-  flashattn::flash_fwd_sm90<T, flashattn::Sm90Config<D, BN, 2, 2, 1>, Sm90Default, false, true>(           \
+#define FLASH_FWD_SM90_SPLIT_BODY(T, D, BN, PACK)                                                           \
+  flashattn::flash_fwd_sm90<T, flashattn::Sm90Config<D, BN, 2, 2, 1>, Sm90Default, false, PACK>(           \
       p, &tq, &tk, &tv, flashattn::SplitParts{o_part, lse_part, n_splits});
 #else
-#define FLASH_FWD_SM90_PACKED_BODY(T, D, BN) __trap();
+#define FLASH_FWD_SM90_SPLIT_BODY(T, D, BN, PACK) __trap();
 #endif
-#define FLASH_FWD_SM90_PACKED(TNAME, T, D, BN)                                                                 \
-  extern "C" __global__ void __launch_bounds__(384, 1) flash_fwd_sm90_##TNAME##_d##D##_m128n##BN##w12_plain_packgqa( \
-      const __grid_constant__ flashattn::AttnParams p, const __grid_constant__ CUtensorMap tq,                \
-      const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv, float *o_part,          \
-      float *lse_part, int n_splits) {                                                                         \
-    FLASH_FWD_SM90_PACKED_BODY(T, D, BN)                                                                       \
+#define FLASH_FWD_SM90_SPLIT_ENTRY(NAME, T, D, BN, PACK)                                                   \
+  extern "C" __global__ void __launch_bounds__(384, 1)                                                     \
+      NAME(const __grid_constant__ flashattn::AttnParams p, const __grid_constant__ CUtensorMap tq,        \
+           const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv, float *o_part,  \
+           float *lse_part, int n_splits) {                                                                \
+    FLASH_FWD_SM90_SPLIT_BODY(T, D, BN, PACK)                                                              \
   }
-#define FLASH_FWD_SM90_PACKED_BOTH(D, BN)   \
-  FLASH_FWD_SM90_PACKED(f16, __half, D, BN) \
-  FLASH_FWD_SM90_PACKED(bf16, __nv_bfloat16, D, BN)
+#define FLASH_FWD_SM90_PACKED_BOTH(D, BN)                                                                        \
+  FLASH_FWD_SM90_SPLIT_ENTRY(flash_fwd_sm90_f16_d##D##_m128n##BN##w12_plain_packgqa, __half, D, BN, true)        \
+  FLASH_FWD_SM90_SPLIT_ENTRY(flash_fwd_sm90_bf16_d##D##_m128n##BN##w12_plain_packgqa, __nv_bfloat16, D, BN, true) \
+  FLASH_FWD_SM90_SPLIT_ENTRY(flash_fwd_sm90_f16_d##D##_m128n##BN##w12_plain_split, __half, D, BN, false)         \
+  FLASH_FWD_SM90_SPLIT_ENTRY(flash_fwd_sm90_bf16_d##D##_m128n##BN##w12_plain_split, __nv_bfloat16, D, BN, false)
 FLASH_FWD_SM90_PACKED_BOTH(64, 128)
 FLASH_FWD_SM90_PACKED_BOTH(96, 128)
 FLASH_FWD_SM90_PACKED_BOTH(128, 128)

@@ -165,7 +165,15 @@ template <class Opt, int CONSUMERS> struct Turn {
 
 // One tile of a consumer: `ring` is the K/V ring step of its first key block, `loaded` the count of Q
 // tiles before it; row_shift: GQA packing's (gqa_pack.cuh), 0 without.
-template <typename T, class Cfg, class Opt, bool MODS>
+// The packed rows of tile w's partial results (PartialRows): GQA-packed tiles (PACK) hold packed rows already.
+template <bool PACK>
+__device__ __forceinline__ PartialRows partial_rows(const AttnParams &p, const BlockWork &w, int row_shift) {
+  const int g = p.heads_q / p.heads_kv;
+  if constexpr (PACK) return PartialRows{p.seq_q << row_shift, 1, 0, p.seq_q << row_shift};
+  return PartialRows{p.seq_q, g, w.head % g, p.seq_q * g};
+}
+
+template <typename T, class Cfg, class Opt, bool MODS, bool PACK>
 __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWork &w, unsigned char *smem,
                                              int consumer, int ring, int loaded, const Turn<Opt, Cfg::CONSUMERS> &turn,
                                              int row_shift, const SplitParts &parts) {
@@ -348,13 +356,13 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
   float inv[1][2], lse[1][2];
   sm.finalize(inv, lse, p.scale);
   if (parts.n > 1)
-    store_partial<1, NTD>(p, o, inv, lse, parts, w.batch, w.kv_head, w.split, p.seq_q << row_shift, row_base, lane);
+    store_partial<1, NTD>(p, o, inv, lse, parts, w.batch, w.kv_head, w.split, partial_rows<PACK>(p, w, row_shift), row_base, lane);
   else
     store_output<T, 1, NTD>(p, o, inv, lse, w.batch, w.head, row_base, lane, row_shift);
 }
 
 // Rows of a block that sees no key at all: zeros and lse = -inf, as the main loop would give them.
-template <typename T, class Cfg>
+template <typename T, class Cfg, bool PACK>
 __device__ __forceinline__ void store_empty(const AttnParams &p, const BlockWork &w, int consumer, int row_shift,
                                             const SplitParts &parts) {
   constexpr int NTD = Cfg::D / 8;
@@ -363,15 +371,16 @@ __device__ __forceinline__ void store_empty(const AttnParams &p, const BlockWork
   const float inv[1][2] = {{0.f, 0.f}}, lse[1][2] = {{-INFINITY, -INFINITY}};
   const int row_base = w.m_block * Cfg::BM + consumer * 64 + warp_in_group * 16;
   if (parts.n > 1)
-    store_partial<1, NTD>(p, o, inv, lse, parts, w.batch, w.kv_head, w.split, p.seq_q << row_shift, row_base, lane);
+    store_partial<1, NTD>(p, o, inv, lse, parts, w.batch, w.kv_head, w.split, partial_rows<PACK>(p, w, row_shift), row_base, lane);
   else
     store_output<T, 1, NTD>(p, o, inv, lse, w.batch, w.head, row_base, lane, row_shift);
 }
 
 }  // namespace sm90
 
-// PACK: GQA packing (gqa_pack.cuh), plain single-block instances only; they also take split-KV `parts` (n > 1:
-// each tile's keys cut into n ranges, partial results to the workspace for the decode combine kernel to merge).
+// PACK: GQA packing (gqa_pack.cuh), plain single-block instances only. Split-KV `parts` (n > 1: each tile's keys
+// cut into n ranges, partial results to the workspace for the decode combine kernel to merge) are taken by the
+// packed instances and the `_split` ones; every other instance leaves them at n = 1, a constant.
 template <typename T, class Cfg, class Opt, bool MODS, bool PACK = false>
 __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtensorMap *tq, const CUtensorMap *tk,
                                                const CUtensorMap *tv, const SplitParts parts = SplitParts{nullptr, nullptr, 1}) {
@@ -419,10 +428,10 @@ __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtens
     const BlockWork w = persistent_split_tile<Cfg::BM, Cfg::BN, Cfg::CLUSTER, PACK>(p, t, parts.n);
     const int n_blocks = w.n_end - w.n_begin;
     if (n_blocks <= 0) {
-      store_empty<T, Cfg>(p, w, consumer, row_shift, parts);
+      store_empty<T, Cfg, PACK>(p, w, consumer, row_shift, parts);
       continue;
     }
-    consume_tile<T, Cfg, Opt, MODS>(p, w, smem, consumer, ring, loaded, turn, row_shift, parts);
+    consume_tile<T, Cfg, Opt, MODS, PACK>(p, w, smem, consumer, ring, loaded, turn, row_shift, parts);
     ring += n_blocks;
     ++loaded;
   }

@@ -294,6 +294,11 @@ def kv_checks(session, check, lib=None, shared_only=False):
         one_case(session, check, torch.bfloat16, "shared_inplace", rotary, 7, D=128, first_len=60)
         one_case(session, check, torch.float16, "shared_inplace", rotary, 1, D=128, cap=4100, first_len=2047)
         one_case(session, check, torch.bfloat16, "shared_inplace", rotary, 16, D=128, Nq=8, Nkv=2, cap=9000, first_len=4090)
+    # A 40-token turn over a long ragged cache (160 packed rows): the Hopper prefill kernel, GQA-packed with split
+    # keys, each batch row's diagonal at its own length; its append runs as a separate step first.
+    for rotary in (None, "half"):
+        one_case(session, check, torch.bfloat16, "shared_inplace", rotary, 40, D=128, Nq=8, Nkv=2, cap=9000, first_len=4090)
+        one_case(session, check, torch.float16, "concat", rotary, 40, D=128, Nq=8, Nkv=2, past=5000, cap=5048)
     for S_new in (1, 7):
         no_past_case(session, check, torch.float16, S_new)
         no_past_case(session, check, torch.bfloat16, S_new, rotary=False)

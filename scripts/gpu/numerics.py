@@ -66,7 +66,7 @@ def rand_case(rng, small):
 # tile, 1 a fixed share per persistent block.
 GRID_MODES = [-1, -1, 0, 1]
 # Split-KV of the Hopper prefill kernel (fa_lib.set_prefill_splits): -1 automatic, 0 never, n forced (the GQA-packed
-# kernel then serves every plain problem with a power-of-two group, MHA included).
+# kernel then serves every plain problem with a power-of-two group, MHA included; other groups the `_split` one).
 PREFILL_SPLITS = [-1, -1, 0, 3]
 # Whether it runs in clusters of two blocks sharing K/V tiles (flashattn_ort_gpu_set_prefill_cluster).
 PREFILL_CLUSTER = [-1, 0, 1, 1]
@@ -191,7 +191,7 @@ def run_case(lib, c, gen):
     problems = []
     if "packed" in c and FAMILY != "sm80" and ("_packgqa" in kname) != c["packed"]:
         problems.append(f"ran {kname}, GQA packing expected: {c['packed']}")
-    if "split" in c and FAMILY != "sm80" and (" splits" in kname and "_packgqa" in kname) != c["split"]:
+    if "split" in c and FAMILY != "sm80" and (" splits" in kname and kname.startswith("flash_fwd_sm90")) != c["split"]:
         problems.append(f"ran {kname}, prefill split-KV expected: {c['split']}")
     if kname.startswith("flash_decode") != decode_expected(c):
         problems.append(f"ran {kname}, decode kernel expected: {decode_expected(c)}")
@@ -305,6 +305,12 @@ def fixed_cases():
     cases.append(dict(sp, d=96, dv=64, hq=16, hkv=2, sq=33, skv=5000, strided=True, prefill_splits=4))
     cases.append(dict(sp, sq=300, skv=300, prefill_splits=6))                    # Sq = Skv causal, forced
     cases.append(dict(sp, prefill_splits=0, split=False))                        # off: one pass per tile
+    # groups that are not a power of two (3, 5, 6, 7 query heads per KV head): the unpacked `_split` kernel
+    cases.append(dict(sp, b=1, hq=24, hkv=8, sq=30, skv=20000))
+    cases.append(dict(sp, b=2, hq=28, hkv=4, sq=20, skv=9000, seqlens=True, zero_len=True))
+    cases.append(dict(sp, dtype=torch.float16, d=192, dv=192, hq=10, hkv=2, sq=40, skv=4000, window_left=500,
+                      layout="BNSH", prefill_splits=3))
+    cases.append(dict(sp, d=96, dv=64, hq=12, hkv=2, sq=50, skv=3000, strided=True, seqlens=True, prefill_splits=4))
     # Split-KV decode: the split path (auto and forced), the one-split path (straight to the outputs), off.
     dec = dict(base, b=1, hq=32, hkv=8, sq=1, skv=32768, d=128, dv=128, splits="auto")
     cases.append(dec)                                                       # GQA 32/8, long cache, split

@@ -39,6 +39,9 @@ pub struct KernelSpec {
     /// GQA packing (kernels/gqa_pack.cuh, name suffix `_packgqa`, plain only): a tile holds the rows of every
     /// query head that shares a KV head; chosen where [`packing_pays`].
     pub pack_gqa: bool,
+    /// Takes split-KV workspace parameters (the packed instances, and the unpacked `_split` ones, plain only):
+    /// chosen by prefill_split.rs where splitting the keys pays.
+    pub split_kv: bool,
 }
 
 /// The problems a kernel may get by default. Kernels narrower than `All` exist in their plain form only:
@@ -180,11 +183,11 @@ impl KernelSpec {
             DType::F32 => "f32",
         };
         let fam = self.family.name();
-        let suffix = match (self.plain, self.pack_gqa) {
-            (true, true) => "_plain_packgqa",
-            (true, false) => "_plain",
-            (false, true) => "_packgqa",
-            (false, false) => "",
+        let suffix = match (self.plain, self.pack_gqa, self.split_kv) {
+            (true, true, _) => "_plain_packgqa",
+            (true, false, true) => "_plain_split",
+            (true, false, false) => "_plain",
+            (false, _, _) => "",
         };
         let cluster = if self.cluster > 1 { format!("c{}", self.cluster) } else { String::new() };
         format!("flash_fwd_{fam}_{t}_d{}_m{}n{}w{}{cluster}{suffix}{}", self.d, self.bm, self.bn, self.warps, self.variant.suffix())
@@ -217,12 +220,12 @@ impl KernelSpec {
 }
 
 const fn sm80(dtype: DType, d: i32, bm: i32, bn: i32, warps: i32) -> KernelSpec {
-    KernelSpec { family: Family::Sm80, dtype, d, bm, bn, warps, stages: 2, plain: false, variant: Variant::Default, scope: Scope::All, cluster: 1, pack_gqa: false }
+    KernelSpec { family: Family::Sm80, dtype, d, bm, bn, warps, stages: 2, plain: false, variant: Variant::Default, scope: Scope::All, cluster: 1, pack_gqa: false, split_kv: false }
 }
 
 /// A Hopper instance: 128 query rows, a producer and two consumer warpgroups.
 const fn sm90(dtype: DType, d: i32, bn: i32, stages: i32) -> KernelSpec {
-    KernelSpec { family: Family::Sm90, dtype, d, bm: 128, bn, warps: 12, stages, plain: false, variant: Variant::Default, scope: Scope::All, cluster: 1, pack_gqa: false }
+    KernelSpec { family: Family::Sm90, dtype, d, bm: 128, bn, warps: 12, stages, plain: false, variant: Variant::Default, scope: Scope::All, cluster: 1, pack_gqa: false, split_kv: false }
 }
 
 /// A Hopper instance with three consumer warpgroups: 192 query rows, 16 warps (plain problems, `scope` says
@@ -233,7 +236,7 @@ const fn sm90_m192(dtype: DType, d: i32, bn: i32, scope: Scope) -> KernelSpec {
 
 /// A Blackwell instance: 128 query rows, 128 keys per step, a load warp, an MMA warp and a softmax warpgroup.
 const fn sm100(dtype: DType, d: i32, stages: i32) -> KernelSpec {
-    KernelSpec { family: Family::Sm100, dtype, d, bm: 128, bn: 128, warps: 6, stages, plain: true, variant: Variant::Default, scope: Scope::All, cluster: 1, pack_gqa: false }
+    KernelSpec { family: Family::Sm100, dtype, d, bm: 128, bn: 128, warps: 6, stages, plain: true, variant: Variant::Default, scope: Scope::All, cluster: 1, pack_gqa: false, split_kv: false }
 }
 
 /// `k` run by clusters of two blocks that share each K/V tile.
@@ -241,9 +244,14 @@ const fn cluster2(k: KernelSpec) -> KernelSpec {
     KernelSpec { cluster: 2, ..k }
 }
 
-/// `k` with GQA packing.
+/// `k` with GQA packing (and split-KV).
 const fn packed(k: KernelSpec) -> KernelSpec {
-    KernelSpec { pack_gqa: true, ..k }
+    KernelSpec { pack_gqa: true, split_kv: true, ..k }
+}
+
+/// `k` unpacked with split-KV.
+const fn split(k: KernelSpec) -> KernelSpec {
+    KernelSpec { split_kv: true, ..k }
 }
 
 const fn sm90_variant(d: i32, bn: i32, variant: Variant) -> KernelSpec {
@@ -266,6 +274,16 @@ pub const KERNELS: &[KernelSpec] = &[
     packed(sm90(DType::BF16, 192, 96, 2)),
     packed(sm90(DType::F16, 256, 80, 2)),
     packed(sm90(DType::BF16, 256, 80, 2)),
+    split(sm90(DType::F16, 64, 128, 2)),
+    split(sm90(DType::BF16, 64, 128, 2)),
+    split(sm90(DType::F16, 96, 128, 2)),
+    split(sm90(DType::BF16, 96, 128, 2)),
+    split(sm90(DType::F16, 128, 128, 2)),
+    split(sm90(DType::BF16, 128, 128, 2)),
+    split(sm90(DType::F16, 192, 96, 2)),
+    split(sm90(DType::BF16, 192, 96, 2)),
+    split(sm90(DType::F16, 256, 80, 2)),
+    split(sm90(DType::BF16, 256, 80, 2)),
     sm80(DType::F16, 64, 128, 64, 4),
     sm80(DType::BF16, 64, 128, 64, 4),
     sm80(DType::F16, 128, 128, 64, 4),
@@ -328,10 +346,10 @@ pub fn set_cluster_mode(mode: i32) {
 static OVERRIDE: std::sync::RwLock<Option<Option<String>>> = std::sync::RwLock::new(None);
 
 /// Every entry point of the fatbin: each shape of [`KERNELS`], full and plain (plain only for
-/// [`Family::plain_only`], for a [`Scope`] narrower than `All` and for GQA packing).
+/// [`Family::plain_only`], for a [`Scope`] narrower than `All` and for the split-KV instances).
 pub fn all_kernels() -> impl Iterator<Item = KernelSpec> {
     KERNELS.iter().flat_map(|k| {
-        let full = (!k.family.plain_only() && k.scope == Scope::All && !k.pack_gqa).then_some(KernelSpec { plain: false, ..*k });
+        let full = (!k.family.plain_only() && k.scope == Scope::All && !k.split_kv).then_some(KernelSpec { plain: false, ..*k });
         full.into_iter().chain([KernelSpec { plain: true, ..*k }])
     })
 }
@@ -411,6 +429,7 @@ fn select_in(p: &AttnParams, cc: i32, max_smem: i32, verdict: &Verdict, forced: 
             && (k.variant == Variant::Default || forced == Some(k.name().as_str()))
             && (k.cluster == 1 || (cluster_mode != 0 && p.window_left < 0 && p.window_right < 0))
             && (!k.pack_gqa || (plain_ok && packing_possible(p, k.bm) && (forced == Some(k.name().as_str()) || packing_pays(p, k.bm))))
+            && (!k.split_kv || k.pack_gqa || (plain_ok && forced == Some(k.name().as_str())))
             // (a narrower scope's kernel exists in plain form only: a forced full name of it matches nothing)
             && ((forced == Some(k.name().as_str()) && (k.plain || k.scope == Scope::All))
                 || match k.scope {
@@ -599,7 +618,7 @@ mod tests {
         let mut names: Vec<String> = all_kernels().map(|k| k.name()).collect();
         names.sort();
         names.dedup();
-        let plain_only = KERNELS.iter().filter(|k| k.family.plain_only() || k.scope != Scope::All || k.pack_gqa).count();
+        let plain_only = KERNELS.iter().filter(|k| k.family.plain_only() || k.scope != Scope::All || k.split_kv).count();
         assert_eq!(names.len(), 2 * KERNELS.len() - plain_only);
     }
 

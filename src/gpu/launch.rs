@@ -66,7 +66,7 @@ pub fn grid(k: &KernelSpec, p: &AttnParams, resident: i32, splits: i32) -> Resul
                 return Err(GpuError::new(format!("{tiles} tiles of 128 query rows exceed the kernel's 2^31 limit")));
             }
             let cluster = k.cluster.max(1) as i64;
-            let units = (gx + cluster - 1) / cluster * p.heads_q as i64 * p.batch as i64;
+            let units = (gx + cluster - 1) / cluster * p.heads_q as i64 * p.batch as i64 * splits.max(1) as i64;
             let units = if k.family == Family::Sm90 && persistent(p) { units.min((resident as i64 / cluster).max(1)) } else { units };
             if units * cluster > i32::MAX as i64 {
                 return Err(GpuError::new(format!("{} blocks exceed the kernel's 2^31 limit", units * cluster)));
@@ -251,7 +251,7 @@ pub fn launch_function(f: sys::CUfunction, spec: &KernelSpec, p: &AttnParams, st
             let mut tk = Operand::key(p).encode(p.dtype, cols, spec.bn as u32)?;
             let mut tv = Operand::value(p).encode(p.dtype, cols, spec.bn as u32)?;
             let maps: [*mut c_void; 4] = [(&mut arg as *mut AttnParams).cast(), (&mut tq as *mut sys::CUtensorMap).cast(), (&mut tk as *mut sys::CUtensorMap).cast(), (&mut tv as *mut sys::CUtensorMap).cast()];
-            if spec.pack_gqa {
+            if spec.split_kv {
                 let (mut o_part, mut lse_part, mut splits) = (split.o_part, split.lse_part, split.splits);
                 let extra: [*mut c_void; 3] = [(&mut o_part as *mut u64).cast(), (&mut lse_part as *mut u64).cast(), (&mut splits as *mut i32).cast()];
                 launch(&mut [maps[0], maps[1], maps[2], maps[3], extra[0], extra[1], extra[2]])

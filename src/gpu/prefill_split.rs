@@ -1,8 +1,9 @@
 //! Split-KV for the Hopper prefill kernel. A short query over many keys at small batch (a prompt chunk or a new
 //! chat turn over a long KV cache, speculative verification past the decode kernel's 64 packed rows) has few
 //! query tiles: one block per tile leaves most SMs idle while each streams the whole cache. Its GQA-packed
-//! instances (kernels/gqa_pack.cuh) then cut each tile's keys into splits and write partial results in the
-//! decode kernel's workspace layout, which the decode combine kernel merges (`decode::launch_combine`).
+//! instances (kernels/gqa_pack.cuh), or for groups that are not a power of two its unpacked `_split` ones, then
+//! cut each tile's keys into splits and write partial results in the decode kernel's workspace layout, which the
+//! decode combine kernel merges (`decode::launch_combine`).
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -24,24 +25,23 @@ pub fn set_override(n: i32) {
 }
 
 /// The kernel and split count for `p`, given dispatch's `chosen` kernel on a device of `num_sms` SMs: `chosen`
-/// and 1 unless splitting pays (or is forced), then the GQA-packed Hopper kernel of the same head dim and the
-/// split count.
+/// and 1 unless splitting pays (or is forced), then the Hopper kernel of the same head dim that splits — the
+/// GQA-packed one where packing is possible, else the unpacked `_split` one — and the split count.
 pub fn plan(p: &AttnParams, chosen: KernelSpec, num_sms: i32) -> (KernelSpec, i32) {
     let forced = OVERRIDE.load(Ordering::Relaxed);
     let plain_default = chosen.family == Family::Sm90 && chosen.plain && chosen.variant == super::dispatch::Variant::Default;
     if forced == 0 || !plain_default {
         return (chosen, 1);
     }
-    let Some(packed) = KERNELS.iter().find(|k| k.pack_gqa && k.dtype == chosen.dtype && k.d == chosen.d).map(|k| KernelSpec { plain: true, ..*k }) else {
+    let same_shape = |pack: bool| KERNELS.iter().find(|k| k.split_kv && k.pack_gqa == pack && k.dtype == chosen.dtype && k.d == chosen.d);
+    let Some(kernel) = same_shape(true).filter(|k| packing_possible(p, k.bm)).or_else(|| same_shape(false)) else {
         return (chosen, 1);
     };
-    if !packing_possible(p, packed.bm) {
-        return (chosen, 1);
-    }
-    let blocks = key_blocks(p, packed.bn);
-    let splits = if forced > 0 { (forced as i64).min(blocks.max(1)) as i32 } else { auto_splits(tiles(p, packed.bm), blocks, num_sms) };
+    let kernel = KernelSpec { plain: true, ..*kernel };
+    let blocks = key_blocks(p, kernel.bn);
+    let splits = if forced > 0 { (forced as i64).min(blocks.max(1)) as i32 } else { auto_splits(tiles(p, &kernel), blocks, num_sms) };
     if splits >= 2 {
-        (packed, splits)
+        (kernel, splits)
     } else {
         (chosen, 1)
     }
@@ -56,10 +56,15 @@ fn auto_splits(tiles: i64, key_blocks: i64, num_sms: i32) -> i32 {
     (num_sms as i64 / tiles.max(1)).min(key_blocks / MIN_BLOCKS_PER_SPLIT).clamp(1, MAX_SPLITS as i64) as i32
 }
 
-/// Packed query tiles of `bm` rows of `p`.
-fn tiles(p: &AttnParams, bm: i32) -> i64 {
-    let g = (p.heads_q / p.heads_kv.max(1)) as i64;
-    (p.seq_q as i64 * g + bm as i64 - 1) / bm as i64 * p.heads_kv as i64 * p.batch as i64
+/// Query tiles of `p` for kernel `k`: of packed rows per KV head, or of one query head's rows.
+fn tiles(p: &AttnParams, k: &KernelSpec) -> i64 {
+    let bm = k.bm as i64;
+    if k.pack_gqa {
+        let g = (p.heads_q / p.heads_kv.max(1)) as i64;
+        (p.seq_q as i64 * g + bm - 1) / bm * p.heads_kv as i64 * p.batch as i64
+    } else {
+        (p.seq_q as i64 + bm - 1) / bm * p.heads_q as i64 * p.batch as i64
+    }
 }
 
 /// Key blocks of `bn` keys the rows of a tile may see at most (causal/window bounds of the whole query).
@@ -110,8 +115,11 @@ mod tests {
         assert_eq!(pick(&chunk(1, 40, 512, 32, 8)).1, 1);
         // long prompts fill the GPU: no split
         assert_eq!(pick(&chunk(1, 4096, 4096, 32, 8)).1, 1);
-        // never for what the packed kernels cannot serve: a group of 3, a mask tensor
-        assert_eq!(pick(&chunk(2, 17, 32768, 24, 8)).1, 1);
+        // a group of 3 (Qwen-style 28/4 is 7): unpacked, 24 tiles of one head's 30 rows each
+        let (k, s) = pick(&chunk(1, 30, 32768, 24, 8));
+        assert!(!k.pack_gqa && k.split_kv && s == 5, "{} {s}", k.name());
+        assert_eq!(k.name(), "flash_fwd_sm90_bf16_d128_m128n128w12_plain_split");
+        // never with a mask tensor
         assert_eq!(pick(&AttnParams { mask_kind: 1, mask_ptr: 4 << 20, ..chunk(2, 17, 32768, 32, 8) }).1, 1);
     }
 
