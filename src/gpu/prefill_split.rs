@@ -15,6 +15,10 @@ pub const MAX_SPLITS: i32 = 32;
 /// A split reads at least this many key blocks (fewer: its fixed cost, a Q load and the combine's share,
 /// outweighs the keys).
 const MIN_BLOCKS_PER_SPLIT: i64 = 4;
+/// Tiles over fewer key blocks (4096 keys at 128 a block) run whole: at 1024 keys two splits measured 0.86–0.97×,
+/// at 2048 keys four 0.80× and 1.25× in two calls (times of a few µs, host-bound), at 4096 keys eight 1.66–1.72×
+/// (H200, docs/PERF.md).
+const MIN_KEY_BLOCKS: i64 = 32;
 
 /// -1 automatic, 0 never, n > 1 forced (where a packed kernel can serve; at most one split per key block): a test aid
 /// (ffi `flashattn_ort_gpu_set_prefill_splits`).
@@ -48,9 +52,9 @@ pub fn plan(p: &AttnParams, chosen: KernelSpec, num_sms: i32) -> (KernelSpec, i3
 }
 
 /// Splits that fill the SMs once without leaving a split fewer than MIN_BLOCKS_PER_SPLIT key blocks; 1 when
-/// the tiles already fill half the SMs.
+/// the tiles already fill half the SMs or see fewer than MIN_KEY_BLOCKS key blocks.
 fn auto_splits(tiles: i64, key_blocks: i64, num_sms: i32) -> i32 {
-    if tiles * 2 > num_sms as i64 {
+    if tiles * 2 > num_sms as i64 || key_blocks < MIN_KEY_BLOCKS {
         return 1;
     }
     (num_sms as i64 / tiles.max(1)).min(key_blocks / MIN_BLOCKS_PER_SPLIT).clamp(1, MAX_SPLITS as i64) as i32
@@ -129,7 +133,8 @@ mod tests {
         assert_eq!(auto_splits(1, 1000, 132), MAX_SPLITS);
         assert_eq!(auto_splits(66, 1000, 132), 2);
         assert_eq!(auto_splits(67, 1000, 132), 1);
-        assert_eq!(auto_splits(4, 10, 132), 2);
+        assert_eq!(auto_splits(4, 32, 132), 8);
+        assert_eq!(auto_splits(4, 31, 132), 1); // fewer than 32 key blocks: whole tiles
     }
 
     #[test]
