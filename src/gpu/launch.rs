@@ -217,8 +217,9 @@ impl Prepared {
     }
 }
 
-/// Where a GQA-packed Hopper launch leaves split-KV partial results (kernels/epilogue.cuh SplitParts): workspace
-/// addresses and the split count (1: none, the kernel writes the outputs).
+/// Where a split-KV Hopper launch (the `_packgqa` and `_split` instances) leaves its partial results
+/// (kernels/epilogue.cuh SplitParts): workspace addresses and the split count (1: none, the kernel writes the
+/// outputs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SplitLaunch {
     pub o_part: u64,
@@ -232,7 +233,7 @@ impl SplitLaunch {
 
 /// Queues kernel `f` with the geometry and parameters of `spec` (its grid, block, shared memory, and for the
 /// TMA families the Q/K/V tensor maps) on `stream` of the current context; `resident`: how many of its blocks
-/// the device runs at once (see [`grid`]); `split`: the GQA-packed kernels' split-KV (their extra parameters).
+/// the device runs at once (see [`grid`]); `split`: the split-KV instances' extra parameters.
 /// The self-check launches its candidates through here too, so a broken stand-in gets exactly the launch the
 /// real kernel would.
 pub fn launch_function(f: sys::CUfunction, spec: &KernelSpec, p: &AttnParams, stream: sys::CUstream, resident: i32, split: SplitLaunch) -> Result<(), GpuError> {
