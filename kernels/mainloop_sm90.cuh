@@ -163,8 +163,6 @@ template <class Opt, int CONSUMERS> struct Turn {
   }
 };
 
-// One tile of a consumer: `ring` is the K/V ring step of its first key block, `loaded` the count of Q
-// tiles before it; row_shift: GQA packing's (gqa_pack.cuh), 0 without.
 // The packed rows of tile w's partial results (PartialRows): GQA-packed tiles (PACK) hold packed rows already.
 template <bool PACK>
 __device__ __forceinline__ PartialRows partial_rows(const AttnParams &p, const BlockWork &w, int row_shift) {
@@ -173,6 +171,8 @@ __device__ __forceinline__ PartialRows partial_rows(const AttnParams &p, const B
   return PartialRows{p.seq_q, g, w.head % g, p.seq_q * g};
 }
 
+// One tile of a consumer: `ring` is the K/V ring step of its first key block, `loaded` the count of Q
+// tiles before it; row_shift: GQA packing's (gqa_pack.cuh), 0 without; parts: where split partials go.
 template <typename T, class Cfg, class Opt, bool MODS, bool PACK>
 __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWork &w, unsigned char *smem,
                                              int consumer, int ring, int loaded, const Turn<Opt, Cfg::CONSUMERS> &turn,
