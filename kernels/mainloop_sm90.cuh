@@ -171,6 +171,17 @@ __device__ __forceinline__ PartialRows partial_rows(const AttnParams &p, const B
   return PartialRows{p.seq_q, g, w.head % g, p.seq_q * g};
 }
 
+// A warp's finished rows of tile w: to the outputs, or with split keys (parts.n > 1) to the split's partials.
+template <typename T, int NTD, bool PACK>
+__device__ __forceinline__ void store_rows(const AttnParams &p, const BlockWork &w, const float (&o)[1][NTD][4],
+                                           const float (&inv)[1][2], const float (&lse)[1][2], int row_base, int lane,
+                                           int row_shift, const SplitParts &parts) {
+  if (parts.n > 1)
+    store_partial<1, NTD>(p, o, inv, lse, parts, w.batch, w.kv_head, w.split, partial_rows<PACK>(p, w, row_shift), row_base, lane);
+  else
+    store_output<T, 1, NTD>(p, o, inv, lse, w.batch, w.head, row_base, lane, row_shift);
+}
+
 // One tile of a consumer: `ring` is the K/V ring step of its first key block, `loaded` the count of Q
 // tiles before it; row_shift: GQA packing's (gqa_pack.cuh), 0 without; parts: where split partials go.
 template <typename T, class Cfg, class Opt, bool MODS, bool PACK>
@@ -355,10 +366,7 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
 
   float inv[1][2], lse[1][2];
   sm.finalize(inv, lse, p.scale);
-  if (parts.n > 1)
-    store_partial<1, NTD>(p, o, inv, lse, parts, w.batch, w.kv_head, w.split, partial_rows<PACK>(p, w, row_shift), row_base, lane);
-  else
-    store_output<T, 1, NTD>(p, o, inv, lse, w.batch, w.head, row_base, lane, row_shift);
+  store_rows<T, NTD, PACK>(p, w, o, inv, lse, row_base, lane, row_shift, parts);
 }
 
 // Rows of a block that sees no key at all: zeros and lse = -inf, as the main loop would give them.
@@ -369,11 +377,8 @@ __device__ __forceinline__ void store_empty(const AttnParams &p, const BlockWork
   const int lane = threadIdx.x & 31, warp_in_group = (threadIdx.x / 32) & 3;
   float o[1][NTD][4] = {};
   const float inv[1][2] = {{0.f, 0.f}}, lse[1][2] = {{-INFINITY, -INFINITY}};
-  const int row_base = w.m_block * Cfg::BM + consumer * 64 + warp_in_group * 16;
-  if (parts.n > 1)
-    store_partial<1, NTD>(p, o, inv, lse, parts, w.batch, w.kv_head, w.split, partial_rows<PACK>(p, w, row_shift), row_base, lane);
-  else
-    store_output<T, 1, NTD>(p, o, inv, lse, w.batch, w.head, row_base, lane, row_shift);
+  store_rows<T, NTD, PACK>(p, w, o, inv, lse, w.m_block * Cfg::BM + consumer * 64 + warp_in_group * 16, lane, row_shift,
+                          parts);
 }
 
 }  // namespace sm90
