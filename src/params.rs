@@ -190,6 +190,18 @@ impl AttnParams {
         (lo, hi.max(lo))
     }
 
+    /// Blocks of `block` keys that hold every key some query row may see under causal/window masking (key
+    /// lengths can only shrink it): the key tiles a kernel's query tile walks at most.
+    pub fn visible_key_blocks(&self, block: i64) -> i64 {
+        let (lo, _) = self.visible_keys(0);
+        let (_, hi) = self.visible_keys(self.seq_q as i64 - 1);
+        if hi <= lo {
+            0
+        } else {
+            (hi + block - 1) / block - lo / block
+        }
+    }
+
     pub fn mask_kind(&self) -> MaskKind {
         match self.mask_kind {
             1 => MaskKind::Bool,

@@ -293,13 +293,7 @@ pub fn blocks_per_sm(smem_bytes: u32, max_smem_optin: i32) -> i32 {
 
 /// Key tiles (BLOCK_KEYS keys) the rows of one block may see at most (key_seqlens can only shrink it).
 pub fn key_tiles(p: &AttnParams) -> i64 {
-    let (lo, _) = p.visible_keys(0);
-    let (_, hi) = p.visible_keys(p.seq_q as i64 - 1);
-    if hi <= lo {
-        0
-    } else {
-        (hi + BLOCK_KEYS - 1) / BLOCK_KEYS - lo / BLOCK_KEYS
-    }
+    p.visible_key_blocks(BLOCK_KEYS)
 }
 
 /// Splits for `blocks` (batch x KV heads) blocks of `tiles` key tiles each: as many as fill one wave of

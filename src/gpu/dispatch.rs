@@ -202,6 +202,16 @@ impl KernelSpec {
             32
         }
     }
+    /// Query tiles of `p` (every batch entry): of packed rows per KV head for the GQA-packed kernels, else of
+    /// one query head's rows (not rounded to clusters).
+    pub fn query_tiles(&self, p: &AttnParams) -> i64 {
+        let (rows, heads) = if self.pack_gqa {
+            (p.seq_q as i64 * (p.heads_q / p.heads_kv.max(1)) as i64, p.heads_kv as i64)
+        } else {
+            (p.seq_q as i64, p.heads_q as i64)
+        };
+        (rows + self.bm as i64 - 1) / self.bm as i64 * heads * p.batch as i64
+    }
     pub fn threads(&self) -> u32 {
         self.warps as u32 * 32
     }

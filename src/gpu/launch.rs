@@ -46,9 +46,8 @@ pub fn persistent(p: &AttnParams) -> bool {
 pub fn grid(k: &KernelSpec, p: &AttnParams, resident: i32, splits: i32) -> Result<(u32, u32, u32), GpuError> {
     let gx = (p.seq_q as i64 + k.bm as i64 - 1) / k.bm as i64;
     if k.pack_gqa {
-        // tiles of packed rows (kernels/gqa_pack.cuh): the group's rows per KV head, each `splits` times
-        let g = (p.heads_q / p.heads_kv.max(1)) as i64;
-        let tiles = (p.seq_q as i64 * g + k.bm as i64 - 1) / k.bm as i64 * p.heads_kv as i64 * p.batch as i64 * splits.max(1) as i64;
+        // tiles of packed rows (kernels/gqa_pack.cuh), each `splits` times
+        let tiles = k.query_tiles(p) * splits.max(1) as i64;
         if tiles > i32::MAX as i64 {
             return Err(GpuError::new(format!("{tiles} tiles of packed query rows exceed the kernel's 2^31 limit")));
         }

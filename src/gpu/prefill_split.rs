@@ -20,7 +20,8 @@ const MIN_BLOCKS_PER_SPLIT: i64 = 4;
 /// (H200, docs/PERF.md).
 const MIN_KEY_BLOCKS: i64 = 32;
 
-/// -1 automatic, 0 never, n > 1 forced (where a packed kernel can serve; at most one split per key block): a test aid
+/// -1 automatic, 0 never, n > 1 forced (wherever a plain Hopper problem can run a split-KV instance; at most one
+/// split per key block): a test aid
 /// (ffi `flashattn_ort_gpu_set_prefill_splits`).
 static OVERRIDE: AtomicI32 = AtomicI32::new(-1);
 
@@ -42,8 +43,8 @@ pub fn plan(p: &AttnParams, chosen: KernelSpec, num_sms: i32) -> (KernelSpec, i3
         return (chosen, 1);
     };
     let kernel = KernelSpec { plain: true, ..*kernel };
-    let blocks = key_blocks(p, kernel.bn);
-    let splits = if forced > 0 { (forced as i64).min(blocks.max(1)) as i32 } else { auto_splits(tiles(p, &kernel), blocks, num_sms) };
+    let blocks = p.visible_key_blocks(kernel.bn as i64);
+    let splits = if forced > 0 { (forced as i64).min(blocks.max(1)) as i32 } else { auto_splits(kernel.query_tiles(p), blocks, num_sms) };
     if splits >= 2 {
         (kernel, splits)
     } else {
@@ -60,27 +61,6 @@ fn auto_splits(tiles: i64, key_blocks: i64, num_sms: i32) -> i32 {
     (num_sms as i64 / tiles.max(1)).min(key_blocks / MIN_BLOCKS_PER_SPLIT).clamp(1, MAX_SPLITS as i64) as i32
 }
 
-/// Query tiles of `p` for kernel `k`: of packed rows per KV head, or of one query head's rows.
-fn tiles(p: &AttnParams, k: &KernelSpec) -> i64 {
-    let bm = k.bm as i64;
-    if k.pack_gqa {
-        let g = (p.heads_q / p.heads_kv.max(1)) as i64;
-        (p.seq_q as i64 * g + bm - 1) / bm * p.heads_kv as i64 * p.batch as i64
-    } else {
-        (p.seq_q as i64 + bm - 1) / bm * p.heads_q as i64 * p.batch as i64
-    }
-}
-
-/// Key blocks of `bn` keys the rows of a tile may see at most (causal/window bounds of the whole query).
-fn key_blocks(p: &AttnParams, bn: i32) -> i64 {
-    let (lo, _) = p.visible_keys(0);
-    let (_, hi) = p.visible_keys(p.seq_q as i64 - 1);
-    if hi <= lo {
-        0
-    } else {
-        (hi - 1) / bn as i64 - lo / bn as i64 + 1
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -139,9 +119,9 @@ mod tests {
 
     #[test]
     fn key_blocks_cover_the_visible_range() {
-        assert_eq!(key_blocks(&chunk(1, 17, 32768, 32, 8), 128), 256);
-        assert_eq!(key_blocks(&chunk(1, 17, 1000, 32, 8), 128), 8);
+        assert_eq!(chunk(1, 17, 32768, 32, 8).visible_key_blocks(128), 256);
+        assert_eq!(chunk(1, 17, 1000, 32, 8).visible_key_blocks(128), 8);
         let window = AttnParams { window_left: 300, ..chunk(1, 17, 32768, 32, 8) };
-        assert_eq!(key_blocks(&window, 128), 3); // keys 32451..32768
+        assert_eq!(window.visible_key_blocks(128), 3); // keys 32451..32768
     }
 }
