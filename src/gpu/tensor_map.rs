@@ -48,39 +48,40 @@ impl Operand {
         Operand { addr: p.v_ptr, cols: p.head_dim_v as i64, packed: false, group: 1, group_stride: 0, rows: p.seq_kv as i64, heads: p.heads_kv as i64, batch: p.batch as i64, row_stride: p.v_row_stride, head_stride: p.v_head_stride, batch_stride: p.v_batch_stride }
     }
 
-    /// Extents (innermost first) and byte strides of the outer axes (the group axis only when packed). An
+    /// Extents (innermost first) and byte strides of the outer axes (the group axis only when packed), in
+    /// arrays of the largest rank (no allocation: dispatch asks for every Hopper kernel it considers). An
     /// axis of extent 1 is never stepped along, so its stride is replaced by a packed one the encoder accepts
     /// whatever the caller's was.
-    fn dims_and_strides(&self) -> (Vec<u64>, Vec<u64>) {
-        let (dims, strides): (Vec<i64>, Vec<i64>) = if self.packed {
-            (vec![self.cols, self.group, self.rows, self.heads, self.batch], vec![self.group_stride, self.row_stride, self.head_stride, self.batch_stride])
+    fn axes(&self) -> Axes {
+        let (rank, dims, strides) = if self.packed {
+            (5, [self.cols, self.group, self.rows, self.heads, self.batch], [self.group_stride, self.row_stride, self.head_stride, self.batch_stride])
         } else {
-            (vec![self.cols, self.rows, self.heads, self.batch], vec![self.row_stride, self.head_stride, self.batch_stride])
+            (4, [self.cols, self.rows, self.heads, self.batch, 1], [self.row_stride, self.head_stride, self.batch_stride, 0])
         };
-        let dims: Vec<u64> = dims.into_iter().map(|d| d as u64).collect();
-        let mut strides: Vec<u64> = strides.into_iter().map(|s| (s * 2) as u64).collect();
+        let dims = dims.map(|d| d as u64);
+        let mut strides = strides.map(|s| (s * 2) as u64);
         let mut packed = (self.cols as u64 * 2).next_multiple_of(16);
-        for (i, stride) in strides.iter_mut().enumerate() {
+        for (i, stride) in strides[..rank - 1].iter_mut().enumerate() {
             if dims[i + 1] == 1 {
                 *stride = packed;
             }
             packed = stride.saturating_mul(dims[i + 1]);
         }
-        (dims, strides)
+        Axes { rank, dims, strides }
     }
 
     /// Whether TMA can address this operand: a 16-byte aligned base, byte strides that are multiples of 16
     /// (below 2^40) on every axis that is stepped along.
     pub fn tma_compatible(&self) -> bool {
-        let (dims, strides) = self.dims_and_strides();
-        self.addr % 16 == 0 && dims.iter().all(|&d| d >= 1 && d <= 1 << 32) && strides.iter().all(|&s| s % 16 == 0 && s > 0 && s < 1 << 40)
+        let a = self.axes();
+        self.addr % 16 == 0 && a.dims().iter().all(|&d| d >= 1 && d <= 1 << 32) && a.strides().iter().all(|&s| s % 16 == 0 && s > 0 && s < 1 << 40)
     }
 
     /// The tensor map for boxes of `box_cols` columns (a swizzle panel: 64 or 32 16-bit elements, swizzled
     /// over 128 or 64 bytes) and `box_rows` rows (a tile's height; of packed rows when packed: a multiple of
     /// the group).
     pub fn encode(&self, dtype: i32, box_cols: u32, box_rows: u32) -> Result<sys::CUtensorMap, GpuError> {
-        let (dims, strides) = self.dims_and_strides();
+        let axes = self.axes();
         let data_type = match dtype {
             1 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
             2 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
@@ -91,26 +92,26 @@ impl Operand {
             32 => sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_64B,
             c => return Err(GpuError::new(format!("no swizzle for boxes of {c} columns"))),
         };
-        let boxes: Vec<u32> = if self.packed {
+        let boxes: [u32; 5] = if self.packed {
             let g = self.group as u32;
             if box_rows % g != 0 {
                 return Err(GpuError::new(format!("a packed query tile of {box_rows} rows does not hold whole groups of {g} heads")));
             }
-            vec![box_cols, g, box_rows / g, 1, 1]
+            [box_cols, g, box_rows / g, 1, 1]
         } else {
-            vec![box_cols, box_rows, 1, 1]
+            [box_cols, box_rows, 1, 1, 1]
         };
-        let element_strides = vec![1u32; boxes.len()];
+        let element_strides = [1u32; 5];
         let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
         check(
             unsafe {
                 sys::cuTensorMapEncodeTiled(
                     map.as_mut_ptr(),
                     data_type,
-                    dims.len() as u32,
+                    axes.rank as u32,
                     self.addr as *mut std::ffi::c_void,
-                    dims.as_ptr(),
-                    strides.as_ptr(),
+                    axes.dims.as_ptr(),
+                    axes.strides.as_ptr(),
                     boxes.as_ptr(),
                     element_strides.as_ptr(),
                     sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
@@ -122,6 +123,22 @@ impl Operand {
             "encoding a TMA tensor map (cuTensorMapEncodeTiled)",
         )?;
         Ok(unsafe { map.assume_init() })
+    }
+}
+
+/// An operand's axes as the encoder takes them: `rank` extents and the `rank - 1` outer byte strides.
+struct Axes {
+    rank: usize,
+    dims: [u64; 5],
+    strides: [u64; 4],
+}
+
+impl Axes {
+    fn dims(&self) -> &[u64] {
+        &self.dims[..self.rank]
+    }
+    fn strides(&self) -> &[u64] {
+        &self.strides[..self.rank - 1]
     }
 }
 
@@ -166,10 +183,10 @@ mod tests {
     fn packed_query_steps_heads_within_and_across_groups() {
         let p = AttnParams { heads_kv: 4, ..bsnh(2, 100, 16, 128) };
         let q = Operand::packed_query(&p);
-        let (dims, strides) = q.dims_and_strides();
-        assert_eq!(dims, vec![128, 4, 100, 4, 2]);
+        let axes = q.axes();
+        assert_eq!(axes.dims(), &[128, 4, 100, 4, 2]);
         // bytes: next head, next row, next group (4 heads), next batch entry
-        assert_eq!(strides, vec![256, 16 * 256, 4 * 256, 100 * 16 * 256]);
+        assert_eq!(axes.strides(), &[256, 16 * 256, 4 * 256, 100 * 16 * 256]);
         assert!(packed_tma_compatible(&p));
         // a head stride of 36 elements (72 bytes) cannot be stepped by TMA
         let odd = AttnParams { q_head_stride: 36, q_row_stride: 16 * 64, q_batch_stride: 100 * 16 * 64, ..p };
@@ -179,7 +196,8 @@ mod tests {
     #[test]
     fn unit_axes_get_packed_strides() {
         let p = AttnParams { q_batch_stride: 3, ..bsnh(1, 64, 4, 64) };
-        let (_, strides) = Operand::query(&p).dims_and_strides();
+        let axes = Operand::query(&p).axes();
+        let strides = axes.strides();
         assert_eq!(strides.len(), 3);
         assert_eq!(&strides[..2], &[512, 128]);
         assert_eq!(strides[2] % 16, 0);
