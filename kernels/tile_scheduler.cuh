@@ -109,7 +109,7 @@ __device__ __forceinline__ BlockWork persistent_tile(const AttnParams &p, int t)
   return block_work<BM, BN>(p, unit * CLUSTER + (int)(blockIdx.x % CLUSTER), rest % p.heads_q, rest / p.heads_q);
 }
 
-// Unit t of a Hopper launch whose tiles are each cut into n_splits key ranges (split-KV, GQA-packed kernels):
+// Unit t of a Hopper launch whose tiles are each cut into n_splits key ranges (the split-KV instances):
 // tile t / n_splits, keys of split t % n_splits (an even share of its key blocks, possibly none).
 template <int BM, int BN, int CLUSTER = 1, bool PACK = false>
 __device__ __forceinline__ BlockWork persistent_split_tile(const AttnParams &p, int t, int n_splits) {

@@ -165,8 +165,8 @@ def set_decode_row_groups(lib, n):
 
 
 def set_prefill_splits(lib, n):
-    """Split-KV of the Hopper prefill kernel (its GQA-packed instances): -1 automatic; 0 never; n > 1: n splits
-    wherever a packed kernel can serve."""
+    """Split-KV of the Hopper prefill kernel (its `_packgqa` and `_split` instances): -1 automatic; 0 never; n > 1:
+    n splits wherever a plain Hopper problem can run them."""
     _setting(lib, "flashattn_ort_gpu_set_prefill_splits", n, "prefill splits")
 
 

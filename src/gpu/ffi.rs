@@ -260,8 +260,8 @@ pub extern "C" fn flashattn_ort_gpu_set_decode_row_groups(n: i32) {
     super::decode::set_row_groups_override(n);
 }
 
-/// Test aid: split-KV of the Hopper prefill kernel (its GQA-packed instances). -1: automatic (default); 0:
-/// never; n > 1: n splits wherever a packed kernel can serve (at most one per key block).
+/// Test aid: split-KV of the Hopper prefill kernel (its `_packgqa` and `_split` instances). -1: automatic
+/// (default); 0: never; n > 1: n splits wherever a plain Hopper problem can run them (at most one per key block).
 #[no_mangle]
 pub extern "C" fn flashattn_ort_gpu_set_prefill_splits(n: i32) {
     super::prefill_split::set_override(n);

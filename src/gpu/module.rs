@@ -45,7 +45,7 @@ pub struct ForwardPlan {
     pub spec: KernelSpec,
     /// How many of its blocks run at once (see `launch::grid`).
     pub resident: i32,
-    /// Key splits of each tile (the GQA-packed Hopper kernels; 1: none).
+    /// Key splits of each tile (the Hopper kernels' split-KV instances; 1: none).
     pub splits: i32,
 }
 
