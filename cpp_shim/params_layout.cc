@@ -17,7 +17,7 @@ struct FieldLayout {
 };
 const FieldLayout kFields[] = {
     FIELD(q_ptr), FIELD(k_ptr), FIELD(v_ptr), FIELD(out_ptr), FIELD(lse_ptr), FIELD(mask_ptr),
-    FIELD(seqlens_ptr), FIELD(q_batch_stride), FIELD(q_head_stride), FIELD(q_row_stride),
+    FIELD(seqlens_ptr), FIELD(gate_ptr), FIELD(gate), FIELD(q_batch_stride), FIELD(q_head_stride), FIELD(q_row_stride),
     FIELD(k_batch_stride), FIELD(k_head_stride), FIELD(k_row_stride), FIELD(v_batch_stride),
     FIELD(v_head_stride), FIELD(v_row_stride), FIELD(out_batch_stride), FIELD(out_head_stride),
     FIELD(out_row_stride), FIELD(mask_batch_stride), FIELD(mask_head_stride), FIELD(mask_row_stride),

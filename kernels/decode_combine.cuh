@@ -5,6 +5,7 @@
 #pragma once
 #include "common.cuh"
 #include "dependent_launch.cuh"
+#include "key_padding.cuh"
 #include "params.cuh"
 #include "split_merge.cuh"
 
@@ -113,6 +114,7 @@ __device__ __forceinline__ void flash_decode_combine(const AttnParams &p, const 
   __shared__ float4 part[kCombineThreads];
   __shared__ float run_max[kCombineThreads], run_sum[kCombineThreads];
   if (p.head_dim_v > kCombineMaxDv) __trap();  // the decode kernels stop at 256
+  if (!gate_open(p)) return;  // the split prefill launch it merges was gated off (key_padding.cuh)
   if ((p.head_dim_v & 3) == 0)
     combine_rows<T, true>(p, o_part, lse_part, n_splits, rows_per_block, part, run_max, run_sum);
   else

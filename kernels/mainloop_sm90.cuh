@@ -20,6 +20,7 @@
 #include "common.cuh"
 #include "config_sm90.cuh"
 #include "epilogue.cuh"
+#include "key_padding.cuh"
 #include "mask.cuh"
 #include "params.cuh"
 #include "sm90_ptx.cuh"
@@ -391,6 +392,7 @@ __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtens
                                                const CUtensorMap *tv, const SplitParts parts = SplitParts{nullptr, nullptr, 1}) {
   using namespace sm90;
   static_assert(!PACK || (!MODS && Cfg::CLUSTER == 1), "GQA packing: plain problems, single blocks");
+  if (!gate_open(p)) return;  // the key-padding fast path's other launch serves this problem
   require_dynamic_smem(Cfg::SMEM_BYTES);
   unsigned char *smem = dynamic_smem_1024<!(Cfg::D == 256 && MODS)>();
   const int group = threadIdx.x / 128;

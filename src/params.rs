@@ -15,6 +15,13 @@ pub mod ffi {
         pub lse_ptr: u64,
         pub mask_ptr: u64,
         pub seqlens_ptr: u64,
+        /// int32 [batch] written on the device by the key-padding scan (kernels/key_padding.cuh): 1 where a
+        /// batch entry's key-only mask keeps exactly the keys below its length. Read only when `gate` != 0.
+        pub gate_ptr: u64,
+        /// One of `Gate`'s values: whether the Hopper forward kernel runs at all, decided on the device from
+        /// `gate_ptr` (the key-padding fast path queues a plain and a masked launch; one of them runs). 64 bits
+        /// wide so that the struct has no padding (the ctypes mirror is built from a gap-free field table).
+        pub gate: i64,
 
         pub q_batch_stride: i64,
         pub q_head_stride: i64,
@@ -132,6 +139,18 @@ pub enum MaskKind {
     None = 0,
     Bool = 1,
     Additive = 2,
+}
+
+/// `AttnParams::gate` values (kernels/key_padding.cuh `gate_open`).
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Always runs.
+    None = 0,
+    /// Runs when every batch entry's key-padding mask is a prefix (`gate_ptr`[b] == 1 for all b).
+    AllPrefix = 1,
+    /// Runs when some batch entry's is not.
+    SomeNotPrefix = 2,
 }
 
 /// `AttnParams::dtype` values.

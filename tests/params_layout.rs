@@ -41,9 +41,12 @@ fn field_table_covers_the_struct_without_gaps() {
 #[test]
 fn enum_codes_match_the_kernels() {
     // kernels/params.cuh mirrors these values.
-    use flashattn_ort::params::{DType, MaskKind};
+    use flashattn_ort::params::{DType, Gate, MaskKind};
     let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/params.cuh")).unwrap();
     for (name, v) in [("kMaskNone", MaskKind::None as i32), ("kMaskBool", MaskKind::Bool as i32), ("kMaskAdditive", MaskKind::Additive as i32)] {
+        assert!(src.contains(&format!("{name} = {v}")), "{name} != {v} in kernels/params.cuh");
+    }
+    for (name, v) in [("kGateNone", Gate::None as i32), ("kGateAllPrefix", Gate::AllPrefix as i32), ("kGateSomeNotPrefix", Gate::SomeNotPrefix as i32)] {
         assert!(src.contains(&format!("{name} = {v}")), "{name} != {v} in kernels/params.cuh");
     }
     for (name, v) in [("kDtypeF32", DType::F32 as i32), ("kDtypeF16", DType::F16 as i32), ("kDtypeBF16", DType::BF16 as i32)] {

@@ -164,6 +164,12 @@ def set_decode_row_groups(lib, n):
     _setting(lib, "flashattn_ort_gpu_set_decode_row_groups", n, "decode row groups")
 
 
+def set_key_padding(lib, mode):
+    """Key-padding masks through the plain kernel gated on a scan of the mask: -1 where it applies and the problem
+    is large enough (default); 0 never (the masked kernel alone); 1 wherever it applies."""
+    _setting(lib, "flashattn_ort_gpu_set_key_padding", mode, "key-padding fast path")
+
+
 def set_prefill_splits(lib, n):
     """Split-KV of the Hopper prefill kernel (its `_packgqa` and `_split` instances): -1 automatic; 0 never; n > 1:
     n splits wherever a plain Hopper problem can run them."""

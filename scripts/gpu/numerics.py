@@ -52,7 +52,9 @@ def rand_case(rng, small):
     c["softcap"] = rng.choice([0.0, 0.0, 5.0, 30.0]) if rng.random() < 0.3 else 0.0
     c["scale"] = rng.choice([None, None, 0.05, 0.3])
     c["mask"] = rng.choice([None, None, "bool", "additive"])
-    c["mask_shape"] = rng.choice(["full", "bcast_b", "row", "col", "2d"])
+    c["mask_shape"] = rng.choice(["full", "bcast_b", "row", "col", "col", "2d"])
+    # masks over keys alone (key padding): random holes, a kept prefix of random length, or left padding
+    c["keypad"] = rng.choice([None, "prefix", "prefix", "left"]) if c["mask_shape"] == "col" else None
     c["seqlens"] = rng.random() < 0.25
     c["strided"] = rng.random() < 0.2  # q/k/v as views into wider buffers
     c["lse"] = rng.random() < 0.8
@@ -146,8 +148,11 @@ def run_case(lib, c, gen):
     mask = None
     if c["mask"]:
         full = [B, Hq, Sq, Skv]
-        shape = {"full": full, "bcast_b": [1, Hq, Sq, Skv], "row": [B, 1, Sq, 1], "col": [B, 1, 1, Skv], "2d": [Sq, Skv]}[c["mask_shape"]]
-        if c["mask"] == "bool":
+        shape = {"full": full, "bcast_b": [1, Hq, Sq, Skv], "row": [B, 1, Sq, 1], "col": [B, 1, 1, Skv],
+                 "col1": [1, 1, 1, Skv], "2d": [Sq, Skv]}[c["mask_shape"]]
+        if c.get("keypad") in ("prefix", "left"):
+            mask = key_padding_mask(c, shape, gen)
+        elif c["mask"] == "bool":
             mask = torch.rand(shape, device="cuda", generator=gen) < 0.8
         else:
             mask = (torch.randn(shape, device="cuda", generator=gen) * 2).to(dt)
@@ -171,11 +176,13 @@ def run_case(lib, c, gen):
     lib.flashattn_ort_gpu_set_persistent(c.get("grid", -1))
     lib.flashattn_ort_gpu_set_prefill_cluster(c.get("prefill_cluster", -1))
     fa_lib.set_prefill_splits(lib, c.get("prefill_splits", -1))
+    fa_lib.set_key_padding(lib, c.get("keypad_mode", -1))
     if c.get("force"):
         lib.flashattn_ort_gpu_set_kernel(c["force"].encode())
     try:
         kname = fa_lib.kernel_name(lib, P)
-        fa_lib.launch(lib, P)
+        ws = fa_lib.workspace(lib, P)
+        fa_lib.launch(lib, P, ws=ws)
         torch.cuda.synchronize()
     finally:
         fa_lib.set_decode_splits(lib, -1)
@@ -184,6 +191,7 @@ def run_case(lib, c, gen):
         lib.flashattn_ort_gpu_set_persistent(-1)
         lib.flashattn_ort_gpu_set_prefill_cluster(-1)
         fa_lib.set_prefill_splits(lib, -1)
+        fa_lib.set_key_padding(lib, -1)
         if c.get("force"):
             lib.flashattn_ort_gpu_set_kernel(FAMILY.encode() if FAMILY else None)
     ref, ref_lse = fa_lib.reference(q, k, v, **kw)
@@ -193,6 +201,10 @@ def run_case(lib, c, gen):
         problems.append(f"ran {kname}, GQA packing expected: {c['packed']}")
     if "split" in c and FAMILY != "sm80" and (" splits" in kname and kname.startswith("flash_fwd_sm90")) != c["split"]:
         problems.append(f"ran {kname}, prefill split-KV expected: {c['split']}")
+    if "keypad_planned" in c and FAMILY != "sm80" and ("key padding:" in kname) != c["keypad_planned"]:
+        problems.append(f"ran {kname}, key-padding fast path expected: {c['keypad_planned']}")
+    if "key padding:" in kname:
+        problems += key_padding_scan_problems(mask, B, ws)
     if kname.startswith("flash_decode") != decode_expected(c):
         problems.append(f"ran {kname}, decode kernel expected: {decode_expected(c)}")
     if torch.isnan(out).any():
@@ -213,6 +225,41 @@ def run_case(lib, c, gen):
             if lerr > 1e-3 + 1e-4 * ref_lse[fin].abs().max().item():
                 problems.append(f"lse err {lerr:.3e}")
     return err, tol, problems, kname
+
+
+def key_padding_mask(c, shape, gen):
+    """A mask over keys alone (shape [B or 1, 1, 1, Skv]): `prefix` keeps each entry's first keys (random lengths,
+    the first entry none with zero_len, the last all of them), `left` drops each entry's first keys instead.
+    Bool, or additive 0 / -inf."""
+    rows, skv = shape[0], shape[-1]
+    lens = torch.randint(0, skv + 1, (rows,), device="cuda", generator=gen).cpu()
+    lens[-1] = skv
+    if c.get("zero_len"):
+        lens[0] = 0
+    cols = torch.arange(skv).view(1, skv)
+    keep = cols < lens.view(rows, 1) if c["keypad"] == "prefix" else cols >= (skv - lens).view(rows, 1)
+    keep = keep.view(shape).cuda()
+    if c["mask"] == "bool":
+        return keep
+    return torch.zeros(shape, device="cuda").masked_fill(~keep, float("-inf")).to(c["dtype"])
+
+
+def key_padding_scan_problems(mask, B, ws):
+    """The key-padding scan's lengths and prefix verdicts at the head of the workspace, against the mask."""
+    if ws is None:
+        return ["key-padding fast path planned but no workspace asked for"]
+    got = ws[: 8 * B].view(torch.int32).cpu()
+    m = mask.expand(B, *mask.shape[1:]).reshape(B, -1)
+    keep = m if m.dtype == torch.bool else m == 0
+    drop = ~m if m.dtype == torch.bool else m == float("-inf")
+    problems = []
+    for b in range(B):
+        nd = torch.nonzero(~drop[b]).flatten()
+        length = int(nd[-1]) + 1 if len(nd) else 0
+        prefix = bool(keep[b, :length].all())
+        if (int(got[b]), bool(got[B + b])) != (length, prefix):
+            problems.append(f"scan of entry {b}: length {int(got[b])} prefix {int(got[B + b])}, expected {length} {prefix}")
+    return problems
 
 
 def poison_tail(t, seqlens, layout):
@@ -286,7 +333,7 @@ def fixed_cases():
     cases.append(dict(gq, hq=128, hkv=1, d=128, dv=128, sq=1, skv=700, b=1, causal=False))
     cases.append(dict(gq, sq=20, skv=20, causal=True))                            # first row sees one key
     cases.append(dict(gq, hq=24, hkv=8, packed=False))                            # 3 heads a group: never packed
-    cases.append(dict(gq, mask="bool", mask_shape="col", packed=False))           # a mask tensor: unpacked
+    cases.append(dict(gq, mask="bool", mask_shape="full", packed=False))          # a mask tensor: unpacked
     # forced where it would not pay: long causal (tiles of every length) under each schedule, Sq != Skv
     for grid in (-1, 0, 1):
         cases.append(dict(gq, sq=1100, skv=1100, grid=grid, force="flash_fwd_sm90_bf16_d128_m128n128w12_plain_packgqa"))
@@ -311,6 +358,30 @@ def fixed_cases():
     cases.append(dict(sp, dtype=torch.float16, d=192, dv=192, hq=10, hkv=2, sq=40, skv=4000, window_left=500,
                       layout="BNSH", prefill_splits=3))
     cases.append(dict(sp, d=96, dv=64, hq=12, hkv=2, sq=50, skv=3000, strided=True, seqlens=True, prefill_splits=4))
+    # Key-padding masks (over keys alone) through the plain kernel gated on the mask's scan: kept prefixes (all
+    # keys, right padding, an entry with none), causal, additive 0/-inf, one row for every entry, the 192-row and
+    # cluster shapes, GQA-packed and split plain launches (the combine gated too); and the masked kernel where
+    # the scan finds holes or left padding (the plain launch, and a split one's combine, gated off). Forced on
+    # (keypad_mode 1) below the size where it is automatic; automatic above it and below.
+    kp = dict(base, b=3, hq=8, hkv=2, sq=700, skv=1500, d=128, dv=128, mask="bool", mask_shape="col", keypad="prefix",
+              keypad_planned=True, keypad_mode=1)
+    cases.append(kp)
+    cases.append(dict(kp, keypad_mode=-1))                                                     # 2^31.5: automatic
+    cases.append(dict(kp, keypad_mode=-1, b=1, keypad_planned=False))                          # 2^30: masked alone
+    cases.append(dict(kp, causal=True, zero_len=True))
+    cases.append(dict(kp, dtype=torch.float16, mask="additive", layout="BNSH", strided=True))
+    cases.append(dict(kp, mask_shape="col1", d=64, dv=64, sq=2100, skv=2100))                  # 192-row tiles
+    cases.append(dict(kp, b=2, sq=1900, skv=8200, causal=False))                               # clusters
+    cases.append(dict(kp, dtype=torch.float16, d=256, dv=256, sq=300, skv=900, causal=True, window_left=100))
+    cases.append(dict(kp, b=2, hq=32, hkv=8, sq=40, skv=3000, causal=True))                   # GQA-packed
+    cases.append(dict(kp, b=2, hq=32, hkv=8, sq=17, skv=20000, causal=True, zero_len=True))   # split keys
+    cases.append(dict(kp, keypad="left"))                                                      # not a prefix
+    cases.append(dict(kp, keypad=None, causal=True))                                           # holes
+    cases.append(dict(kp, keypad=None, mask="additive", b=2, hq=32, hkv=8, sq=17, skv=20000))  # holes, split plan
+    cases.append(dict(kp, mask_shape="row", keypad=None, keypad_planned=False))                # per query row
+    cases.append(dict(kp, softcap=30.0, keypad_planned=False))                                 # no plain kernel
+    cases.append(dict(kp, seqlens=True, keypad_planned=False))                                 # lengths given too
+    cases.append(dict(kp, sq=1, hq=8, hkv=2, keypad_planned=False, splits="auto"))             # decode kernel
     # Split-KV decode: the split path (auto and forced), the one-split path (straight to the outputs), off.
     dec = dict(base, b=1, hq=32, hkv=8, sq=1, skv=32768, d=128, dv=128, splits="auto")
     cases.append(dec)                                                       # GQA 32/8, long cache, split

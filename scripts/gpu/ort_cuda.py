@@ -95,11 +95,24 @@ def inputs(dtype, B=2, Sq=77, Skv=130, H=4, Hkv=2, D=64, mask=None, seqlens=Fals
     feeds = {"query": q, "key": k, "value": v}
     if mask == "bool":
         feeds["attn_mask"] = torch.rand(B, 1, Sq, Skv, device="cuda") < 0.8
+    elif mask in ("keypad", "keypad_holes"):
+        feeds["attn_mask"] = key_padding(B, Skv, holes=mask == "keypad_holes")
     elif mask == "additive":
         feeds["attn_mask"] = torch.randn(1, H, Sq, Skv, device="cuda").to(dtype)
     if seqlens:
         feeds["key_seqlens"] = torch.randint(0, Skv + 1, (B,), dtype=torch.int32, device="cuda")
     return feeds
+
+
+def key_padding(B, Skv, holes=False):
+    """A bool key-padding mask [B, 1, 1, Skv] (an exported attention_mask): entry b keeps its first keys (random
+    lengths, the last entry all), or with `holes` also drops every 5th key (the scan sends it to the masked kernel)."""
+    lens = torch.randint(1, Skv + 1, (B,), device="cuda")
+    lens[-1] = Skv
+    keep = torch.arange(Skv, device="cuda").view(1, Skv) < lens.view(B, 1)
+    if holes:
+        keep &= (torch.arange(Skv, device="cuda") % 5 != 2).view(1, Skv)
+    return keep.view(B, 1, 1, Skv)
 
 
 def run_bound(sess, feeds, out_shape, dtype, lse=True):
@@ -147,12 +160,13 @@ def kv_only():
     sys.exit(1 if FAILS else 0)
 
 
-def graph_check(name, dtype, causal, shape):
+def graph_check(name, dtype, causal, shape, mask=None):
     """ORT's CUDA graph of one node: warm-up, capture, replays, each after new data was written in place into
-    the bound inputs; every run must match the reference of its inputs."""
+    the bound inputs; every run must match the reference of its inputs. With mask="keypad" the key-padding mask
+    alternates between kept prefixes and holes, so the replays take each of the gated launches in turn."""
     try:
-        sess = session(model(dtype, causal=int(causal)), cuda_opts={"enable_cuda_graph": "1"})
-        feeds = inputs(dtype, **shape)
+        sess = session(model(dtype, mask="bool" if mask else None, causal=int(causal)), cuda_opts={"enable_cuda_graph": "1"})
+        feeds = inputs(dtype, mask=mask, **shape)
         B, Sq, H = feeds["query"].shape[0], feeds["query"].shape[1], shape.get("H", 4)
         b = sess.io_binding()
         for n, t in feeds.items():
@@ -162,13 +176,16 @@ def graph_check(name, dtype, causal, shape):
         bind_out(b, "output", out)
         bind_out(b, "softmax_lse", lse)
         ok = True
-        for it in range(4):  # ORT warms up, captures, then replays
-            for t in feeds.values():
-                t.copy_(torch.randn(t.shape, device="cuda").to(t.dtype))
+        for it in range(6 if mask else 4):  # ORT warms up, captures, then replays
+            for n, t in feeds.items():
+                if n == "attn_mask":
+                    t.copy_(key_padding(B, t.shape[-1], holes=it % 2 == 1))
+                else:
+                    t.copy_(torch.randn(t.shape, device="cuda").to(t.dtype))
             torch.cuda.synchronize()
             sess.run_with_iobinding(b)
             torch.cuda.synchronize()
-            ref, _ = fa_lib.reference(feeds["query"], feeds["key"], feeds["value"], causal=causal)
+            ref, _ = fa_lib.reference(feeds["query"], feeds["key"], feeds["value"], mask=feeds.get("attn_mask"), causal=causal)
             err = (out.double() - ref).abs().max().item()
             ok = ok and err < 2e-2
         check(name, ok, f"last err {err:.2e}")
@@ -196,13 +213,18 @@ def main():
                 check(name, False, f"exception {e}")
     # 1b. decode shapes: the split-KV decode kernel, its workspace taken from ORT's device allocator; 1c. a short
     # query over many keys: the Hopper prefill kernel with split keys (GQA-packed), its workspace from ORT too.
-    for what, shape in (("decode (split-KV, workspace from ORT)", dict(B=2, Sq=1, Skv=4096)),
-                        ("prefill of 40 tokens over 8192 keys (split-KV on Hopper, workspace from ORT)", dict(B=1, Sq=40, Skv=8192))):
+    # 1d. key-padding masks: the mask's scan and the gated plain kernel (kept prefixes) or masked one (holes),
+    # their workspace from ORT; with split keys (40 tokens over 8192 keys) the combine gated too.
+    for what, shape, mask in (("decode (split-KV, workspace from ORT)", dict(B=2, Sq=1, Skv=4096), None),
+                              ("prefill of 40 tokens over 8192 keys (split-KV on Hopper, workspace from ORT)", dict(B=1, Sq=40, Skv=8192), None),
+                              ("key-padding mask, kept prefixes (gated plain kernel)", dict(B=3, Sq=300, Skv=700), "keypad"),
+                              ("key-padding mask with holes (gated masked kernel)", dict(B=3, Sq=300, Skv=700), "keypad_holes"),
+                              ("key-padding mask, 40 tokens over 8192 keys (gated split plain kernel)", dict(B=2, Sq=40, Skv=8192), "keypad")):
         for dtype in (torch.float16, torch.bfloat16):
             name = f"cuda-ep {str(dtype)[6:]} {what}"
             try:
-                sess = session(model(dtype, seqlens=True, causal=1), profile=True)
-                feeds = inputs(dtype, H=8, Hkv=2, D=128, seqlens=True, **shape)
+                sess = session(model(dtype, mask="bool" if mask else None, seqlens=not mask, causal=1), profile=True)
+                feeds = inputs(dtype, H=8, Hkv=2, D=128, seqlens=not mask, mask=mask, **shape)
                 out, lse = run_bound(sess, feeds, (shape["B"], shape["Sq"], 8, 128), dtype)
                 compare(name, feeds, out, lse, dtype, causal=True)
             except Exception as e:  # noqa: BLE001
@@ -228,6 +250,8 @@ def main():
                 dict(B=1, Sq=256, Skv=8192, H=4, Hkv=2, D=128))
     graph_check("CUDA graph capture + replay of a short prefill with split keys (Hopper)", torch.float16, True,
                 dict(B=1, Sq=40, Skv=8192, H=8, Hkv=2, D=128))
+    graph_check("CUDA graph capture + replays of a key-padding mask, prefixes and holes in turn (gated launches)",
+                torch.bfloat16, True, dict(B=2, Sq=300, Skv=1000, H=8, Hkv=2, D=128), mask="keypad")
     # 4. Two sessions on two threads.
     try:
         dtype = torch.bfloat16

@@ -3,7 +3,7 @@
 # built here and carried in .gpu/ (scripts/gpu/pack.sh), with staged wheel parts.
 #
 #   bash scripts/gpu/run.sh stage [DIR...]     # copy this call's wheel parts (.gpu/stage/*, or DIRs) to /tmp/fa-stage
-#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-prefill bench-gqa bench-decode decode-probe cluster-sweep split-sweep e2e e2e-profile e2e-memcheck gen-bench kv-sanitize profile profile-vs profile-source profile-decode selfcheck
+#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-prefill bench-gqa bench-keypad bench-decode decode-probe cluster-sweep split-sweep e2e e2e-profile e2e-memcheck gen-bench kv-sanitize profile profile-vs profile-source profile-decode selfcheck
 #                                              # (default: numerics sanitize ort rust-ort bench)
 #
 # Logs and the benchmark table go to $OUT (or /tmp/fa-out). Exit status: nonzero if any step failed.
@@ -77,6 +77,9 @@ for s in "${steps[@]}"; do
       python3 bench.py "$lib" --no-decode ${FA_DIMS:+--dims "$FA_DIMS"} ${FA_CAUSAL:+--causal "$FA_CAUSAL"} --variants "${FA_VARIANTS:-}" \
         ${FA_OTHER_LIB:+--other-lib "$FA_OTHER_LIB"} ${FA_OTHER_KERNEL:+--other-kernel "$FA_OTHER_KERNEL"} \
         --out "$out/bench-prefill.md" 2>&1 | tee "$out/bench-prefill.log" ;;
+    bench-keypad)
+      # key-padding masks (exported attention_mask) through the gated plain kernel vs the masked kernel vs SDPA
+      python3 keypad_bench.py "$lib" --out "$out/bench-keypad.md" 2>&1 | tee "$out/bench-keypad.log" ;;
     bench-gqa)
       # GQA prefill rows, our kernel packed and unpacked as variants (bench.py --gqa)
       # FA_GQA_ROWS: other rows (bench.py --gqa-rows); FA_VARIANTS: other variants (NAME or NAME+grid=0|1)

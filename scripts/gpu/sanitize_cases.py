@@ -8,7 +8,7 @@ import sys
 import torch
 
 import fa_lib
-from numerics import make_tensor, rand_case, rand_decode_case, splits_code
+from numerics import key_padding_mask, make_tensor, rand_case, rand_decode_case, splits_code
 
 lib = fa_lib.load(sys.argv[1])
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 8
@@ -19,8 +19,15 @@ gen.manual_seed(seed)
 bad = 0
 served = {}
 for i in range(n):
-    lib.flashattn_ort_gpu_set_kernel(b"sm80" if i % 3 == 1 else b"sm90")
+    lib.flashattn_ort_gpu_set_kernel(b"sm80" if i % 3 == 1 and i not in (4, 7) else b"sm90")
     c = rand_decode_case(rng, True) if i % 3 == 2 else rand_case(rng, True)
+    if i == 4:  # a key-padding mask keeping a prefix: the scan, the plain kernel gated on it with split keys and
+        # its gated combine, the masked kernel gated off
+        c.update(d=128, dv=128, sq=17, skv=9000, b=2, hq=32, hkv=8, causal=True, window_left=-1, window_right=-1,
+                 seqlens=False, strided=False, mask="bool", mask_shape="col", keypad="prefix", softcap=0.0)
+    if i == 7:  # and one with left padding: the plain kernel gated off, the masked one runs
+        c.update(d=64, dv=64, sq=300, skv=1000, b=2, hq=8, hkv=2, seqlens=False, mask="additive", mask_shape="col",
+                 keypad="left", softcap=0.0)
     if i == 0:  # always one Hopper case on 64-byte panels (d96), with a V tail to zero
         c.update(d=96, dv=96, seqlens=True, strided=False)
     if i == 3:  # and one on three consumer warpgroups (plain, >= 2048 keys), with a V tail to zero
@@ -43,7 +50,9 @@ for i in range(n):
     shp = lambda s, h, d: (B, s, h, d) if bsnh else (B, h, s, d)  # noqa: E731
     q, k, v = make_tensor(shp(Sq, Hq, D), dt, c["strided"], gen), make_tensor(shp(Skv, Hkv, D), dt, c["strided"], gen), make_tensor(shp(Skv, Hkv, Dv), dt, c["strided"], gen)
     mask = None
-    if c["mask"] == "bool":
+    if c.get("keypad") in ("prefix", "left"):
+        mask = key_padding_mask(c, [B, 1, 1, Skv], gen)
+    elif c["mask"] == "bool":
         mask = torch.rand(B, 1, Sq, Skv, device="cuda", generator=gen) < 0.8
     elif c["mask"] == "additive":
         mask = torch.randn(1, Hq, Sq, Skv, device="cuda", generator=gen).to(dt)
@@ -57,6 +66,7 @@ for i in range(n):
     fa_lib.set_decode_row_groups(lib, c.get("row_groups", -1))
     lib.flashattn_ort_gpu_set_prefill_cluster(c.get("prefill_cluster", -1))
     fa_lib.set_prefill_splits(lib, c.get("prefill_splits", -1))
+    fa_lib.set_key_padding(lib, 1 if c.get("keypad") else -1)  # the gated launches even where they would not pay
     kernel = fa_lib.kernel_name(lib, P)
     served[kernel] = served.get(kernel, 0) + 1
     fa_lib.launch(lib, P)
@@ -66,6 +76,7 @@ for i in range(n):
     fa_lib.set_decode_row_groups(lib, -1)
     lib.flashattn_ort_gpu_set_prefill_cluster(-1)
     fa_lib.set_prefill_splits(lib, -1)
+    fa_lib.set_key_padding(lib, -1)
     if torch.isnan(out).any():
         bad += 1
         print("NaN/unwritten output in case", c)

@@ -20,7 +20,7 @@ macro_rules! fields {
 }
 
 fields!(
-    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, mask_ptr, seqlens_ptr, q_batch_stride, q_head_stride, q_row_stride,
+    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, mask_ptr, seqlens_ptr, gate_ptr, gate, q_batch_stride, q_head_stride, q_row_stride,
     k_batch_stride, k_head_stride, k_row_stride, v_batch_stride, v_head_stride, v_row_stride, out_batch_stride,
     out_head_stride, out_row_stride, mask_batch_stride, mask_head_stride, mask_row_stride, mask_col_stride, batch,
     heads_q, heads_kv, seq_q, seq_kv, head_dim, head_dim_v, window_left, window_right, mask_kind, dtype,
@@ -211,7 +211,11 @@ pub unsafe extern "C" fn flashattn_ort_gpu_kernel_name(params: *const AttnParams
             return Ok(format!("{} x{} splits{groups}", plan.spec.name(), plan.splits));
         }
         let plan = k.forward_kernel(&p)?;
-        Ok(if plan.splits > 1 { format!("{} x{} splits", plan.spec.name(), plan.splits) } else { plan.spec.name() })
+        let name = |plan: &super::module::ForwardPlan| if plan.splits > 1 { format!("{} x{} splits", plan.spec.name(), plan.splits) } else { plan.spec.name() };
+        Ok(match super::key_padding::plan(&p, k, plan)? {
+            Some(kp) => format!("{} | key padding: {}", name(&plan), name(&kp.plain)),
+            None => name(&plan),
+        })
     });
     match r {
         Ok(Ok(name)) if name.len() < len => {
@@ -265,6 +269,14 @@ pub extern "C" fn flashattn_ort_gpu_set_decode_row_groups(n: i32) {
 #[no_mangle]
 pub extern "C" fn flashattn_ort_gpu_set_prefill_splits(n: i32) {
     super::prefill_split::set_override(n);
+}
+
+/// Test and benchmarking aid: key-padding masks through the plain kernel gated on a scan of the mask (-1:
+/// where it applies and the problem is large enough, the default; 0: never, the masked kernel alone; 1: wherever
+/// it applies).
+#[no_mangle]
+pub extern "C" fn flashattn_ort_gpu_set_key_padding(mode: i32) {
+    super::key_padding::set_mode(mode);
 }
 
 /// Benchmarking aid: whether the Hopper kernel runs in clusters of two blocks sharing K/V tiles where a

@@ -8,6 +8,7 @@ use cudarc::driver::sys;
 
 use super::decode::{self, Workspace};
 use super::dispatch::{Family, KernelSpec};
+use super::key_padding::{self, KeyPaddingPlan};
 use super::driver::{self, CurrentContext, GpuError};
 use super::module;
 use super::tensor_map::Operand;
@@ -124,6 +125,8 @@ pub struct Prepared {
     decode: Option<decode::DecodePlan>,
     /// The prefill kernel's plan, where the decode kernel does not serve.
     forward: Option<module::ForwardPlan>,
+    /// Where `p`'s mask is a key-padding mask: the plain kernel gated on the mask's scan (key_padding.rs).
+    key_padding: Option<KeyPaddingPlan>,
     append: Option<KvAppendParams>,
 }
 
@@ -140,7 +143,11 @@ pub fn prepare(p: &AttnParams, stream: *mut c_void) -> Result<Option<Prepared>, 
     let (ctx, kernels) = module::stream_kernels(stream)?;
     let decode = decode::plan(p, kernels.into(), usize::MAX)?;
     let forward = if decode.is_none() { Some(kernels.forward_kernel(p)?) } else { None };
-    Ok(Some(Prepared { p: *p, stream, ctx, kernels, decode, forward, append: None }))
+    let key_padding = match forward {
+        Some(masked) => key_padding::plan(p, kernels, masked)?,
+        None => None,
+    };
+    Ok(Some(Prepared { p: *p, stream, ctx, kernels, decode, forward, key_padding, append: None }))
 }
 
 impl Prepared {
@@ -148,7 +155,7 @@ impl Prepared {
     pub fn workspace_bytes(&self) -> usize {
         match (&self.decode, &self.forward) {
             (Some(plan), _) => plan.workspace_bytes,
-            (None, Some(plan)) => plan.workspace_bytes(&self.p),
+            (None, Some(plan)) => self.key_padding.map_or_else(|| plan.workspace_bytes(&self.p), |k| k.workspace_bytes()),
             (None, None) => 0,
         }
     }
@@ -199,7 +206,20 @@ impl Prepared {
             Some(plan) => plan,
             None => self.kernels.forward_kernel(p)?,
         };
-        // Split partial results need the workspace; with less than they ask for the tiles run whole.
+        let _cur = CurrentContext::push(self.ctx)?;
+        if let Some(kp) = self.key_padding.filter(|k| ws.ptr != 0 && ws.ptr % 16 == 0 && ws.bytes >= k.workspace_bytes()) {
+            kp.launch_scan(p, ws.ptr, self.kernels, stream)?;
+            let (plain, masked, rest) = kp.gated(p, ws.ptr);
+            let rest = Workspace { ptr: rest, bytes: ws.bytes - (rest - ws.ptr) as usize };
+            self.launch_forward(&kp.plain, &plain, rest)?;
+            return self.launch_forward(&kp.masked, &masked, rest);
+        }
+        self.launch_forward(&plan, p, ws)
+    }
+
+    /// Queues forward plan `plan` for `p` (the caller has made the stream's context current), with its split
+    /// partial results in `ws`; with less workspace than they ask for the tiles run whole.
+    fn launch_forward(&self, plan: &module::ForwardPlan, p: &AttnParams, ws: Workspace) -> Result<(), GpuError> {
         let (bytes, lse_off) = decode::workspace_layout(p, plan.splits);
         let split = if plan.splits > 1 && ws.ptr != 0 && ws.ptr % 16 == 0 && ws.bytes >= bytes {
             SplitLaunch { o_part: ws.ptr, lse_part: ws.ptr + lse_off as u64, splits: plan.splits }
@@ -207,10 +227,9 @@ impl Prepared {
             SplitLaunch::NONE
         };
         let f = self.kernels.function(&plan.spec)?;
-        let _cur = CurrentContext::push(self.ctx)?;
-        launch_function(f, &plan.spec, p, stream, plan.resident, split)?;
+        launch_function(f, &plan.spec, p, self.stream, plan.resident, split)?;
         if split.splits > 1 {
-            decode::launch_combine(p, split.splits, split.o_part, split.lse_part, self.kernels, stream)?;
+            decode::launch_combine(p, split.splits, split.o_part, split.lse_part, self.kernels, self.stream)?;
         }
         Ok(())
     }

@@ -6,6 +6,8 @@
 //! - [`module`]: the embedded fatbin, loaded lazily once per device;
 //! - [`decode`]: split-KV decode kernel for few query rows: applicability, split count, workspace, launch;
 //! - [`dispatch`]: which kernel serves a problem on a device (compute capability, dtype, head_dim);
+//! - [`key_padding`]: key-only masks (exported attention_mask) served by the plain kernels where they keep a
+//!   prefix of the keys, decided on the device;
 //! - [`prefill_split`]: split-KV for the Hopper prefill kernel (short queries over long caches);
 //! - [`launch`]: grid/shared-memory set-up and the launch on a caller's stream;
 //! - [`selfcheck`]: first-use check of the Blackwell kernel (never run on hardware here) against the
@@ -18,6 +20,7 @@ pub mod decode;
 pub mod dispatch;
 pub mod driver;
 pub mod ffi;
+pub mod key_padding;
 pub mod kv_append;
 pub mod launch;
 pub mod module;

@@ -104,6 +104,7 @@ pub fn entry_points() -> Vec<(String, u32)> {
         .chain(super::selfcheck::BROKEN_KERNELS.iter().map(|(_, n)| (n.to_string(), sm100_smem)))
         .chain(super::decode::entry_points())
         .chain(super::kv_append::KERNEL_NAMES.iter().map(|n| (n.to_string(), 0)))
+        .chain(super::key_padding::KERNEL_NAMES.iter().map(|n| (n.to_string(), 0)))
         .collect()
 }
 
