@@ -152,6 +152,12 @@ __device__ __noinline__ void zero_v_tail(uint32_t v_tile_addr, int first_row, in
   named_barrier_sync(kBarConsumers, 128 * Cfg::CONSUMERS);
 }
 
+// A main-loop step's kind (consume_tile): EDGE steps may need the tile's score mods, the V tail zeroed or Q
+// released; interior steps need none, and their copy of the step carries none of those checks.
+template <bool EDGE_> struct StepKind {
+  static constexpr bool EDGE = EDGE_;
+};
+
 // The turn of the ping-pong: a consumer waits for it before issuing its GEMMs and passes it on after, to the
 // next consumer in a ring (each barrier joins the waiting warpgroup and the one passing to it).
 template <class Opt, int CONSUMERS> struct Turn {
@@ -298,14 +304,16 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
   }
   to_pa();
 
-  // Step i: S_i = Q K_i^T and O += P_{i-1} V_{i-1} in flight together; softmax of S_i while PV runs.
-  for (int i = 1; i < n_blocks; ++i) {
+  // Step i: S_i = Q K_i^T and O += P_{i-1} V_{i-1} in flight together; softmax of S_i while PV runs. An interior
+  // step (kind EDGE false) skips the checks only edge steps need: score mods, V-tail zeroing, Q's release.
+  auto step = [&](int i, auto kind) {
+    constexpr bool EDGE = decltype(kind)::EDGE;
     const RingPos<STAGES> prev = cur;
     cur.advance();
     const int st = cur.stage, pst = prev.stage;
     mbar_wait(k_full + 8 * st, cur.phase);
     mbar_wait(v_full + 8 * pst, prev.phase);
-    prepare_v(i - 1, pst);
+    if constexpr (EDGE) prepare_v(i - 1, pst);
     turn.wait();
     wgmma_fence();
     issue_qk(st);
@@ -316,8 +324,10 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
     wgmma_wait<1>();
     fence_regs(s_flat);
     release_kv(k_empty + 8 * st);
-    release_q_after(i);
-    score_mods(i);
+    if constexpr (EDGE) {
+      release_q_after(i);
+      score_mods(i);
+    }
     float corr[1][2];
     // The softmax (all of it, or the first row with SPLIT_PV_WAIT) must run while PV_{i-1} does. P stays live
     // until the wait (else ptxas reuses its registers for the softmax and waits for PV first), and the branch
@@ -350,7 +360,18 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
         to_pa();
       }
     }
+  };
+  // The leading steps whose key block lies inside every row's visible range (no score mods), whose previous V
+  // block needs no zeroing and that are not the last (which releases Q) run as interior steps: plain instances
+  // only (a mask tensor or softcap touches every tile).
+  int interior_end = 1;
+  if constexpr (!MODS) {
+    if (w.lo_max <= (w.n_begin + 1) * BN)
+      interior_end = max(1, min(min(w.hi_min / BN - w.n_begin, zero_from + 1), n_blocks - 1));
   }
+  int i = 1;
+  for (; i < interior_end; ++i) step(i, StepKind<false>{});
+  for (; i < n_blocks; ++i) step(i, StepKind<true>{});
 
   // Last PV.
   const int lst = cur.stage;
