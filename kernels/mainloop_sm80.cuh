@@ -5,6 +5,7 @@
 #include "common.cuh"
 #include "config.cuh"
 #include "epilogue.cuh"
+#include "key_padding.cuh"
 #include "mask.cuh"
 #include "params.cuh"
 #include "softmax.cuh"
@@ -25,6 +26,7 @@ template <typename T, class Cfg, bool MODS> __device__ __forceinline__ void flas
   constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, NT = Cfg::NT, MT = Cfg::MT, NTN = Cfg::NTN,
                 NTD = Cfg::NTD;
   extern __shared__ __align__(128) unsigned char smem_raw[];
+  if (!gate_open(p)) return;  // the key-padding fast path's other launch serves this problem
   require_dynamic_smem(Cfg::SMEM_BYTES);
   T *sQ = reinterpret_cast<T *>(smem_raw);
   T *sK = sQ + BM * D;

@@ -18,8 +18,11 @@ ap = argparse.ArgumentParser()
 ap.add_argument("lib")
 ap.add_argument("--out", default=None)
 ap.add_argument("--rounds", type=int, default=5)
+ap.add_argument("--family", default=None, help="prefer this kernel family (sm80: the portable kernel)")
 a = ap.parse_args()
 lib = fa_lib.load(a.lib)
+if a.family:
+    lib.flashattn_ort_gpu_set_kernel(a.family.encode())
 D = 128
 rows = []
 # (batch, heads, kv heads, seq, causal): the e2e model's attention (GQA 16/4, batch 1) and batch 4 MHA

@@ -201,7 +201,7 @@ def run_case(lib, c, gen):
         problems.append(f"ran {kname}, GQA packing expected: {c['packed']}")
     if "split" in c and FAMILY != "sm80" and (" splits" in kname and kname.startswith("flash_fwd_sm90")) != c["split"]:
         problems.append(f"ran {kname}, prefill split-KV expected: {c['split']}")
-    if "keypad_planned" in c and FAMILY != "sm80" and ("key padding:" in kname) != c["keypad_planned"]:
+    if "keypad_planned" in c and ("key padding:" in kname) != c["keypad_planned"]:
         problems.append(f"ran {kname}, key-padding fast path expected: {c['keypad_planned']}")
     if "key padding:" in kname:
         problems += key_padding_scan_problems(mask, B, ws)

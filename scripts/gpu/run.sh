@@ -79,7 +79,9 @@ for s in "${steps[@]}"; do
         --out "$out/bench-prefill.md" 2>&1 | tee "$out/bench-prefill.log" ;;
     bench-keypad)
       # key-padding masks (exported attention_mask) through the gated plain kernel vs the masked kernel vs SDPA
-      python3 keypad_bench.py "$lib" --out "$out/bench-keypad.md" 2>&1 | tee "$out/bench-keypad.log" ;;
+      # FA_FAMILY=sm80: the portable kernel
+      python3 keypad_bench.py "$lib" ${FA_FAMILY:+--family "$FA_FAMILY"} --out "$out/bench-keypad${FA_FAMILY:+-$FA_FAMILY}.md" 2>&1 |
+        tee "$out/bench-keypad${FA_FAMILY:+-$FA_FAMILY}.log" ;;
     bench-gqa)
       # GQA prefill rows, our kernel packed and unpacked as variants (bench.py --gqa)
       # FA_GQA_ROWS: other rows (bench.py --gqa-rows); FA_VARIANTS: other variants (NAME or NAME+grid=0|1)

@@ -25,6 +25,9 @@ for i in range(n):
         # its gated combine, the masked kernel gated off
         c.update(d=128, dv=128, sq=17, skv=9000, b=2, hq=32, hkv=8, causal=True, window_left=-1, window_right=-1,
                  seqlens=False, strided=False, mask="bool", mask_shape="col", keypad="prefix", softcap=0.0)
+    if i == 10:  # and a kept prefix on the portable kernel (the gate in its one-block-per-tile grid)
+        c.update(d=64, dv=64, sq=500, skv=700, b=3, hq=8, hkv=2, causal=True, window_left=-1, window_right=-1,
+                 seqlens=False, strided=False, mask="bool", mask_shape="col", keypad="prefix", softcap=0.0)
     if i == 7:  # and one with left padding: the plain kernel gated off, the masked one runs
         c.update(d=64, dv=64, sq=300, skv=1000, b=2, hq=8, hkv=2, seqlens=False, mask="additive", mask_shape="col",
                  keypad="left", softcap=0.0)

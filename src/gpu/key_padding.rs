@@ -7,6 +7,8 @@
 //! 2. the plain kernel with those lengths as `key_seqlens`, gated to run when every entry's mask is a prefix;
 //! 3. the masked kernel as dispatch chose it, gated to run otherwise.
 //!
+//! The Hopper and the portable kernels check the gate, so it serves every GPU those run on.
+//!
 //! The closed launch's blocks return at their first instructions. Without workspace (or with the fast path
 //! switched off) the masked kernel runs alone, as before.
 
@@ -64,11 +66,16 @@ pub fn is_key_padding(p: &AttnParams) -> bool {
     p.mask_kind() != MaskKind::None && p.mask_head_stride == 0 && p.mask_row_stride == 0 && p.has_seqlens == 0 && p.softcap <= 0.0
 }
 
-/// The plan for `p` on these kernels, where the plain kernel would serve `p` without its mask: both launches
-/// Hopper kernels (the ones that honour the gate).
+/// Whether a forward kernel of `family` checks the gate (the Hopper and portable ones; the Blackwell kernel
+/// serves neither launch: it takes no mask tensor and no key lengths).
+fn honours_gate(family: Family) -> bool {
+    matches!(family, Family::Sm90 | Family::Sm80)
+}
+
+/// The plan for `p` on these kernels, where a plain kernel would serve `p` without its mask.
 pub fn plan(p: &AttnParams, kernels: &DeviceKernels, masked: ForwardPlan) -> Result<Option<KeyPaddingPlan>, GpuError> {
     let mode = MODE.load(Ordering::Relaxed);
-    if mode == 0 || (mode < 0 && work(p) < MIN_WORK) || !is_key_padding(p) || masked.spec.family != Family::Sm90 {
+    if mode == 0 || (mode < 0 && work(p) < MIN_WORK) || !is_key_padding(p) || !honours_gate(masked.spec.family) {
         return Ok(None);
     }
     let plain_params = AttnParams {
@@ -85,7 +92,7 @@ pub fn plan(p: &AttnParams, kernels: &DeviceKernels, masked: ForwardPlan) -> Res
         ..*p
     };
     let plain = kernels.forward_kernel(&plain_params)?;
-    if plain.spec.family != Family::Sm90 || !plain.spec.plain {
+    if !honours_gate(plain.spec.family) || !plain.spec.plain {
         return Ok(None);
     }
     Ok(Some(KeyPaddingPlan { plain_params, plain, masked }))
