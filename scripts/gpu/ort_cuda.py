@@ -6,6 +6,7 @@ and a split-KV decode step), two sessions on two threads, a bad input refused wi
 cache (kv_cuda.py: concat, shared buffer in place, rotary).
 
 usage: python3 ort_cuda.py LIB"""
+import ctypes
 import json
 import os
 import sys
@@ -102,6 +103,11 @@ def inputs(dtype, B=2, Sq=77, Skv=130, H=4, Hkv=2, D=64, mask=None, seqlens=Fals
     if seqlens:
         feeds["key_seqlens"] = torch.randint(0, Skv + 1, (B,), dtype=torch.int32, device="cuda")
     return feeds
+
+
+def set_key_padding(mode):
+    """The library's key-padding path: -1 automatic, 1 wherever it applies (fa_lib.set_key_padding)."""
+    ctypes.CDLL(LIB).flashattn_ort_gpu_set_key_padding(mode)
 
 
 def key_padding(B, Skv, holes=False):
@@ -214,7 +220,10 @@ def main():
     # 1b. decode shapes: the split-KV decode kernel, its workspace taken from ORT's device allocator; 1c. a short
     # query over many keys: the Hopper prefill kernel with split keys (GQA-packed), its workspace from ORT too.
     # 1d. key-padding masks: the mask's scan and the gated plain kernel (kept prefixes) or masked one (holes),
-    # their workspace from ORT; with split keys (40 tokens over 8192 keys) the combine gated too.
+    # their workspace from ORT; with split keys (40 tokens over 8192 keys) the combine gated too. These shapes are
+    # below the size where the library takes that path by itself: it is forced (the library ORT loaded is this
+    # one, dlopen of the same path, so its setting reaches the op), and reset before the other checks.
+    set_key_padding(1)
     for what, shape, mask in (("decode (split-KV, workspace from ORT)", dict(B=2, Sq=1, Skv=4096), None),
                               ("prefill of 40 tokens over 8192 keys (split-KV on Hopper, workspace from ORT)", dict(B=1, Sq=40, Skv=8192), None),
                               ("key-padding mask, kept prefixes (gated plain kernel)", dict(B=3, Sq=300, Skv=700), "keypad"),
@@ -229,6 +238,7 @@ def main():
                 compare(name, feeds, out, lse, dtype, causal=True)
             except Exception as e:  # noqa: BLE001
                 check(name, False, f"exception {e}")
+    set_key_padding(-1)
     # 2. float32: no CUDA kernel; ORT runs the CPU kernel.
     try:
         sess = session(model(torch.float32, lse=False), profile=True)
@@ -250,8 +260,10 @@ def main():
                 dict(B=1, Sq=256, Skv=8192, H=4, Hkv=2, D=128))
     graph_check("CUDA graph capture + replay of a short prefill with split keys (Hopper)", torch.float16, True,
                 dict(B=1, Sq=40, Skv=8192, H=8, Hkv=2, D=128))
+    set_key_padding(1)
     graph_check("CUDA graph capture + replays of a key-padding mask, prefixes and holes in turn (gated launches)",
                 torch.bfloat16, True, dict(B=2, Sq=300, Skv=1000, H=8, Hkv=2, D=128), mask="keypad")
+    set_key_padding(-1)
     # 4. Two sessions on two threads.
     try:
         dtype = torch.bfloat16
