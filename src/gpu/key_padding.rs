@@ -72,13 +72,9 @@ fn honours_gate(family: Family) -> bool {
     matches!(family, Family::Sm90 | Family::Sm80)
 }
 
-/// The plan for `p` on these kernels, where a plain kernel would serve `p` without its mask.
-pub fn plan(p: &AttnParams, kernels: &DeviceKernels, masked: ForwardPlan) -> Result<Option<KeyPaddingPlan>, GpuError> {
-    let mode = MODE.load(Ordering::Relaxed);
-    if mode == 0 || (mode < 0 && work(p) < MIN_WORK) || !is_key_padding(p) || !honours_gate(masked.spec.family) {
-        return Ok(None);
-    }
-    let plain_params = AttnParams {
+/// `p` without its mask, with per-entry key lengths instead (their address is the workspace's, set at launch).
+fn plain_problem(p: &AttnParams) -> AttnParams {
+    AttnParams {
         mask_kind: MaskKind::None as i32,
         mask_ptr: 0,
         mask_batch_stride: 0,
@@ -90,7 +86,16 @@ pub fn plan(p: &AttnParams, kernels: &DeviceKernels, masked: ForwardPlan) -> Res
         seqlens_offset: 0,
         diag_per_batch: 0,
         ..*p
-    };
+    }
+}
+
+/// The plan for `p` on these kernels, where a plain kernel would serve `p` without its mask.
+pub fn plan(p: &AttnParams, kernels: &DeviceKernels, masked: ForwardPlan) -> Result<Option<KeyPaddingPlan>, GpuError> {
+    let mode = MODE.load(Ordering::Relaxed);
+    if mode == 0 || (mode < 0 && work(p) < MIN_WORK) || !is_key_padding(p) || !honours_gate(masked.spec.family) {
+        return Ok(None);
+    }
+    let plain_params = plain_problem(p);
     let plain = kernels.forward_kernel(&plain_params)?;
     if !honours_gate(plain.spec.family) || !plain.spec.plain {
         return Ok(None);
@@ -159,6 +164,30 @@ mod tests {
         assert!(!is_key_padding(&AttnParams { has_seqlens: 1, ..p })); // key lengths given as well
         assert!(!is_key_padding(&AttnParams { softcap: 30.0, ..p })); // no plain kernel for softcap
         assert!(!is_key_padding(&AttnParams { mask_kind: 0, ..p }));
+    }
+
+    #[test]
+    fn gated_launches_read_the_scan_and_keep_the_callers_addresses() {
+        let spec = super::super::dispatch::KERNELS.iter().copied().find(|k| k.family == Family::Sm90 && k.d == 128).unwrap();
+        let fwd = ForwardPlan { spec, resident: 132, splits: 1 };
+        let p = AttnParams {
+            batch: 3, heads_q: 8, heads_kv: 2, seq_q: 700, seq_kv: 1500, head_dim: 128, head_dim_v: 128, window_left: -1, window_right: 0,
+            mask_kind: MaskKind::Bool as i32, mask_ptr: 0x5000, mask_batch_stride: 1500, mask_col_stride: 1,
+            q_ptr: 0x1000, k_ptr: 0x2000, v_ptr: 0x3000, out_ptr: 0x4000, ..Default::default()
+        };
+        let plan = KeyPaddingPlan { plain_params: plain_problem(&p), plain: fwd, masked: fwd };
+        let rotated = AttnParams { q_ptr: 0x9000, ..p }; // the caller may point the query elsewhere after planning
+        let (plain, masked, rest) = plan.gated(&rotated, 0x10000);
+        // the plain launch: no mask, the scan's lengths (at the workspace's start), gated on its verdicts (after them)
+        assert_eq!((plain.mask_kind, plain.mask_ptr, plain.mask_col_stride), (0, 0, 0));
+        assert_eq!((plain.has_seqlens, plain.seqlens_ptr, plain.seqlens_offset, plain.diag_per_batch), (1, 0x10000, 0, 0));
+        assert_eq!((plain.gate_ptr, plain.gate), (0x10000 + 12, Gate::AllPrefix as i64));
+        assert_eq!((plain.q_ptr, plain.k_ptr, plain.out_ptr, plain.window_right), (0x9000, 0x2000, 0x4000, 0));
+        // the masked launch: the caller's problem, gated the other way
+        assert_eq!((masked.mask_ptr, masked.has_seqlens, masked.q_ptr), (0x5000, 0, 0x9000));
+        assert_eq!((masked.gate_ptr, masked.gate), (0x10000 + 12, Gate::SomeNotPrefix as i64));
+        // 24 bytes of lengths and verdicts, then (aligned) the split partials, none here
+        assert_eq!((rest, plan.workspace_bytes()), (0x10000 + 256, 256));
     }
 
     #[test]
