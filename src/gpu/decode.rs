@@ -449,6 +449,14 @@ pub struct Workspace {
     pub bytes: usize,
 }
 
+impl Workspace {
+    /// Whether it can take `bytes` of split partials (or key-padding scan results): present, 16-byte aligned,
+    /// large enough. Launches that can do without it run without it otherwise.
+    pub fn holds(&self, bytes: usize) -> bool {
+        self.ptr != 0 && self.ptr % 16 == 0 && self.bytes >= bytes
+    }
+}
+
 /// Queues the decode kernel (and, with splits merged through the workspace, the combine kernel) for `plan` on
 /// `stream`. The caller has made the stream's context current. `append`: the KV append step for the decode kernel to do itself
 /// (nothing to copy: kernels/kv_append.cuh `kv_append_owned_rows`); `p.q_ptr` is then the unrotated query.

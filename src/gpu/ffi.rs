@@ -202,20 +202,11 @@ pub extern "C" fn flashattn_ort_gpu_set_decode_cluster(mode: i32) {
 pub unsafe extern "C" fn flashattn_ort_gpu_kernel_name(params: *const AttnParams, buf: *mut c_char, len: usize) -> i32 {
     let p = unsafe { *params };
     let r = std::panic::catch_unwind(|| -> Result<String, super::GpuError> {
-        let k = super::module::device_kernels(current_device()?)?;
-        if let Some(plan) = super::decode::plan(&p, k.into(), usize::MAX)? {
-            let groups = if plan.row_groups > 1 { format!(" in {} row groups", plan.row_groups) } else { String::new() };
-            if let Some((resident, launched)) = super::decode::resident_clusters(&plan, &p, k)? {
-                return Ok(format!("{} x{} splits{groups}, {launched} clusters ({resident} resident)", plan.spec.name(), plan.splits));
-            }
-            return Ok(format!("{} x{} splits{groups}", plan.spec.name(), plan.splits));
+        // the plan a launch on the current context's default stream would make
+        match super::prepare(&p, std::ptr::null_mut())? {
+            Some(prepared) => prepared.describe(),
+            None => Ok("nothing to compute (an empty dimension)".to_string()),
         }
-        let plan = k.forward_kernel(&p)?;
-        let name = |plan: &super::module::ForwardPlan| if plan.splits > 1 { format!("{} x{} splits", plan.spec.name(), plan.splits) } else { plan.spec.name() };
-        Ok(match super::key_padding::plan(&p, k, plan)? {
-            Some(kp) => format!("{} | key padding: {}", name(&plan), name(&kp.plain)),
-            None => name(&plan),
-        })
     });
     match r {
         Ok(Ok(name)) if name.len() < len => {

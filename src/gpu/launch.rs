@@ -202,26 +202,47 @@ impl Prepared {
         if self.append.is_some() {
             return Err(GpuError::new("internal: the KV append was handed to a decode launch that did not run"));
         }
-        let plan = match self.forward {
-            Some(plan) => plan,
-            None => self.kernels.forward_kernel(p)?,
-        };
         let _cur = CurrentContext::push(self.ctx)?;
-        if let Some(kp) = self.key_padding.filter(|k| ws.ptr != 0 && ws.ptr % 16 == 0 && ws.bytes >= k.workspace_bytes()) {
+        if let Some(kp) = self.key_padding.filter(|k| ws.holds(k.workspace_bytes())) {
             kp.launch_scan(p, ws.ptr, self.kernels, stream)?;
             let (plain, masked, rest) = kp.gated(p, ws.ptr);
             let rest = Workspace { ptr: rest, bytes: ws.bytes - (rest - ws.ptr) as usize };
             self.launch_forward(&kp.plain, &plain, rest)?;
             return self.launch_forward(&kp.masked, &masked, rest);
         }
+        let plan = match self.forward {
+            Some(plan) => plan,
+            None => self.kernels.forward_kernel(p)?,
+        };
         self.launch_forward(&plan, p, ws)
+    }
+
+    /// What the launch runs, for test and benchmark tables: the decode kernel with its splits (row groups,
+    /// clusters), or the prefill kernel with its splits, and beside it for a key-padding mask the gated plain
+    /// launch (`… | key padding: …`).
+    pub fn describe(&self) -> Result<String, GpuError> {
+        if let Some(plan) = self.decode {
+            let groups = if plan.row_groups > 1 { format!(" in {} row groups", plan.row_groups) } else { String::new() };
+            return Ok(match decode::resident_clusters(&plan, &self.p, self.kernels)? {
+                Some((resident, launched)) => format!("{} x{} splits{groups}, {launched} clusters ({resident} resident)", plan.spec.name(), plan.splits),
+                None => format!("{} x{} splits{groups}", plan.spec.name(), plan.splits),
+            });
+        }
+        let name = |plan: &module::ForwardPlan| if plan.splits > 1 { format!("{} x{} splits", plan.spec.name(), plan.splits) } else { plan.spec.name() };
+        let Some(forward) = self.forward else {
+            return Err(GpuError::new("internal: a prepared launch with neither a decode nor a forward plan"));
+        };
+        Ok(match &self.key_padding {
+            Some(kp) => format!("{} | key padding: {}", name(&forward), name(&kp.plain)),
+            None => name(&forward),
+        })
     }
 
     /// Queues forward plan `plan` for `p` (the caller has made the stream's context current), with its split
     /// partial results in `ws`; with less workspace than they ask for the tiles run whole.
     fn launch_forward(&self, plan: &module::ForwardPlan, p: &AttnParams, ws: Workspace) -> Result<(), GpuError> {
         let (bytes, lse_off) = decode::workspace_layout(p, plan.splits);
-        let split = if plan.splits > 1 && ws.ptr != 0 && ws.ptr % 16 == 0 && ws.bytes >= bytes {
+        let split = if plan.splits > 1 && ws.holds(bytes) {
             SplitLaunch { o_part: ws.ptr, lse_part: ws.ptr + lse_off as u64, splits: plan.splits }
         } else {
             SplitLaunch::NONE
