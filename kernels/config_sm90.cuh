@@ -6,7 +6,10 @@
 
 namespace flashattn {
 
-template <int D_, int BN_, int STAGES_, int CONSUMERS_ = 2, int CLUSTER_ = 1> struct Sm90Config {
+// Dynamic shared memory one block may opt into on sm_90 (227 KiB).
+constexpr int kSm90MaxDynamicSmem = 227 * 1024;
+
+template <int D_, int BN_, int STAGES_, int CONSUMERS_ = 2, int CLUSTER_ = 1, bool STAGE_O_ = true> struct Sm90Config {
   static constexpr int D = D_;    // padded head dim (q/k and v): a multiple of 32
   static constexpr int BN = BN_;  // key rows per main-loop step
   static constexpr int STAGES = STAGES_;
@@ -29,11 +32,18 @@ template <int D_, int BN_, int STAGES_, int CONSUMERS_ = 2, int CLUSTER_ = 1> st
   static constexpr int PANELS = D / PANEL_COLS;
   static constexpr int Q_BYTES = BM * D * 2;
   static constexpr int KV_BYTES = BN * D * 2;  // one K or V stage
-  // Q, then K stages, then V stages (each 1024-byte aligned, as swizzling needs), then barriers.
+  // Q, then K stages, then V stages (each 1024-byte aligned, as swizzling needs), then the O tile where it fits
+  // (STAGE_O: the epilogue writes O there and stores it with TMA, epilogue_sm90.cuh), then barriers. Two-consumer
+  // instances only: the three-consumer ones (d64/d96, 192 rows) ran 2-5% slower with it from 2048 keys on, with
+  // the same main loop (docs/PERF.md).
   static constexpr int K_OFFSET = Q_BYTES;
   static constexpr int V_OFFSET = K_OFFSET + STAGES * KV_BYTES;
-  static constexpr int BAR_OFFSET = V_OFFSET + STAGES * KV_BYTES;
+  static constexpr int O_OFFSET = V_OFFSET + STAGES * KV_BYTES;
+  static constexpr int O_BYTES = BM * D * 2;
   static constexpr int BARRIERS = 2 + 4 * STAGES;  // q_full, q_empty, k_full[], k_empty[], v_full[], v_empty[]
+  static constexpr bool STAGE_O =
+      STAGE_O_ && CONSUMERS == 2 && O_OFFSET + O_BYTES + BARRIERS * 8 + 1024 <= kSm90MaxDynamicSmem;
+  static constexpr int BAR_OFFSET = O_OFFSET + (STAGE_O ? O_BYTES : 0);
   // +1024: slack for aligning the base to 1024 bytes. The Hopper kernel declares its dynamic shared memory
   // 1024-aligned (as it is on sm_90: no static shared memory precedes it) and traps if it is not, so that the
   // main loop's addresses fold into constants instead of being realigned at each use.

@@ -6,6 +6,14 @@
 
 namespace flashattn {
 
+// lse of query row `row` of head h + head_in_group, batch entry b (the lanes of a quad hold the same value: the first
+// one writes).
+__device__ __forceinline__ void store_lse_row(const AttnParams &p, float lse, int b, int h, int head_in_group, int row,
+                                              int lane) {
+  if (p.lse_ptr != 0 && (lane & 3) == 0)
+    reinterpret_cast<float *>(p.lse_ptr)[((int64_t)b * p.heads_q + h + head_in_group) * p.seq_q + row] = lse;
+}
+
 template <typename T, int MT, int NTD>
 __device__ __forceinline__ void store_output(const AttnParams &p, const float (&o)[MT][NTD][4],
                                              const float (&inv)[MT][2], const float (&lse)[MT][2], int b,
@@ -43,9 +51,7 @@ __device__ __forceinline__ void store_output(const AttnParams &p, const float (&
           }
         }
       }
-      if (p.lse_ptr != 0 && (lane & 3) == 0) {
-        reinterpret_cast<float *>(p.lse_ptr)[((int64_t)b * p.heads_q + h + head_in_group) * p.seq_q + row] = lse[mt][hf];
-      }
+      store_lse_row(p, lse[mt][hf], b, h, head_in_group, row, lane);
     }
   }
 }

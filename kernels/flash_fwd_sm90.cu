@@ -1,22 +1,26 @@
 // Entry points of the Hopper (sm_90a) forward kernel, one per (dtype, padded head dim, query tile, key tile):
 // flash_fwd_sm90_{f16|bf16}_d{D}_m{BM}n{BN}w{WARPS}[_plain], BM = 128 with two consumer warpgroups (12 warps)
-// or 192 with three (16 warps); src/gpu/dispatch.rs lists the same set. Q, K and V
+// or 192 with three (16 warps); src/gpu/dispatch.rs lists the same set. Q, K, V and the output
 // arrive as TMA tensor maps (4D: head_dim, row, head, batch) built by src/gpu/tensor_map.rs. Compiled into
 // every cubin so the module's symbol table is the same everywhere; only the sm_90a cubin has a body.
 #include "mainloop_sm90.cuh"
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, CL, OPT, MODS) \
-  flashattn::flash_fwd_sm90<T, flashattn::Sm90Config<D, BN, STAGES, C, CL>, OPT, MODS>(p, &tq, &tk, &tv);
+  flashattn::flash_fwd_sm90<T, flashattn::Sm90Config<D, BN, STAGES, C, CL>, OPT, MODS>(                     \
+      p, &tq, &tk, &tv, flashattn::SplitParts{nullptr, nullptr, 1}, o_tma ? &to : nullptr);
 #else
 #define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, CL, OPT, MODS) __trap();
 #endif
 
 // C: consumer warpgroups (the block has C + 1 warpgroups); CL: blocks per cluster (the launch sets it).
+// to: the output's tensor map (boxes of one panel x 64 rows), used where the instance has room to stage O in
+// shared memory (Sm90Config::STAGE_O) and o_tma is set (TMA can address the output).
 #define FLASH_FWD_SM90_ENTRY_CL(NAME, T, D, BN, STAGES, C, CL, OPT, MODS)                             \
   extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1)                                      \
       NAME(const __grid_constant__ flashattn::AttnParams p, const __grid_constant__ CUtensorMap tq,   \
-           const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv) {          \
+           const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv,            \
+           const __grid_constant__ CUtensorMap to, int o_tma) {                                       \
     FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, CL, OPT, MODS)                                           \
   }
 #define FLASH_FWD_SM90_ENTRY_C(NAME, T, D, BN, STAGES, C, OPT, MODS) \
@@ -84,7 +88,7 @@ FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_bf16_d96_m192n112w16c2_plain, __nv_bfloat
 // unpacked with split keys, for groups that are not a power of two: …_plain_split.
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define FLASH_FWD_SM90_SPLIT_BODY(T, D, BN, PACK)                                                           \
-  flashattn::flash_fwd_sm90<T, flashattn::Sm90Config<D, BN, 2, 2, 1>, Sm90Default, false, PACK>(           \
+  flashattn::flash_fwd_sm90<T, flashattn::Sm90Config<D, BN, 2, 2, 1, false>, Sm90Default, false, PACK>(    \
       p, &tq, &tk, &tv, flashattn::SplitParts{o_part, lse_part, n_splits});
 #else
 #define FLASH_FWD_SM90_SPLIT_BODY(T, D, BN, PACK) __trap();

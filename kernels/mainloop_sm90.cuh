@@ -20,6 +20,7 @@
 #include "common.cuh"
 #include "config_sm90.cuh"
 #include "epilogue.cuh"
+#include "epilogue_sm90.cuh"
 #include "key_padding.cuh"
 #include "mask.cuh"
 #include "params.cuh"
@@ -179,10 +180,20 @@ __device__ __forceinline__ PartialRows partial_rows(const AttnParams &p, const B
 }
 
 // A warp's finished rows of tile w: to the outputs, or with split keys (parts.n > 1) to the split's partials.
-template <typename T, int NTD, bool PACK>
+// Where the instance stages O in shared memory and the output has a tensor map `to` (else null), the consumer
+// warpgroup's rows go through it with one TMA store (epilogue_sm90.cuh).
+template <typename T, class Cfg, int NTD, bool PACK>
 __device__ __forceinline__ void store_rows(const AttnParams &p, const BlockWork &w, const float (&o)[1][NTD][4],
                                            const float (&inv)[1][2], const float (&lse)[1][2], int row_base, int lane,
-                                           int row_shift, const SplitParts &parts) {
+                                           int row_shift, const SplitParts &parts, const CUtensorMap *to,
+                                           uint32_t sbase, int consumer) {
+  if constexpr (Cfg::STAGE_O && !PACK) {
+    if (parts.n == 1 && to != nullptr) {
+      store_output_tma<T, Cfg, NTD>(p, o, inv, lse, to, sbase + Cfg::O_OFFSET + consumer * 64 * Cfg::D * 2, w.batch,
+                                    w.head, w.m_block * Cfg::BM + consumer * 64, consumer);
+      return;
+    }
+  }
   if (parts.n > 1)
     store_partial<1, NTD>(p, o, inv, lse, parts, w.batch, w.kv_head, w.split, partial_rows<PACK>(p, w, row_shift), row_base, lane);
   else
@@ -190,11 +201,12 @@ __device__ __forceinline__ void store_rows(const AttnParams &p, const BlockWork 
 }
 
 // One tile of a consumer: `ring` is the K/V ring step of its first key block, `loaded` the count of Q
-// tiles before it; row_shift: GQA packing's (gqa_pack.cuh), 0 without; parts: where split partials go.
+// tiles before it; row_shift: GQA packing's (gqa_pack.cuh), 0 without; parts: where split partials go; to: the
+// output's tensor map where O leaves through shared memory (store_rows), else null.
 template <typename T, class Cfg, class Opt, bool MODS, bool PACK>
 __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWork &w, unsigned char *smem,
                                              int consumer, int ring, int loaded, const Turn<Opt, Cfg::CONSUMERS> &turn,
-                                             int row_shift, const SplitParts &parts) {
+                                             int row_shift, const SplitParts &parts, const CUtensorMap *to) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, D = Cfg::D, STAGES = Cfg::STAGES;
   constexpr int NTN = BN / 8, NTD = D / 8, KQ = D / 16, KP = BN / 16;
   constexpr int PB = Cfg::PANEL_BYTES, KQ_PER_PANEL = Cfg::PANEL_COLS / 16;
@@ -388,7 +400,7 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
 
   float inv[1][2], lse[1][2];
   sm.finalize(inv, lse, p.scale);
-  store_rows<T, NTD, PACK>(p, w, o, inv, lse, row_base, lane, row_shift, parts);
+  store_rows<T, Cfg, NTD, PACK>(p, w, o, inv, lse, row_base, lane, row_shift, parts, to, sbase, consumer);
 }
 
 // Rows of a block that sees no key at all: zeros and lse = -inf, as the main loop would give them.
@@ -399,18 +411,20 @@ __device__ __forceinline__ void store_empty(const AttnParams &p, const BlockWork
   const int lane = threadIdx.x & 31, warp_in_group = (threadIdx.x / 32) & 3;
   float o[1][NTD][4] = {};
   const float inv[1][2] = {{0.f, 0.f}}, lse[1][2] = {{-INFINITY, -INFINITY}};
-  store_rows<T, NTD, PACK>(p, w, o, inv, lse, w.m_block * Cfg::BM + consumer * 64 + warp_in_group * 16, lane, row_shift,
-                          parts);
+  store_rows<T, Cfg, NTD, PACK>(p, w, o, inv, lse, w.m_block * Cfg::BM + consumer * 64 + warp_in_group * 16, lane,
+                                row_shift, parts, nullptr, 0, consumer);
 }
 
 }  // namespace sm90
 
 // PACK: GQA packing (gqa_pack.cuh), plain single-block instances only. Split-KV `parts` (n > 1: each tile's keys
 // cut into n ranges, partial results to the workspace for the decode combine kernel to merge) are taken by the
-// packed instances and the `_split` ones; every other instance leaves them at n = 1, a constant.
+// packed instances and the `_split` ones; every other instance leaves them at n = 1, a constant. `to`: the
+// output's tensor map, where the instance stages O (Cfg::STAGE_O) and TMA can address the output; else null.
 template <typename T, class Cfg, class Opt, bool MODS, bool PACK = false>
 __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtensorMap *tq, const CUtensorMap *tk,
-                                               const CUtensorMap *tv, const SplitParts parts = SplitParts{nullptr, nullptr, 1}) {
+                                               const CUtensorMap *tv, const SplitParts parts = SplitParts{nullptr, nullptr, 1},
+                                               const CUtensorMap *to = nullptr) {
   using namespace sm90;
   static_assert(!PACK || (!MODS && Cfg::CLUSTER == 1), "GQA packing: plain problems, single blocks");
   if (!gate_open(p)) return;  // the key-padding fast path's other launch serves this problem
@@ -459,11 +473,12 @@ __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtens
       store_empty<T, Cfg, PACK>(p, w, consumer, row_shift, parts);
       continue;
     }
-    consume_tile<T, Cfg, Opt, MODS, PACK>(p, w, smem, consumer, ring, loaded, turn, row_shift, parts);
+    consume_tile<T, Cfg, Opt, MODS, PACK>(p, w, smem, consumer, ring, loaded, turn, row_shift, parts, to);
     ring += n_blocks;
     ++loaded;
   }
   if (consumer == 0) turn.wait();
+  if (Cfg::STAGE_O && to != nullptr) finish_output_tma();
 }
 
 }  // namespace flashattn

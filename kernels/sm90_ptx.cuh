@@ -1,4 +1,4 @@
-// The Hopper (sm_90a) instructions the warp-specialized kernel is built from: mbarriers, TMA tile loads,
+// The Hopper (sm_90a) instructions the warp-specialized kernel is built from: mbarriers, TMA tile loads and stores,
 // wgmma fences and shared-memory matrix descriptors, register reallocation and named barriers.
 #pragma once
 #include <cuda.h>
@@ -64,6 +64,26 @@ __device__ __forceinline__ void tma_load_4d_multicast(void *dst, const CUtensorM
       "l"(cache_hint)
       : "memory");
 }
+// ---- TMA: a 4D tile from shared memory to global (bulk async group; rows and columns out of range are skipped) ----
+__device__ __forceinline__ void tma_store_4d(const CUtensorMap *map, uint32_t src, int c0, int c1, int c2, int c3) {
+  asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%2, %3, %4, %5}], [%1];" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit_group() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+// Blocks until every committed bulk store of this thread has read its shared-memory source.
+__device__ __forceinline__ void bulk_wait_read_all() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
+
+// ---- stmatrix: four 8x8 16-bit matrices from the mma accumulator layout to shared memory ----
+// Register i is this thread's pair of matrix i (row lane / 4, columns 2 * (lane % 4) + {0, 1}); lane l gives the
+// address of row l % 8 of matrix l / 8.
+__device__ __forceinline__ void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(r0), "r"(r1), "r"(r2),
+               "r"(r3)
+               : "memory");
+}
+
 // L2 cache policies (createpolicy encodings used by CUTLASS's TMA::CacheHintSm90).
 constexpr uint64_t kEvictNormal = 0x1000000000000000ull;
 constexpr uint64_t kEvictFirst = 0x12F0000000000000ull;

@@ -1,5 +1,6 @@
 """Launch one problem a few times (for ncu / compute-sanitizer):
-    python3 profile_one.py LIB [D] [SEQ] [causal] [fa4]    # prefill, batch*seq = 16k, width 2048 (fa4: FA4 instead)
+    python3 profile_one.py LIB [D] [SEQ] [causal] [fa4|cudnn]  # prefill, batch*seq = 16k, width 2048 (fa4: FA4
+                                                                # instead, cudnn: SDPA's cuDNN backend)
     python3 profile_one.py LIB decode BATCH KV_HEADS KV_LEN [cudnn]  # one decode step, 32 query heads, d 128
                                                                       # (cudnn: SDPA's cuDNN backend instead)"""
 import sys
@@ -19,13 +20,14 @@ else:
     B, H = 16384 // S, 2048 // D
     q, k, v = (torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
 causal = len(sys.argv) > 4 and sys.argv[2] != "decode" and sys.argv[4] == "1"
-if sys.argv[-1] == "cudnn":  # the same decode step through SDPA's cuDNN backend (GQA by enable_gqa)
+if sys.argv[-1] == "cudnn":  # the same problem through SDPA's cuDNN backend (GQA by enable_gqa)
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
     for _ in range(3):
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, enable_gqa=kt.shape[1] != qt.shape[1])
+            torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=causal,
+                                                             enable_gqa=kt.shape[1] != qt.shape[1])
     torch.cuda.synchronize()
     print("kernel SDPA cuDNN")
     sys.exit(0)

@@ -134,17 +134,18 @@ for s in "${steps[@]}"; do
           --section ComputeWorkloadAnalysis python3 profile_one.py "$lib" $cfg
       done 2>&1 | grep -E "^== |^kernel|Duration|Throughput|Stall|Issued|Eligible|Active Warps|Pipe" | tee "$out/profile.log" ;;
     profile-vs)
-      # ours and FlashAttention-4 side by side on one prefill problem (FA_PROFILE="D SEQ CAUSAL", default d128
-      # s8192 non-causal): tensor-pipe use, issue stalls and instruction counts of one launch each
+      # ours and FlashAttention-4 (FA_WHO="ours fa4 cudnn": any of them) side by side on one prefill problem
+      # (FA_PROFILE="D SEQ CAUSAL", default d128 s8192 non-causal): tensor-pipe use, issue stalls and
+      # instruction counts of one launch each
       gmma=$(ncu --query-metrics --chip gh100 2>/dev/null | grep -o "sm__pipe_tensor_op_gmma_cycles_active\|sm__inst_executed_pipe_tensor_op_gmma" | sort -u |
         sed 's/$/.avg.pct_of_peak_sustained_active/' | paste -sd, -)
-      for who in ours fa4; do
+      for who in ${FA_WHO:-ours fa4}; do
         echo "== profile $who: ${FA_PROFILE:-128 8192 0}"
-        ncu --clock-control none -k regex:flash_fwd -c 1 --section SpeedOfLight --section WarpStateStats \
-          --section InstructionStats --section SchedulerStats \
+        ncu --clock-control none -k regex:"flash_fwd|sdpa|fprop|cudnn" -c 1 --section SpeedOfLight --section WarpStateStats \
+          --section InstructionStats --section SchedulerStats --section LaunchStats \
           --metrics "${stall_metrics}${gmma:+$gmma,}sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,sm__cycles_elapsed.avg" \
           python3 profile_one.py "$lib" ${FA_PROFILE:-128 8192 0} $who
-      done 2>&1 | grep -E "^== |^kernel|Duration|Throughput|stalled|inst_executed|cycles|Issued|Eligible|Active Warps|gmma|pipe|==ERR|rror" | tee "$out/profile-vs.log" ;;
+      done 2>&1 | grep -E "^== |^kernel|\)x\(|Duration|Throughput|stalled|inst_executed|cycles|Issued|Eligible|Active Warps|gmma|pipe|Grid Size|Block Size|Registers Per|Shared Memory Config|Dynamic Shared|Waves|==ERR|rror" | tee "$out/profile-vs.log" ;;
     profile-source)
       # per-SASS-instruction executed counts and stall samples of our kernel, or FlashAttention-4's (FA_WHO=fa4),
       # on one prefill problem (FA_PROFILE="D SEQ CAUSAL"): where a tile's instructions and waits go, as CSV

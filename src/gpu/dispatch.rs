@@ -215,19 +215,36 @@ impl KernelSpec {
     pub fn threads(&self) -> u32 {
         self.warps as u32 * 32
     }
+    /// Whether a Hopper instance writes O through an O tile in shared memory and a TMA store (kernels/
+    /// config_sm90.cuh Sm90Config::STAGE_O): the two-consumer instances that write the outputs directly (not
+    /// the GQA-packed and split ones), where the O tile fits beside the Q and K/V tiles.
+    pub fn stages_o(&self) -> bool {
+        let without_o = self.tiles_bytes() + (2 + 4 * self.stages as u32) * 8 + 1024;
+        let two_consumers = self.bm == 128;
+        self.family == Family::Sm90 && two_consumers && !self.pack_gqa && !self.split_kv && without_o + self.o_tile_bytes() <= SM90_MAX_DYNAMIC_SMEM
+    }
+    fn tiles_bytes(&self) -> u32 {
+        ((self.bm + 2 * self.stages * self.bn) * self.d * 2) as u32
+    }
+    fn o_tile_bytes(&self) -> u32 {
+        (self.bm * self.d * 2) as u32
+    }
     /// Dynamic shared memory: Q tile + `stages` K and V tiles, 2-byte elements (kernels/config.cuh
-    /// FwdConfig::SMEM_BYTES; kernels/config_sm90.cuh Sm90Config::SMEM_BYTES adds its mbarriers and 1 KiB of
-    /// alignment slack).
+    /// FwdConfig::SMEM_BYTES; kernels/config_sm90.cuh Sm90Config::SMEM_BYTES adds the O tile where it stages
+    /// O, its mbarriers and 1 KiB of alignment slack).
     pub fn smem_bytes(&self) -> u32 {
-        let tiles = ((self.bm + 2 * self.stages * self.bn) * self.d * 2) as u32;
+        let tiles = self.tiles_bytes();
         match self.family {
             Family::Sm80 => tiles,
-            Family::Sm90 => tiles + (2 + 4 * self.stages as u32) * 8 + 1024,
+            Family::Sm90 => tiles + if self.stages_o() { self.o_tile_bytes() } else { 0 } + (2 + 4 * self.stages as u32) * 8 + 1024,
             // kernels/config_sm100.cuh: + mbarriers, the Tensor Memory address slot, alignment slack.
             Family::Sm100 => tiles + (1 + 4 * self.stages as u32 + 7) * 8 + 16 + 1024,
         }
     }
 }
+
+/// Dynamic shared memory one block may opt into on sm_90 (kernels/config_sm90.cuh kSm90MaxDynamicSmem).
+const SM90_MAX_DYNAMIC_SMEM: u32 = 227 * 1024;
 
 const fn sm80(dtype: DType, d: i32, bm: i32, bn: i32, warps: i32) -> KernelSpec {
     KernelSpec { family: Family::Sm80, dtype, d, bm, bn, warps, stages: 2, plain: false, variant: Variant::Default, scope: Scope::All, cluster: 1, pack_gqa: false, split_kv: false }
@@ -539,6 +556,14 @@ mod tests {
         }
         let odd_stride = AttnParams { k_row_stride: 8 * 128 + 4, ..aligned(DType::BF16, 128, 128) };
         assert_eq!(pick(&odd_stride, 90, h100, None).unwrap().family, Family::Sm80);
+        // O leaves through shared memory and a TMA store where a two-consumer tile has room for it
+        let d128 = pick(&aligned(DType::BF16, 128, 128), 90, h100, None).unwrap();
+        assert!(d128.stages_o() && pick(&masked96, 90, h100, None).unwrap().stages_o());
+        assert_eq!(d128.smem_bytes(), (32 + 4 * 32 + 32) * 1024 + 10 * 8 + 1024);
+        assert!(!pick(&long, 90, h100, None).unwrap().stages_o()); // 192 rows
+        assert!(!pick(&aligned(DType::BF16, 256, 256), 90, h100, None).unwrap().stages_o()); // no room
+        assert!(!KernelSpec { pack_gqa: true, ..d128 }.stages_o() && !KernelSpec { split_kv: true, ..d128 }.stages_o());
+        assert!(!KernelSpec { bn: 176, ..d128 }.stages_o());
         for k in KERNELS.iter().filter(|k| k.family == Family::Sm90) {
             assert!(k.smem_bytes() as i32 <= h100, "{} needs {} bytes", k.name(), k.smem_bytes());
         }

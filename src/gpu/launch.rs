@@ -295,6 +295,14 @@ pub fn launch_function(f: sys::CUfunction, spec: &KernelSpec, p: &AttnParams, st
                 let (mut o_part, mut lse_part, mut splits) = (split.o_part, split.lse_part, split.splits);
                 let extra: [*mut c_void; 3] = [(&mut o_part as *mut u64).cast(), (&mut lse_part as *mut u64).cast(), (&mut splits as *mut i32).cast()];
                 launch(&mut [maps[0], maps[1], maps[2], maps[3], extra[0], extra[1], extra[2]])
+            } else if spec.family == Family::Sm90 {
+                // The output's map, for the instances that store O with TMA (KernelSpec::stages_o); a zeroed
+                // map and o_tma = 0 keep the direct stores (the map is not read then).
+                let out = Operand::output(p);
+                let o_tma = spec.stages_o() && out.tma_compatible();
+                let mut to = if o_tma { out.encode(p.dtype, cols, 64)? } else { sys::CUtensorMap { opaque: [0; 16] } };
+                let mut o_tma = o_tma as i32;
+                launch(&mut [maps[0], maps[1], maps[2], maps[3], (&mut to as *mut sys::CUtensorMap).cast(), (&mut o_tma as *mut i32).cast()])
             } else {
                 launch(&mut { maps })
             }

@@ -41,6 +41,10 @@ impl Operand {
         let g = (p.heads_q / p.heads_kv.max(1)) as i64;
         Operand { packed: true, group: g, group_stride: p.q_head_stride, heads: p.heads_kv as i64, head_stride: p.q_head_stride * g, ..Operand::query(p) }
     }
+    /// The output, as the Hopper kernel's TMA store writes it (kernels/epilogue_sm90.cuh).
+    pub fn output(p: &AttnParams) -> Self {
+        Operand { addr: p.out_ptr, cols: p.head_dim_v as i64, packed: false, group: 1, group_stride: 0, rows: p.seq_q as i64, heads: p.heads_q as i64, batch: p.batch as i64, row_stride: p.out_row_stride, head_stride: p.out_head_stride, batch_stride: p.out_batch_stride }
+    }
     pub fn key(p: &AttnParams) -> Self {
         Operand { addr: p.k_ptr, cols: p.head_dim as i64, packed: false, group: 1, group_stride: 0, rows: p.seq_kv as i64, heads: p.heads_kv as i64, batch: p.batch as i64, row_stride: p.k_row_stride, head_stride: p.k_head_stride, batch_stride: p.k_batch_stride }
     }
