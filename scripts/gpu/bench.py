@@ -30,6 +30,7 @@ except Exception as e:  # noqa: BLE001
 
 VARIANTS = []
 ROUNDS = 3
+SYNCED = False  # --synced: prefill rows timed call by call (timeit), host launch cost included
 OTHER = None  # another build of the library (--other-lib): variant "lib" of prefill rows, a time ratio on decode rows
 
 
@@ -52,6 +53,37 @@ def timeit(fn, iters=None, budget_s=0.25):
         e.synchronize()
         times.append(s.elapsed_time(e))
     return statistics.median(times)
+
+
+def gpu_time(fn, budget_s=0.25, batches=5):
+    """GPU time per call (ms): calls queued back to back between two CUDA events, the median of `batches` such
+    batches, after warm-up. The host's cost of a launch (ours through ctypes and the tensor-map encoding, the
+    anchors' through PyTorch or CuTe's Python) then overlaps the previous call's GPU time, where `timeit`, which
+    waits for each call, adds it to every call's time: 15-30 µs on a 0.2-0.5 ms kernel (docs/PERF.md)."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    one = time.perf_counter() - t0
+    n = max(3, min(50, int(budget_s / batches / max(one, 1e-6))))
+    times = []
+    for _ in range(batches):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(n):
+            fn()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) / n)
+    return statistics.median(times)
+
+
+def prefill_time(fn):
+    """How prefill rows are timed: gpu_time, or with --synced each call waited for (the tables before
+    2026-12-01's twelfth session)."""
+    return timeit(fn) if SYNCED else gpu_time(fn)
 
 
 def sdpa_fn(backend, q, k, v, causal, gqa=False):
@@ -192,10 +224,10 @@ def run_row(lib, B, S, H, D, causal, Hkv=None, Sq=None, rows_out=None):
     for _ in range(ROUNDS if variants else 1):
         for name in times:
             if name == "lib":  # the same problem through the other build
-                times[name].append(timeit(lambda: fa_lib.launch(OTHER, P_other)))
+                times[name].append(prefill_time(lambda: fa_lib.launch(OTHER, P_other)))
                 continue
             apply_variant(lib, name)
-            times[name].append(timeit(lambda: fa_lib.launch(lib, P)))
+            times[name].append(prefill_time(lambda: fa_lib.launch(lib, P)))
             apply_variant(lib, "default")
     res["ours"] = statistics.median(times["default"])
     for name in variants:
@@ -210,13 +242,13 @@ def run_row(lib, B, S, H, D, causal, Hkv=None, Sq=None, rows_out=None):
             else:
                 kk, vv = k, v
             # decode with causal=False: SDPA's is_causal is top-left aligned, ours bottom-right
-            res[name] = timeit(sdpa_fn(be, q, kk, vv, causal and Sq == S))
+            res[name] = prefill_time(sdpa_fn(be, q, kk, vv, causal and Sq == S))
         except Exception as e:  # noqa: BLE001
             res[name] = None
             print(f"  {name} failed at B{B} S{S} H{H} D{D}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
     if fa4_func is not None:
         try:
-            res["fa4"] = timeit(lambda: fa4_func(q, k, v, causal=causal))
+            res["fa4"] = prefill_time(lambda: fa4_func(q, k, v, causal=causal))
         except Exception as e:  # noqa: BLE001
             res["fa4"] = None
             print(f"  fa4 failed at B{B} S{S} H{H} D{D}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
@@ -302,11 +334,14 @@ def main():
                     "another path compares two settings)")
     ap.add_argument("--row-groups", type=int, default=-1, help="decode: row groups of an MQA step's rows in ours "
                     "(-1 auto, 1 one group, n groups)")
+    ap.add_argument("--synced", action="store_true", help="prefill rows: wait for each call (host launch cost "
+                    "included, as the tables before 2026-12-01's twelfth session) instead of queueing calls")
     ap.add_argument("--other-kernel", default=None, help="the kernel or family (sm80, sm90) --other-lib prefers, so a "
                     "variant of ours can be compared with the same kernel of the other build")
     a = ap.parse_args()
     VARIANTS.extend(v for v in a.variants.split(",") if v)
-    global ROUNDS
+    global ROUNDS, SYNCED
+    SYNCED = a.synced
     ROUNDS = max(1, a.rounds)
     lib = fa_lib.load(a.lib)
     fa_lib.set_decode_cluster(lib, a.cluster)
@@ -344,7 +379,8 @@ def main():
                 print(f"decode B{B} Hkv{Hkv} kv{S}: ours {r['ms']['ours']*1e3:.1f} us {r['gbs']:.0f} GB/s, best/ours "
                       f"{fmt(r['speedup'], '{:.2f}')} ({r['kernel']})"
                       + (f"; other lib time / ours {r['other']:.3f}" if r["other"] else ""), flush=True)
-    lines = [f"Device: {dev}; torch {torch.__version__}; bf16 forward; TFLOP/s (median of CUDA-event timings).", "",
+    timing = "each call waited for, host launch cost included" if SYNCED else "calls queued back to back, GPU time per call"
+    lines = [f"Device: {dev}; torch {torch.__version__}; bf16 forward; TFLOP/s (median of CUDA-event timings: {timing}).", "",
              "| head_dim | seq | batch | heads | causal | ours | SDPA FA2 | SDPA cuDNN | FA4 | ours/FA2 | ours/best | kernel |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import fa_lib
-from bench import timeit
+from bench import gpu_time
 
 ap = argparse.ArgumentParser()
 ap.add_argument("lib")
@@ -70,7 +70,7 @@ for B, H, Hkv, S, causal in shapes:
     times = {n: [] for n in fns}
     for _ in range(a.rounds):
         for n, f in fns.items():
-            times[n].append(timeit(f))
+            times[n].append(gpu_time(f))
     med = {n: statistics.median(t) for n, t in times.items()}
     base, with_lens = med["ours, no mask"], med["ours, key lengths"]
     for mname in masks:

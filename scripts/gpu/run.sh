@@ -73,8 +73,9 @@ for s in "${steps[@]}"; do
     bench-prefill)
       # FA_OTHER_LIB: another build, timed in the same rounds as variant "lib" (an A/B inside one process);
       # FA_OTHER_KERNEL: the kernel or family it prefers (FA_VARIANTS=sm80 FA_OTHER_KERNEL=sm80: portable vs portable)
-      # FA_CAUSAL: 0 or 1 for only non-causal or only causal rows
+      # FA_CAUSAL: 0 or 1 for only non-causal or only causal rows; FA_SYNCED=1: each call waited for (bench.py --synced)
       python3 bench.py "$lib" --no-decode ${FA_DIMS:+--dims "$FA_DIMS"} ${FA_CAUSAL:+--causal "$FA_CAUSAL"} --variants "${FA_VARIANTS:-}" \
+        ${FA_SYNCED:+--synced} \
         ${FA_OTHER_LIB:+--other-lib "$FA_OTHER_LIB"} ${FA_OTHER_KERNEL:+--other-kernel "$FA_OTHER_KERNEL"} \
         --out "$out/bench-prefill.md" 2>&1 | tee "$out/bench-prefill.log" ;;
     bench-keypad)
