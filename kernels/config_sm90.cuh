@@ -33,17 +33,25 @@ template <int D_, int BN_, int STAGES_, int CONSUMERS_ = 2, int CLUSTER_ = 1, bo
   static constexpr int Q_BYTES = BM * D * 2;
   static constexpr int KV_BYTES = BN * D * 2;  // one K or V stage
   // Q, then K stages, then V stages (each 1024-byte aligned, as swizzling needs), then the O tile where it fits
-  // (STAGE_O: the epilogue writes O there and stores it with TMA, epilogue_sm90.cuh), then barriers. Two-consumer
-  // instances only: the three-consumer ones (d64/d96, 192 rows) ran 2-5% slower with it from 2048 keys on, with
-  // the same main loop (docs/PERF.md).
+  // (O_OWN), then barriers. The epilogue writes O into the O tile and stores it with TMA (STAGE_O,
+  // epilogue_sm90.cuh). Where no O tile fits (d192, d256, 176-key d128), O is written over the V stages instead
+  // (O_IN_V, FlashAttention-3's layout): the consumers first wait for each other's last PV, and the producer loads
+  // no V of the next tile until the stores have read O (the o_read barrier); K of the next tile still streams.
+  // Two-consumer instances only: the three-consumer ones (d64/d96, 192 rows) ran 2-5% slower with an O tile from
+  // 2048 keys on, with the same main loop; and single blocks for O_IN_V (a cluster's peers load V into this
+  // block too) (docs/PERF.md).
   static constexpr int K_OFFSET = Q_BYTES;
   static constexpr int V_OFFSET = K_OFFSET + STAGES * KV_BYTES;
-  static constexpr int O_OFFSET = V_OFFSET + STAGES * KV_BYTES;
   static constexpr int O_BYTES = BM * D * 2;
-  static constexpr int BARRIERS = 2 + 4 * STAGES;  // q_full, q_empty, k_full[], k_empty[], v_full[], v_empty[]
-  static constexpr bool STAGE_O =
-      STAGE_O_ && CONSUMERS == 2 && O_OFFSET + O_BYTES + BARRIERS * 8 + 1024 <= kSm90MaxDynamicSmem;
-  static constexpr int BAR_OFFSET = O_OFFSET + (STAGE_O ? O_BYTES : 0);
+  static constexpr int RING_END = V_OFFSET + STAGES * KV_BYTES;
+  static constexpr bool O_OWN =
+      STAGE_O_ && CONSUMERS == 2 && RING_END + O_BYTES + (2 + 4 * STAGES) * 8 + 1024 <= kSm90MaxDynamicSmem;
+  static constexpr bool O_IN_V = STAGE_O_ && CONSUMERS == 2 && CLUSTER == 1 && !O_OWN && O_BYTES <= STAGES * KV_BYTES;
+  static constexpr bool STAGE_O = O_OWN || O_IN_V;
+  static constexpr int O_OFFSET = O_OWN ? RING_END : V_OFFSET;
+  // q_full, q_empty, k_full[], k_empty[], v_full[], v_empty[], and with O_IN_V o_read
+  static constexpr int BARRIERS = 2 + 4 * STAGES + (O_IN_V ? 1 : 0);
+  static constexpr int BAR_OFFSET = RING_END + (O_OWN ? O_BYTES : 0);
   // +1024: slack for aligning the base to 1024 bytes. The Hopper kernel declares its dynamic shared memory
   // 1024-aligned (as it is on sm_90: no static shared memory precedes it) and traps if it is not, so that the
   // main loop's addresses fold into constants instead of being realigned at each use.

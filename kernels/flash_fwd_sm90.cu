@@ -6,8 +6,9 @@
 #include "mainloop_sm90.cuh"
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, CL, OPT, MODS) \
-  flashattn::flash_fwd_sm90<T, flashattn::Sm90Config<D, BN, STAGES, C, CL>, OPT, MODS>(                     \
+// d256's masked form stores O directly: with O staged over its V stages it spills in the main loop.
+#define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, CL, OPT, MODS)                                              \
+  flashattn::flash_fwd_sm90<T, flashattn::Sm90Config<D, BN, STAGES, C, CL, !(D == 256 && MODS)>, OPT, MODS>( \
       p, &tq, &tk, &tv, flashattn::SplitParts{nullptr, nullptr, 1}, o_tma ? &to : nullptr);
 #else
 #define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, CL, OPT, MODS) __trap();

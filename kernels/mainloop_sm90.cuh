@@ -61,12 +61,13 @@ constexpr int kBarTurn0 = 1;
 constexpr int kBarConsumers = 4;
 
 // The block's mbarriers, 8 bytes each from Cfg::BAR_OFFSET: q_full, q_empty, then k_full, k_empty, v_full and
-// v_empty of each stage (slot indices below; the consumers address them as 32-bit shared addresses).
+// v_empty of each stage, and with O written over the V stages (Cfg::O_IN_V) o_read: the tile's O stores have read
+// it (slot indices below; the consumers address them as 32-bit shared addresses).
 template <class Cfg> struct Barriers {
   static constexpr int Q_FULL = 0, Q_EMPTY = 1, K_FULL = 2, K_EMPTY = K_FULL + Cfg::STAGES,
-                       V_FULL = K_EMPTY + Cfg::STAGES, V_EMPTY = V_FULL + Cfg::STAGES;
-  static_assert(V_EMPTY + Cfg::STAGES == Cfg::BARRIERS, "Sm90Config::BARRIERS counts these");
-  uint64_t *q_full, *q_empty, *k_full, *k_empty, *v_full, *v_empty;
+                       V_FULL = K_EMPTY + Cfg::STAGES, V_EMPTY = V_FULL + Cfg::STAGES, O_READ = V_EMPTY + Cfg::STAGES;
+  static_assert(O_READ + (Cfg::O_IN_V ? 1 : 0) == Cfg::BARRIERS, "Sm90Config::BARRIERS counts these");
+  uint64_t *q_full, *q_empty, *k_full, *k_empty, *v_full, *v_empty, *o_read;
   __device__ __forceinline__ explicit Barriers(unsigned char *base) {
     uint64_t *b = reinterpret_cast<uint64_t *>(base + Cfg::BAR_OFFSET);
     q_full = b + Q_FULL;
@@ -75,12 +76,13 @@ template <class Cfg> struct Barriers {
     k_empty = b + K_EMPTY;
     v_full = b + V_FULL;
     v_empty = b + V_EMPTY;
+    o_read = b + O_READ;
   }
 };
 
 template <typename T, class Cfg, bool PACK>
 __device__ __forceinline__ void produce(const AttnParams &p, unsigned char *smem, const CUtensorMap *tq,
-                                        const CUtensorMap *tk, const CUtensorMap *tv, int n_splits) {
+                                        const CUtensorMap *tk, const CUtensorMap *tv, int n_splits, bool o_in_v) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, STAGES = Cfg::STAGES, CLUSTER = Cfg::CLUSTER;
   Barriers<Cfg> bar(smem);
   prefetch_tensor_map(tq);
@@ -103,8 +105,14 @@ __device__ __forceinline__ void produce(const AttnParams &p, unsigned char *smem
     for (int i = 0; i < n_blocks; ++i, ++ring) {
       const int st = stage_of<STAGES>(ring);
       const uint32_t ph = phase_of<STAGES>(ring);
+      // With O written over the V stages, a tile's first V waits until the previous tile's O stores read them.
+      const bool after_o = o_in_v && i == 0 && loaded > 1;
       tma_load_kv_block<Cfg, CLUSTER>(smem, bar, st, ph, (w.n_begin + i) * BN, w.kv_head, w.batch, tk, tv,
-                                      [](uint64_t *b, uint32_t parity) { mbar_wait(b, parity); }, rank);
+                                      [&](uint64_t *b, uint32_t parity) {
+                                        if (after_o && b == &bar.v_empty[st]) mbar_wait(bar.o_read, (uint32_t)(loaded & 1));
+                                        mbar_wait(b, parity);
+                                      },
+                                      rank);
     }
   }
   if constexpr (CLUSTER > 1) {
@@ -189,8 +197,11 @@ __device__ __forceinline__ void store_rows(const AttnParams &p, const BlockWork 
                                            uint32_t sbase, int consumer) {
   if constexpr (Cfg::STAGE_O && !PACK) {
     if (parts.n == 1 && to != nullptr) {
+      // O over the V stages: every consumer's last PV has read them first.
+      if constexpr (Cfg::O_IN_V) named_barrier_sync(kBarConsumers, 128 * Cfg::CONSUMERS);
+      const uint32_t o_read = Cfg::O_IN_V ? sbase + Cfg::BAR_OFFSET + 8 * Barriers<Cfg>::O_READ : 0;
       store_output_tma<T, Cfg, NTD>(p, o, inv, lse, to, sbase + Cfg::O_OFFSET + consumer * 64 * Cfg::D * 2, w.batch,
-                                    w.head, w.m_block * Cfg::BM + consumer * 64, consumer);
+                                    w.head, w.m_block * Cfg::BM + consumer * 64, consumer, o_read);
       return;
     }
   }
@@ -441,6 +452,7 @@ __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtens
       mbar_init(&bar.k_empty[st], 4 * Cfg::CONSUMERS * Cfg::CLUSTER);  // every consumer warp of the cluster
       mbar_init(&bar.v_empty[st], 4 * Cfg::CONSUMERS * Cfg::CLUSTER);
     }
+    if (Cfg::O_IN_V) mbar_init(bar.o_read, Cfg::CONSUMERS);  // one arrival per consumer warpgroup
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   if constexpr (Cfg::CLUSTER > 1) {
@@ -452,7 +464,8 @@ __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtens
   }
   if (group == 0) {
     regs_dealloc<Cfg::PRODUCER_REGS>();
-    if (threadIdx.x == 0) produce<T, Cfg, PACK>(p, smem, tq, tk, tv, parts.n);
+    // O_IN_V: the epilogue writes O over the V stages where it stores O with TMA (the output's map is given).
+    if (threadIdx.x == 0) produce<T, Cfg, PACK>(p, smem, tq, tk, tv, parts.n, Cfg::O_IN_V && to != nullptr && parts.n == 1);
     return;
   }
   regs_alloc<Cfg::CONSUMER_REGS>();

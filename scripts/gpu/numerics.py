@@ -307,6 +307,10 @@ def fixed_cases():
         cases.append(dict(many, grid=grid))
         cases.append(dict(many, grid=grid, causal=False, seqlens=True, zero_len=True, d=64, dv=64))
         cases.append(dict(many, grid=grid, causal=False, hq=16, d=64, dv=64, sq=2100, skv=2100))  # 192-row tiles
+        # O written over the V stages (d192/d256 single blocks): a block's next tile loads V only once the previous
+        # tile's O stores have read them; tiles without keys (the empty entry) have no epilogue
+        cases.append(dict(many, grid=grid, causal=False, d=256, dv=256, hq=16, seqlens=True, zero_len=True))
+        cases.append(dict(many, grid=grid, dtype=torch.float16, d=192, dv=128, hq=16, hkv=16))
         # clusters of two blocks sharing K/V tiles: an odd count of query tiles per head (the last cluster's
         # second block has no rows), ragged and empty key lengths, a mask tensor, each shape with a cluster form
         pair = dict(many, grid=grid, causal=False, prefill_cluster=1)

@@ -59,8 +59,8 @@ for s in "${steps[@]}"; do
         python3 numerics.py "$lib" --cases "${FA_CASES:-150}" --decode-cases 0 --family sm80; } 2>&1 | tee "$out/numerics.log" ;;
     sanitize)
       { compute-sanitizer --tool memcheck --kernel-name kns=flash_ --error-exitcode 9 python3 sanitize_cases.py "$lib" 18 &&
-        compute-sanitizer --tool racecheck --kernel-name kns=flash_ --error-exitcode 9 python3 sanitize_cases.py "$lib" 10 &&
-        compute-sanitizer --tool synccheck --kernel-name kns=flash_ --error-exitcode 9 python3 sanitize_cases.py "$lib" 10; } 2>&1 |
+        compute-sanitizer --tool racecheck --kernel-name kns=flash_ --error-exitcode 9 python3 sanitize_cases.py "$lib" 12 &&
+        compute-sanitizer --tool synccheck --kernel-name kns=flash_ --error-exitcode 9 python3 sanitize_cases.py "$lib" 12; } 2>&1 |
         grep -v "^========= COMPUTE-SANITIZER$" | tee "$out/sanitize.log" ;;
     ort) python3 ort_cuda.py "$lib" 2>&1 | tee "$out/ort.log" ;;
     rust-ort)

@@ -19,7 +19,7 @@ gen.manual_seed(seed)
 bad = 0
 served = {}
 for i in range(n):
-    lib.flashattn_ort_gpu_set_kernel(b"sm80" if i % 3 == 1 and i not in (4, 7) else b"sm90")
+    lib.flashattn_ort_gpu_set_kernel(b"sm80" if i % 3 == 1 and i not in (4, 7, 13) else b"sm90")
     c = rand_decode_case(rng, True) if i % 3 == 2 else rand_case(rng, True)
     if i == 4:  # a key-padding mask keeping a prefix: the scan, the plain kernel gated on it with split keys and
         # its gated combine, the masked kernel gated off
@@ -48,6 +48,13 @@ for i in range(n):
         # lengths (memcheck; random cases split the packed kernel)
         c.update(d=128, dv=128, sq=40, skv=3000, b=2, hq=6, hkv=2, causal=True, window_left=-1, window_right=-1,
                  seqlens=True, strided=False, mask=None, softcap=0.0, prefill_splits=4)
+    if i == 11:  # and O written over the V stages (d256), more tiles than SMs: a block's next tile loads V only once
+        # the previous tile's O stores have read them; random key lengths (V tails to zero)
+        c.update(d=256, dv=256, sq=1100, skv=600, b=2, hq=16, hkv=4, causal=False, window_left=-1, window_right=-1,
+                 seqlens=True, strided=False, mask=None, softcap=0.0, layout="BSNH")
+    if i == 13:  # and the d192 shape of it, causal, value head_dim below the query's
+        c.update(d=192, dv=128, sq=1300, skv=1300, b=2, hq=16, hkv=16, causal=True, window_left=-1, window_right=-1,
+                 seqlens=False, strided=False, mask=None, softcap=0.0, layout="BSNH")
     B, Hq, Hkv, Sq, Skv, D, Dv, dt = c["b"], c["hq"], c["hkv"], c["sq"], c["skv"], c["d"], c["dv"], c["dtype"]
     bsnh = c["layout"] == "BSNH"
     shp = lambda s, h, d: (B, s, h, d) if bsnh else (B, h, s, d)  # noqa: E731

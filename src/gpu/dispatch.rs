@@ -215,13 +215,27 @@ impl KernelSpec {
     pub fn threads(&self) -> u32 {
         self.warps as u32 * 32
     }
-    /// Whether a Hopper instance writes O through an O tile in shared memory and a TMA store (kernels/
-    /// config_sm90.cuh Sm90Config::STAGE_O): the two-consumer instances that write the outputs directly (not
-    /// the GQA-packed and split ones), where the O tile fits beside the Q and K/V tiles.
+    /// Whether a Hopper instance writes O through shared memory and a TMA store (kernels/config_sm90.cuh
+    /// Sm90Config::STAGE_O): the two-consumer instances that write the outputs directly (not the GQA-packed and
+    /// split ones), into an O tile of their own where it fits beside the Q and K/V tiles, else (single blocks)
+    /// over the V stages.
     pub fn stages_o(&self) -> bool {
+        self.o_own() || self.o_in_v()
+    }
+    fn writes_outputs_directly(&self) -> bool {
+        // d256's masked form keeps direct stores (kernels/flash_fwd_sm90.cu: it spills with O staged)
+        let d256_masked = self.d == 256 && !self.plain;
+        self.family == Family::Sm90 && self.bm == 128 && !self.pack_gqa && !self.split_kv && !d256_masked
+    }
+    /// Sm90Config::O_OWN: an O tile beside the ring.
+    fn o_own(&self) -> bool {
         let without_o = self.tiles_bytes() + (2 + 4 * self.stages as u32) * 8 + 1024;
-        let two_consumers = self.bm == 128;
-        self.family == Family::Sm90 && two_consumers && !self.pack_gqa && !self.split_kv && without_o + self.o_tile_bytes() <= SM90_MAX_DYNAMIC_SMEM
+        self.writes_outputs_directly() && without_o + self.o_tile_bytes() <= SM90_MAX_DYNAMIC_SMEM
+    }
+    /// Sm90Config::O_IN_V: O over the V stages (one more mbarrier).
+    fn o_in_v(&self) -> bool {
+        let v_stages = (self.stages * self.bn * self.d * 2) as u32;
+        self.writes_outputs_directly() && self.cluster <= 1 && !self.o_own() && self.o_tile_bytes() <= v_stages
     }
     fn tiles_bytes(&self) -> u32 {
         ((self.bm + 2 * self.stages * self.bn) * self.d * 2) as u32
@@ -236,7 +250,10 @@ impl KernelSpec {
         let tiles = self.tiles_bytes();
         match self.family {
             Family::Sm80 => tiles,
-            Family::Sm90 => tiles + if self.stages_o() { self.o_tile_bytes() } else { 0 } + (2 + 4 * self.stages as u32) * 8 + 1024,
+            Family::Sm90 => {
+                let barriers = 2 + 4 * self.stages as u32 + self.o_in_v() as u32;
+                tiles + if self.o_own() { self.o_tile_bytes() } else { 0 } + barriers * 8 + 1024
+            }
             // kernels/config_sm100.cuh: + mbarriers, the Tensor Memory address slot, alignment slack.
             Family::Sm100 => tiles + (1 + 4 * self.stages as u32 + 7) * 8 + 16 + 1024,
         }
@@ -561,9 +578,13 @@ mod tests {
         assert!(d128.stages_o() && pick(&masked96, 90, h100, None).unwrap().stages_o());
         assert_eq!(d128.smem_bytes(), (32 + 4 * 32 + 32) * 1024 + 10 * 8 + 1024);
         assert!(!pick(&long, 90, h100, None).unwrap().stages_o()); // 192 rows
-        assert!(!pick(&aligned(DType::BF16, 256, 256), 90, h100, None).unwrap().stages_o()); // no room
+        // no room for an O tile: O over the V stages, single blocks only
+        let d256 = pick(&aligned(DType::BF16, 256, 256), 90, h100, None).unwrap();
+        assert!(d256.stages_o() && d256.o_in_v() && !d256.o_own());
+        assert!(!KernelSpec { plain: false, ..d256 }.stages_o());
+        assert_eq!(d256.smem_bytes(), (64 + 4 * 40) * 1024 + 11 * 8 + 1024);
         assert!(!KernelSpec { pack_gqa: true, ..d128 }.stages_o() && !KernelSpec { split_kv: true, ..d128 }.stages_o());
-        assert!(!KernelSpec { bn: 176, ..d128 }.stages_o());
+        assert!(KernelSpec { bn: 176, ..d128 }.o_in_v() && !KernelSpec { bn: 176, cluster: 2, ..d128 }.stages_o());
         for k in KERNELS.iter().filter(|k| k.family == Family::Sm90) {
             assert!(k.smem_bytes() as i32 <= h100, "{} needs {} bytes", k.name(), k.smem_bytes());
         }
