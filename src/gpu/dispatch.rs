@@ -229,8 +229,7 @@ impl KernelSpec {
     }
     /// Sm90Config::O_OWN: an O tile beside the ring.
     fn o_own(&self) -> bool {
-        let without_o = self.tiles_bytes() + (2 + 4 * self.stages as u32) * 8 + 1024;
-        self.writes_outputs_directly() && without_o + self.o_tile_bytes() <= SM90_MAX_DYNAMIC_SMEM
+        self.writes_outputs_directly() && self.sm90_smem_bytes(true, false) <= SM90_MAX_DYNAMIC_SMEM
     }
     /// Sm90Config::O_IN_V: O over the V stages (one more mbarrier).
     fn o_in_v(&self) -> bool {
@@ -243,6 +242,12 @@ impl KernelSpec {
     fn o_tile_bytes(&self) -> u32 {
         (self.bm * self.d * 2) as u32
     }
+    /// kernels/config_sm90.cuh Sm90Config::SMEM_BYTES: the tiles, an O tile (`o_tile`), the mbarriers (q_full,
+    /// q_empty, four per stage, and `o_read`) and 1 KiB of alignment slack.
+    fn sm90_smem_bytes(&self, o_tile: bool, o_read: bool) -> u32 {
+        let barriers = 2 + 4 * self.stages as u32 + o_read as u32;
+        self.tiles_bytes() + if o_tile { self.o_tile_bytes() } else { 0 } + barriers * 8 + 1024
+    }
     /// Dynamic shared memory: Q tile + `stages` K and V tiles, 2-byte elements (kernels/config.cuh
     /// FwdConfig::SMEM_BYTES; kernels/config_sm90.cuh Sm90Config::SMEM_BYTES adds the O tile where it stages
     /// O, its mbarriers and 1 KiB of alignment slack).
@@ -250,10 +255,7 @@ impl KernelSpec {
         let tiles = self.tiles_bytes();
         match self.family {
             Family::Sm80 => tiles,
-            Family::Sm90 => {
-                let barriers = 2 + 4 * self.stages as u32 + self.o_in_v() as u32;
-                tiles + if self.o_own() { self.o_tile_bytes() } else { 0 } + barriers * 8 + 1024
-            }
+            Family::Sm90 => self.sm90_smem_bytes(self.o_own(), self.o_in_v()),
             // kernels/config_sm100.cuh: + mbarriers, the Tensor Memory address slot, alignment slack.
             Family::Sm100 => tiles + (1 + 4 * self.stages as u32 + 7) * 8 + 16 + 1024,
         }

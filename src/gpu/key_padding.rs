@@ -114,11 +114,15 @@ impl KeyPaddingPlan {
         self.scan_bytes() + self.plain.workspace_bytes(&self.plain_params).max(self.masked.workspace_bytes(&self.plain_params))
     }
 
+    /// Where the scan leaves its results in workspace `ws`: the lengths, then the verdicts (int32 [batch] each).
+    fn scan_outputs(p: &AttnParams, ws: u64) -> (u64, u64) {
+        (ws, ws + 4 * p.batch as u64)
+    }
+
     /// The plain and masked problems gated on the scan's results in `ws` (`p`: the masked problem as the caller
     /// has it, addresses inside), and where their split partials go.
     pub fn gated(&self, p: &AttnParams, ws: u64) -> (AttnParams, AttnParams, u64) {
-        let lens = ws;
-        let prefix = ws + 4 * p.batch as u64;
+        let (lens, prefix) = Self::scan_outputs(p, ws);
         let plain = AttnParams {
             seqlens_ptr: lens,
             gate_ptr: prefix,
@@ -143,7 +147,8 @@ impl KeyPaddingPlan {
             _ => return Err(GpuError::new("the key-padding scan serves bool, float16 and bfloat16 masks")),
         };
         let f = kernels.named(name)?;
-        let (mut arg, mut lens, mut prefix) = (*p, ws, ws + 4 * p.batch as u64);
+        let (mut lens, mut prefix) = Self::scan_outputs(p, ws);
+        let mut arg = *p;
         let mut args: [*mut c_void; 3] = [(&mut arg as *mut AttnParams).cast(), (&mut lens as *mut u64).cast(), (&mut prefix as *mut u64).cast()];
         let l = Launch { grid: (p.batch as u32, 1, 1), threads: SCAN_THREADS, smem: 0, args: &mut args, cluster_x: 0 };
         launch_kernel(f, l, stream, false, &|| format!("launching {name}"))

@@ -33,8 +33,13 @@ pub struct Operand {
 }
 
 impl Operand {
+    /// A 4D operand (columns, rows, heads, batch) with the caller's element strides (row, head, batch).
+    fn unpacked(addr: u64, cols: i32, rows: i32, heads: i32, batch: i32, strides: [i64; 3]) -> Self {
+        let [row_stride, head_stride, batch_stride] = strides;
+        Operand { addr, cols: cols as i64, packed: false, group: 1, group_stride: 0, rows: rows as i64, heads: heads as i64, batch: batch as i64, row_stride, head_stride, batch_stride }
+    }
     pub fn query(p: &AttnParams) -> Self {
-        Operand { addr: p.q_ptr, cols: p.head_dim as i64, packed: false, group: 1, group_stride: 0, rows: p.seq_q as i64, heads: p.heads_q as i64, batch: p.batch as i64, row_stride: p.q_row_stride, head_stride: p.q_head_stride, batch_stride: p.q_batch_stride }
+        Operand::unpacked(p.q_ptr, p.head_dim, p.seq_q, p.heads_q, p.batch, [p.q_row_stride, p.q_head_stride, p.q_batch_stride])
     }
     /// The query as GQA packing reads it: the heads of a KV head's group as an axis of their own.
     pub fn packed_query(p: &AttnParams) -> Self {
@@ -43,13 +48,13 @@ impl Operand {
     }
     /// The output, as the Hopper kernel's TMA store writes it (kernels/epilogue_sm90.cuh).
     pub fn output(p: &AttnParams) -> Self {
-        Operand { addr: p.out_ptr, cols: p.head_dim_v as i64, packed: false, group: 1, group_stride: 0, rows: p.seq_q as i64, heads: p.heads_q as i64, batch: p.batch as i64, row_stride: p.out_row_stride, head_stride: p.out_head_stride, batch_stride: p.out_batch_stride }
+        Operand::unpacked(p.out_ptr, p.head_dim_v, p.seq_q, p.heads_q, p.batch, [p.out_row_stride, p.out_head_stride, p.out_batch_stride])
     }
     pub fn key(p: &AttnParams) -> Self {
-        Operand { addr: p.k_ptr, cols: p.head_dim as i64, packed: false, group: 1, group_stride: 0, rows: p.seq_kv as i64, heads: p.heads_kv as i64, batch: p.batch as i64, row_stride: p.k_row_stride, head_stride: p.k_head_stride, batch_stride: p.k_batch_stride }
+        Operand::unpacked(p.k_ptr, p.head_dim, p.seq_kv, p.heads_kv, p.batch, [p.k_row_stride, p.k_head_stride, p.k_batch_stride])
     }
     pub fn value(p: &AttnParams) -> Self {
-        Operand { addr: p.v_ptr, cols: p.head_dim_v as i64, packed: false, group: 1, group_stride: 0, rows: p.seq_kv as i64, heads: p.heads_kv as i64, batch: p.batch as i64, row_stride: p.v_row_stride, head_stride: p.v_head_stride, batch_stride: p.v_batch_stride }
+        Operand::unpacked(p.v_ptr, p.head_dim_v, p.seq_kv, p.heads_kv, p.batch, [p.v_row_stride, p.v_head_stride, p.v_batch_stride])
     }
 
     /// Extents (innermost first) and byte strides of the outer axes (the group axis only when packed), in
