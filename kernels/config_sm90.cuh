@@ -9,9 +9,7 @@ namespace flashattn {
 // Dynamic shared memory one block may opt into on sm_90 (227 KiB).
 constexpr int kSm90MaxDynamicSmem = 227 * 1024;
 
-template <int D_, int BN_, int STAGES_, int CONSUMERS_ = 2, int CLUSTER_ = 1, bool STAGE_O_ = true,
-          int Q_STAGES_MAX_ = 2>
-struct Sm90Config {
+template <int D_, int BN_, int STAGES_, int CONSUMERS_ = 2, int CLUSTER_ = 1, bool STAGE_O_ = true> struct Sm90Config {
   static constexpr int D = D_;    // padded head dim (q/k and v): a multiple of 32
   static constexpr int BN = BN_;  // key rows per main-loop step
   static constexpr int STAGES = STAGES_;
@@ -24,8 +22,6 @@ struct Sm90Config {
   static constexpr int THREADS = 128 * (CONSUMERS + 1);  // + the producer warpgroup
   // Registers per thread after reallocation (setmaxnreg), the whole block within the SM's 64K: the producer
   // needs few, the consumers hold S, P and O.
-  // Two consumers at 240 leave exactly 32 registers for the producer, but with 32 the consumers' setmaxnreg.inc
-  // never completed (a hang, measured on the H200): 24 as FlashAttention-3 has it.
   static constexpr int PRODUCER_REGS = CONSUMERS == 2 ? 24 : 32;
   static constexpr int CONSUMER_REGS = CONSUMERS == 2 ? 240 : 160;
   // Tiles are stored as panels of PANEL_COLS columns, rows of PANEL_BYTES swizzled over PANEL_BYTES (the layout
@@ -44,26 +40,17 @@ struct Sm90Config {
   // Two-consumer instances only: the three-consumer ones (d64/d96, 192 rows) ran 2-5% slower with an O tile from
   // 2048 keys on, with the same main loop; and single blocks for O_IN_V (a cluster's peers load V into this
   // block too) (docs/PERF.md).
-  // Where one more Q tile fits after all that (d64, d96, 128-key d128), Q is double-buffered (Q_STAGES = 2): the
-  // next tile's Q loads while this tile runs, so that tile's first QK^T, issued with this tile's last PV
-  // (Sm90Options::MERGE_TILES), does not wait for it. Q_STAGES_MAX = 1 keeps one Q tile (a measured variant).
-  static constexpr int RING_BYTES = 2 * STAGES * KV_BYTES;
+  static constexpr int K_OFFSET = Q_BYTES;
+  static constexpr int V_OFFSET = K_OFFSET + STAGES * KV_BYTES;
   static constexpr int O_BYTES = BM * D * 2;
+  static constexpr int RING_END = V_OFFSET + STAGES * KV_BYTES;
   static constexpr bool O_OWN =
-      STAGE_O_ && CONSUMERS == 2 && Q_BYTES + RING_BYTES + O_BYTES + (2 + 4 * STAGES) * 8 + 1024 <= kSm90MaxDynamicSmem;
+      STAGE_O_ && CONSUMERS == 2 && RING_END + O_BYTES + (2 + 4 * STAGES) * 8 + 1024 <= kSm90MaxDynamicSmem;
   static constexpr bool O_IN_V = STAGE_O_ && CONSUMERS == 2 && CLUSTER == 1 && !O_OWN && O_BYTES <= STAGES * KV_BYTES;
   static constexpr bool STAGE_O = O_OWN || O_IN_V;
-  static constexpr int Q_STAGES = Q_STAGES_MAX_ >= 2 && 2 * Q_BYTES + RING_BYTES + (O_OWN ? O_BYTES : 0) +
-                                                               (4 + 4 * STAGES + (O_IN_V ? 1 : 0)) * 8 + 1024 <=
-                                                           kSm90MaxDynamicSmem
-                                      ? 2
-                                      : 1;
-  static constexpr int K_OFFSET = Q_STAGES * Q_BYTES;
-  static constexpr int V_OFFSET = K_OFFSET + STAGES * KV_BYTES;
-  static constexpr int RING_END = V_OFFSET + STAGES * KV_BYTES;
   static constexpr int O_OFFSET = O_OWN ? RING_END : V_OFFSET;
-  // q_full[], q_empty[], k_full[], k_empty[], v_full[], v_empty[], and with O_IN_V o_read
-  static constexpr int BARRIERS = 2 * Q_STAGES + 4 * STAGES + (O_IN_V ? 1 : 0);
+  // q_full, q_empty, k_full[], k_empty[], v_full[], v_empty[], and with O_IN_V o_read
+  static constexpr int BARRIERS = 2 + 4 * STAGES + (O_IN_V ? 1 : 0);
   static constexpr int BAR_OFFSET = RING_END + (O_OWN ? O_BYTES : 0);
   // +1024: slack for aligning the base to 1024 bytes. The Hopper kernel declares its dynamic shared memory
   // 1024-aligned (as it is on sm_90: no static shared memory precedes it) and traps if it is not, so that the
@@ -74,7 +61,6 @@ struct Sm90Config {
   static_assert(KV_BYTES % 1024 == 0 && Q_BYTES % 1024 == 0, "tiles must keep 1024-byte alignment");
   static_assert(CONSUMERS == 2 || CONSUMERS == 3, "two or three consumer warpgroups");
   static_assert(CLUSTER == 1 || (CLUSTER == 2 && PANELS >= 2), "clusters of two blocks, each loading whole panels");
-  static_assert(SMEM_BYTES <= kSm90MaxDynamicSmem, "shared memory of one block");
   static_assert(128 * PRODUCER_REGS + 128 * CONSUMERS * CONSUMER_REGS <= 65536, "registers of one SM");
 };
 

@@ -7,36 +7,30 @@
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // d256's masked form stores O directly: with O staged over its V stages it spills in the main loop.
-// QMAX: Q slots at most (Sm90Config::Q_STAGES: two where they fit).
-#define FLASH_FWD_SM90_BODY_Q(T, D, BN, STAGES, C, CL, OPT, MODS, QMAX)                                            \
-  flashattn::flash_fwd_sm90<T, flashattn::Sm90Config<D, BN, STAGES, C, CL, !(D == 256 && MODS), QMAX>,           \
-                            typename flashattn::Sm90OptionsFor<OPT, D, BN, C, MODS>::type, MODS>(                  \
+#define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, CL, OPT, MODS)                                              \
+  flashattn::flash_fwd_sm90<T, flashattn::Sm90Config<D, BN, STAGES, C, CL, !(D == 256 && MODS)>, OPT, MODS>( \
       p, &tq, &tk, &tv, flashattn::SplitParts{nullptr, nullptr, 1}, o_tma ? &to : nullptr);
 #else
-#define FLASH_FWD_SM90_BODY_Q(T, D, BN, STAGES, C, CL, OPT, MODS, QMAX) __trap();
+#define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, CL, OPT, MODS) __trap();
 #endif
-#define FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, CL, OPT, MODS) FLASH_FWD_SM90_BODY_Q(T, D, BN, STAGES, C, CL, OPT, MODS, 2)
 
 // C: consumer warpgroups (the block has C + 1 warpgroups); CL: blocks per cluster (the launch sets it).
 // to: the output's tensor map (boxes of one panel x 64 rows), used where the instance has room to stage O in
 // shared memory (Sm90Config::STAGE_O) and o_tma is set (TMA can address the output).
-#define FLASH_FWD_SM90_ENTRY_CLQ(NAME, T, D, BN, STAGES, C, CL, OPT, MODS, QMAX)                      \
+#define FLASH_FWD_SM90_ENTRY_CL(NAME, T, D, BN, STAGES, C, CL, OPT, MODS)                             \
   extern "C" __global__ void __launch_bounds__(128 * (C + 1), 1)                                      \
       NAME(const __grid_constant__ flashattn::AttnParams p, const __grid_constant__ CUtensorMap tq,   \
            const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv,            \
            const __grid_constant__ CUtensorMap to, int o_tma) {                                       \
-    FLASH_FWD_SM90_BODY_Q(T, D, BN, STAGES, C, CL, OPT, MODS, QMAX)                                   \
+    FLASH_FWD_SM90_BODY(T, D, BN, STAGES, C, CL, OPT, MODS)                                           \
   }
-#define FLASH_FWD_SM90_ENTRY_CL(NAME, T, D, BN, STAGES, C, CL, OPT, MODS) \
-  FLASH_FWD_SM90_ENTRY_CLQ(NAME, T, D, BN, STAGES, C, CL, OPT, MODS, 2)
 #define FLASH_FWD_SM90_ENTRY_C(NAME, T, D, BN, STAGES, C, OPT, MODS) \
   FLASH_FWD_SM90_ENTRY_CL(NAME, T, D, BN, STAGES, C, 1, OPT, MODS)
 #define FLASH_FWD_SM90_ENTRY(NAME, T, D, BN, STAGES, OPT, MODS) FLASH_FWD_SM90_ENTRY_C(NAME, T, D, BN, STAGES, 2, OPT, MODS)
 
-// Default options (Sm90OptionsFor, mainloop_sm90.cuh): ping-pong on, exact rescaling skipped only when no max
-// moved, MUFU exp2 only, the previous PV waited for after both of a thread's rows are exponentiated, and where
-// the shape allows it a tile's last PV issued with the next tile's first QK^T.
-using Sm90Default = flashattn::Sm90Auto;
+// Default options: ping-pong on, exact rescaling skipped only when no max moved, MUFU exp2 only, the previous PV
+// waited for after both of a thread's rows are exponentiated.
+using Sm90Default = flashattn::Sm90Options<true, 0, 0>;
 
 #define FLASH_FWD_SM90(TNAME, T, D, BN, STAGES)                                                          \
   FLASH_FWD_SM90_ENTRY(flash_fwd_sm90_##TNAME##_d##D##_m128n##BN##w12, T, D, BN, STAGES, Sm90Default, true) \
@@ -95,8 +89,7 @@ FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_bf16_d96_m192n112w16c2_plain, __nv_bfloat
 // unpacked with split keys, for groups that are not a power of two: …_plain_split.
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define FLASH_FWD_SM90_SPLIT_BODY(T, D, BN, PACK)                                                           \
-  flashattn::flash_fwd_sm90<T, flashattn::Sm90Config<D, BN, 2, 2, 1, false>,                              \
-                            flashattn::Sm90OptionsFor<Sm90Default, D, BN, 2, false>::type, false, PACK>(   \
+  flashattn::flash_fwd_sm90<T, flashattn::Sm90Config<D, BN, 2, 2, 1, false>, Sm90Default, false, PACK>(    \
       p, &tq, &tk, &tv, flashattn::SplitParts{o_part, lse_part, n_splits});
 #else
 #define FLASH_FWD_SM90_SPLIT_BODY(T, D, BN, PACK) __trap();
@@ -135,9 +128,5 @@ FLASH_FWD_SM90_VARIANT(128, 128, _emu4, Sm90EmulatedExp2)
 FLASH_FWD_SM90_VARIANT(64, 128, _emu4, Sm90EmulatedExp2)
 FLASH_FWD_SM90_VARIANT(128, 128, _spw, Sm90SplitPvWait)
 FLASH_FWD_SM90_VARIANT(128, 128, _sp, Sm90StagedP)
-using Sm90NoMerge = flashattn::Sm90Options<true, 0, 0, false, false, false>;
-FLASH_FWD_SM90_VARIANT(128, 128, _nomerge, Sm90NoMerge)
-FLASH_FWD_SM90_ENTRY_CLQ(flash_fwd_sm90_bf16_d128_m128n128w12_q1, __nv_bfloat16, 128, 128, 2, 2, 1, Sm90Default, true, 1)
-FLASH_FWD_SM90_ENTRY_CLQ(flash_fwd_sm90_bf16_d128_m128n128w12_plain_q1, __nv_bfloat16, 128, 128, 2, 2, 1, Sm90Default, false, 1)
 // d64 with three consumers is as much special-function-unit work as tensor work per step: exp2 emulation there.
 FLASH_FWD_SM90_ENTRY_C(flash_fwd_sm90_bf16_d64_m192n128w16_plain_emu4, __nv_bfloat16, 64, 128, 2, 3, Sm90EmulatedExp2, false)

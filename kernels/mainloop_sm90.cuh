@@ -43,29 +43,14 @@ namespace flashattn {
 // and lost 0.2-8% at d128; so did two of FlashAttention-4's Hopper choices: a tile's first QK^T and last PV
 // issued without the ping-pong turn, 1-10% slower, and V waited for between the QK^T and PV issue, 0-9%
 // slower but for one row: docs/PERF.md.)
-// MERGE_TILES: a tile's last PV and the next tile's first QK^T are issued in one turn, and the next tile's first
-// softmax runs while that PV does; the tile's epilogue follows. Without it each is issued alone and waited for.
-// Sm90OptionsFor turns it on where the main loop stays free of spills with it (ptxas -v).
 template <bool PINGPONG_, int RESCALE_THRESHOLD_, int EMULATED_EXP2_EVERY_, bool SPLIT_PV_WAIT_ = false,
-          bool STAGED_P_ = false, bool MERGE_TILES_ = false>
+          bool STAGED_P_ = false>
 struct Sm90Options {
-  static constexpr bool MERGE_TILES = MERGE_TILES_;
   static constexpr bool PINGPONG = PINGPONG_;
   static constexpr int RESCALE_THRESHOLD = RESCALE_THRESHOLD_;
   static constexpr int EMULATED_EXP2_EVERY = EMULATED_EXP2_EVERY_;
   static constexpr bool SPLIT_PV_WAIT = SPLIT_PV_WAIT_;
   static constexpr bool STAGED_P = STAGED_P_;
-};
-
-// The default options (Sm90Auto) of one shape: ping-pong, rescaling whenever a row max moved, MUFU exp2, tiles
-// merged where two consumers hold 128-key tiles up to d128 (not d128 with score mods): the others spilled in the
-// main loop with the merged step (ptxas -v, docs/PERF.md).
-struct Sm90Auto {};
-template <class Opt, int D, int BN, int CONSUMERS, bool MODS> struct Sm90OptionsFor {
-  using type = Opt;
-};
-template <int D, int BN, int CONSUMERS, bool MODS> struct Sm90OptionsFor<Sm90Auto, D, BN, CONSUMERS, MODS> {
-  using type = Sm90Options<true, 0, 0, false, false, CONSUMERS == 2 && BN == 128 && D <= 128 && !(D == 128 && MODS)>;
 };
 
 namespace sm90 {
@@ -75,11 +60,11 @@ namespace sm90 {
 constexpr int kBarTurn0 = 1;
 constexpr int kBarConsumers = 4;
 
-// The block's mbarriers, 8 bytes each from Cfg::BAR_OFFSET: q_full and q_empty of each Q slot, then k_full, k_empty,
-// v_full and v_empty of each stage, and with O written over the V stages (Cfg::O_IN_V) o_read: the tile's O stores
-// have read it (slot indices below; the consumers address them as 32-bit shared addresses).
+// The block's mbarriers, 8 bytes each from Cfg::BAR_OFFSET: q_full, q_empty, then k_full, k_empty, v_full and
+// v_empty of each stage, and with O written over the V stages (Cfg::O_IN_V) o_read: the tile's O stores have read
+// it (slot indices below; the consumers address them as 32-bit shared addresses).
 template <class Cfg> struct Barriers {
-  static constexpr int Q_FULL = 0, Q_EMPTY = Cfg::Q_STAGES, K_FULL = 2 * Cfg::Q_STAGES, K_EMPTY = K_FULL + Cfg::STAGES,
+  static constexpr int Q_FULL = 0, Q_EMPTY = 1, K_FULL = 2, K_EMPTY = K_FULL + Cfg::STAGES,
                        V_FULL = K_EMPTY + Cfg::STAGES, V_EMPTY = V_FULL + Cfg::STAGES, O_READ = V_EMPTY + Cfg::STAGES;
   static_assert(O_READ + (Cfg::O_IN_V ? 1 : 0) == Cfg::BARRIERS, "Sm90Config::BARRIERS counts these");
   uint64_t *q_full, *q_empty, *k_full, *k_empty, *v_full, *v_empty, *o_read;
@@ -95,51 +80,27 @@ template <class Cfg> struct Barriers {
   }
 };
 
-// The Q slot of a block's `loaded`-th tile with keys, and the parity of that slot's use.
-template <class Cfg> __device__ __forceinline__ int q_slot(int loaded) { return loaded % Cfg::Q_STAGES; }
-template <class Cfg> __device__ __forceinline__ uint32_t q_phase(int loaded) {
-  return (uint32_t)(loaded / Cfg::Q_STAGES) & 1u;
-}
-
-// The producer's Q thread: each tile's Q into its slot, as soon as the consumers released that slot's last
-// tile (with two slots, while the tile before it still runs).
 template <typename T, class Cfg, bool PACK>
-__device__ __forceinline__ void produce_q(const AttnParams &p, unsigned char *smem, const CUtensorMap *tq, int n_splits) {
-  constexpr int BM = Cfg::BM;
-  Barriers<Cfg> bar(smem);
-  prefetch_tensor_map(tq);
-  const int tiles = persistent_tiles<Cfg::CLUSTER, PACK>(p, BM) * n_splits;
-  int loaded = 0;
-  for (int k = 0, t; (t = persistent_tile_index<Cfg::CLUSTER>(k)) < tiles; ++k) {
-    const BlockWork w = persistent_split_tile<BM, Cfg::BN, Cfg::CLUSTER, PACK>(p, t, n_splits);
-    if (w.n_end - w.n_begin <= 0) continue;
-    const int slot = q_slot<Cfg>(loaded);
-    mbar_wait(&bar.q_empty[slot], q_phase<Cfg>(loaded) ^ 1u);
-    mbar_expect_tx(&bar.q_full[slot], Cfg::Q_BYTES);
-    unsigned char *q_tile = smem + slot * Cfg::Q_BYTES;
-    if constexpr (PACK)
-      tma_load_packed_q<Cfg>(q_tile, tq, &bar.q_full[slot], w.m_block * BM, gqa_row_shift(p), w.kv_head, w.batch, kEvictFirst);
-    else
-      tma_load_tile<Cfg>(q_tile, BM, tq, &bar.q_full[slot], w.m_block * BM, w.head, w.batch, kEvictFirst);
-    ++loaded;
-  }
-}
-
-// The producer's K/V thread: every tile's key blocks through the ring.
-template <typename T, class Cfg, bool PACK>
-__device__ __forceinline__ void produce_kv(const AttnParams &p, unsigned char *smem, const CUtensorMap *tk,
-                                           const CUtensorMap *tv, int n_splits, bool o_in_v) {
+__device__ __forceinline__ void produce(const AttnParams &p, unsigned char *smem, const CUtensorMap *tq,
+                                        const CUtensorMap *tk, const CUtensorMap *tv, int n_splits, bool o_in_v) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, STAGES = Cfg::STAGES, CLUSTER = Cfg::CLUSTER;
   Barriers<Cfg> bar(smem);
+  prefetch_tensor_map(tq);
   prefetch_tensor_map(tk);
   prefetch_tensor_map(tv);
   const uint32_t rank = CLUSTER > 1 ? cluster_rank() : 0;
   const int tiles = persistent_tiles<CLUSTER, PACK>(p, BM) * n_splits;
-  int ring = 0, loaded = 0;  // K/V ring steps and tiles with keys so far, counted alike by the consumers
+  int ring = 0, loaded = 0;  // K/V ring steps and Q tiles so far, counted alike by the consumers
   for (int k = 0, t; (t = persistent_tile_index<CLUSTER>(k)) < tiles; ++k) {
     const BlockWork w = persistent_split_tile<BM, BN, CLUSTER, PACK>(p, t, n_splits);
     const int n_blocks = w.n_end - w.n_begin;
     if (n_blocks <= 0) continue;
+    mbar_wait(bar.q_empty, (uint32_t)(loaded & 1) ^ 1u);
+    mbar_expect_tx(bar.q_full, Cfg::Q_BYTES);
+    if constexpr (PACK)
+      tma_load_packed_q<Cfg>(smem, tq, bar.q_full, w.m_block * BM, gqa_row_shift(p), w.kv_head, w.batch, kEvictFirst);
+    else
+      tma_load_tile<Cfg>(smem, BM, tq, bar.q_full, w.m_block * BM, w.head, w.batch, kEvictFirst);
     ++loaded;
     for (int i = 0; i < n_blocks; ++i, ++ring) {
       const int st = stage_of<STAGES>(ring);
@@ -250,42 +211,13 @@ __device__ __forceinline__ void store_rows(const AttnParams &p, const BlockWork 
     store_output<T, 1, NTD>(p, o, inv, lse, w.batch, w.head, row_base, lane, row_shift);
 }
 
-// What a consumer's tile hands to the next with Opt::MERGE_TILES: the next tile's P_0 and softmax state, its
-// step 0 done (started).
-template <class Cfg> struct NextTileStart {
-  uint32_t pa[Cfg::BN / 16][4];
-  OnlineSoftmax<1, Cfg::BN / 8, Cfg::D / 8> sm;
-  bool started;
-};
-
-// What a consumer's tile uses as P and softmax state: with MERGE_TILES those handed over from tile to tile (`carry`),
-// else its own (`own`; pa_own then has one row).
-template <bool MERGE, class C, class O> __device__ __forceinline__ C &tile_state(C &carry, O &own) {
-  if constexpr (MERGE) return carry;
-  else return own;
-}
-
-// The block's tile after tile k (its linear index persistent_tile_index(k)), into w; false: none left.
-template <class Cfg, bool PACK>
-__device__ __forceinline__ bool next_block_tile(const AttnParams &p, int tiles, int n_splits, int &k, BlockWork &w) {
-  const int t = persistent_tile_index<Cfg::CLUSTER>(k);
-  if (t >= tiles) return false;
-  ++k;
-  w = persistent_split_tile<Cfg::BM, Cfg::BN, Cfg::CLUSTER, PACK>(p, t, n_splits);
-  return true;
-}
-
-// One tile of a consumer: `ring` is the K/V ring step of its first key block, `loaded` the count of tiles with
-// keys before it (their Q slots); row_shift: GQA packing's (gqa_pack.cuh), 0 without; parts: where split partials
-// go; to: the output's tensor map where O leaves through shared memory (store_rows), else null. The block's next
-// tile (after tile k - 1) is decoded into `next` (more: there is one). With Opt::MERGE_TILES, where that tile has
-// keys, its step 0 runs with this tile's last PV and `carry` hands it over (started); else `carry` says the next
-// tile starts afresh.
+// One tile of a consumer: `ring` is the K/V ring step of its first key block, `loaded` the count of Q
+// tiles before it; row_shift: GQA packing's (gqa_pack.cuh), 0 without; parts: where split partials go; to: the
+// output's tensor map where O leaves through shared memory (store_rows), else null.
 template <typename T, class Cfg, class Opt, bool MODS, bool PACK>
 __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWork &w, unsigned char *smem,
                                              int consumer, int ring, int loaded, const Turn<Opt, Cfg::CONSUMERS> &turn,
-                                             int row_shift, const SplitParts &parts, const CUtensorMap *to,
-                                             NextTileStart<Cfg> &carry, int tiles, int &k, BlockWork &next, bool &more) {
+                                             int row_shift, const SplitParts &parts, const CUtensorMap *to) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, D = Cfg::D, STAGES = Cfg::STAGES;
   constexpr int NTN = BN / 8, NTD = D / 8, KQ = D / 16, KP = BN / 16;
   constexpr int PB = Cfg::PANEL_BYTES, KQ_PER_PANEL = Cfg::PANEL_COLS / 16;
@@ -303,24 +235,18 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
   const bool zero_tail = p.has_seqlens && w.kv_len < p.seq_kv;
 
   float s[1][NTN][4], o[1][NTD][4];
-  // P and the softmax state come from the previous tile where it ran this tile's step 0 (Opt::MERGE_TILES);
-  // else they are this tile's own, as is everything else.
-  uint32_t pa_own[Opt::MERGE_TILES ? 1 : KP][4];
-  OnlineSoftmax<1, NTN, NTD> sm_own;
-  uint32_t(&pa)[KP][4] = tile_state<Opt::MERGE_TILES>(carry.pa, pa_own);
-  OnlineSoftmax<1, NTN, NTD> &sm = tile_state<Opt::MERGE_TILES>(carry.sm, sm_own);
-  uint32_t p_staged[Opt::STAGED_P ? KP : 1][4];
+  uint32_t pa[KP][4], p_staged[Opt::STAGED_P ? KP : 1][4];
   uint32_t(&pa_flat)[KP * 4] = reinterpret_cast<uint32_t(&)[KP * 4]>(pa);
   float(&s_flat)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(s);
   float(&o_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);  // first written by the tile's first PV
-  const int slot = q_slot<Cfg>(loaded);
+  OnlineSoftmax<1, NTN, NTD> sm;
+  sm.init();
 
-  // Q rows of this consumer: rows [64*consumer, +64) of every panel of the tile's Q slot. The k-steps' Q
-  // descriptors are the same at every main-loop step: up to d192 they are computed once per tile (else each step
-  // pays an add with carry per k-step); d256's sixteen would take 32 registers that its masked form does not have.
+  // Q rows of this consumer: rows [64*consumer, +64) of every panel. The k-steps' Q descriptors are the same at
+  // every main-loop step: up to d192 they are computed once per tile (else each step pays an add with carry per
+  // k-step); d256's sixteen would take 32 registers that its masked form does not have.
   constexpr bool HOIST_Q = KQ <= 12;
-  auto q_base_of = [&](int q_slot) { return smem_desc_sw<PB>(sbase + q_slot * Cfg::Q_BYTES + consumer * 64 * PB, 1); };
-  const uint64_t q_base = q_base_of(slot);
+  const uint64_t q_base = smem_desc_sw<PB>(sbase + consumer * 64 * PB, 1);
   auto q_off = [](int kk) -> uint32_t { return (kk / KQ_PER_PANEL) * BM * PB + (kk % KQ_PER_PANEL) * 32; };
   uint64_t q_desc[HOIST_Q ? KQ : 1];
 #pragma unroll
@@ -377,31 +303,29 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
     }
   };
   auto release_q_after = [&](int i) {
-    if (i == n_blocks - 1) release(q_empty + 8 * slot);  // the tile's last QK^T is done: its Q slot may be loaded
+    if (i == n_blocks - 1) release(q_empty);  // the tile's last QK^T is done: Q may be overwritten
   };
 
+  mbar_wait(q_full, (uint32_t)(loaded & 1));
+
+  // Step 0: S_0 = Q K_0^T, P_0.
   RingPos<STAGES> cur(ring);
-  if (!Opt::MERGE_TILES || !carry.started) {
-    // Step 0: S_0 = Q K_0^T, P_0.
-    sm.init();
-    mbar_wait(q_full + 8 * slot, q_phase<Cfg>(loaded));
-    mbar_wait(k_full + 8 * cur.stage, cur.phase);
-    turn.wait();
-    wgmma_fence();
-    issue_qk(cur.stage);
-    wgmma_commit();
-    turn.pass();
-    wgmma_wait<0>();
-    fence_regs(s_flat);
-    release_kv(k_empty + 8 * cur.stage);
-    release_q_after(0);
-    score_mods(0);
-    {
-      float corr[1][2];
-      sm.template exponentiate<Opt::RESCALE_THRESHOLD, Opt::EMULATED_EXP2_EVERY>(s, corr, scale_log2);
-    }
-    to_pa();
+  mbar_wait(k_full + 8 * cur.stage, cur.phase);
+  turn.wait();
+  wgmma_fence();
+  issue_qk(cur.stage);
+  wgmma_commit();
+  turn.pass();
+  wgmma_wait<0>();
+  fence_regs(s_flat);
+  release_kv(k_empty + 8 * cur.stage);
+  release_q_after(0);
+  score_mods(0);
+  {
+    float corr[1][2];
+    sm.template exponentiate<Opt::RESCALE_THRESHOLD, Opt::EMULATED_EXP2_EVERY>(s, corr, scale_log2);
   }
+  to_pa();
 
   // Step i: S_i = Q K_i^T and O += P_{i-1} V_{i-1} in flight together; softmax of S_i while PV runs. An interior
   // step (kind EDGE false) skips the checks only edge steps need: score mods, V-tail zeroing, Q's release.
@@ -472,60 +396,6 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
   for (; i < interior_end; ++i) step(i, StepKind<false>{});
   for (; i < n_blocks; ++i) step(i, StepKind<true>{});
 
-  // The next tile: with keys and Opt::MERGE_TILES, its step 0 joins this tile's last PV.
-  if constexpr (Opt::MERGE_TILES) {
-    more = next_block_tile<Cfg, PACK>(p, tiles, parts.n, k, next);
-    carry.started = more && next.n_end > next.n_begin;
-    if (carry.started) {
-      // This tile's last PV and the next tile's S_0 = Q K_0^T in one turn; the next tile's softmax runs while
-      // the PV does, then this tile's epilogue.
-      const RingPos<STAGES> prev = cur;
-      cur.advance();
-      const int st = cur.stage, pst = prev.stage, next_slot = q_slot<Cfg>(loaded + 1);
-      const uint64_t next_q_base = q_base_of(next_slot);
-      mbar_wait(v_full + 8 * pst, prev.phase);
-      prepare_v(n_blocks - 1, pst);
-      mbar_wait(q_full + 8 * next_slot, q_phase<Cfg>(loaded + 1));
-      mbar_wait(k_full + 8 * st, cur.phase);
-      turn.wait();
-      wgmma_fence();
-      {
-        const uint64_t k_desc = smem_desc_sw<PB>(sbase + Cfg::K_OFFSET + st * Cfg::KV_BYTES, 1);
-#pragma unroll
-        for (int kk = 0; kk < KQ; ++kk) {
-          const uint32_t off_k = (kk / KQ_PER_PANEL) * BN * PB + (kk % KQ_PER_PANEL) * 32;
-          Wgmma<T, BN>::ss(s_flat, desc_advance(next_q_base, q_off(kk)), desc_advance(k_desc, off_k), kk > 0);
-        }
-      }
-      wgmma_commit();
-      issue_pv(pst, n_blocks == 1);
-      wgmma_commit();
-      turn.pass();
-      wgmma_wait<1>();
-      fence_regs(s_flat);
-      release_kv(k_empty + 8 * st);
-      if (next.n_end - next.n_begin == 1) release(q_empty + 8 * next_slot);
-      float inv[1][2], lse[1][2];
-      sm.finalize(inv, lse, p.scale);
-      sm.init();
-      apply_tile_mods<T, 1, NTN, MODS>(s, p, next.batch, next.head,
-                                       next.m_block * BM + consumer * 64 + warp_in_group * 16, next.n_begin * BN,
-                                       next.kv_len, next.lo_max, next.hi_min, lane, row_shift);
-      {
-        float corr[1][2];
-        sm.template exponentiate<Opt::RESCALE_THRESHOLD, Opt::EMULATED_EXP2_EVERY>(s, corr, scale_log2);
-      }
-      fence_regs(s_flat);
-      keep_live(pa_flat, sbase, p.seq_q < 0);
-      wgmma_wait<0>();
-      fence_regs(o_flat);
-      release_kv(v_empty + 8 * pst);
-      store_rows<T, Cfg, NTD, PACK>(p, w, o, inv, lse, row_base, lane, row_shift, parts, to, sbase, consumer);
-      to_pa();
-      return;
-    }
-  }
-
   // Last PV.
   const int lst = cur.stage;
   mbar_wait(v_full + 8 * lst, cur.phase);
@@ -574,10 +444,8 @@ __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtens
   const int group = threadIdx.x / 128;
   Barriers<Cfg> bar(smem);
   if (threadIdx.x == 0) {
-    for (int slot = 0; slot < Cfg::Q_STAGES; ++slot) {
-      mbar_init(&bar.q_full[slot], 1);
-      mbar_init(&bar.q_empty[slot], 4 * Cfg::CONSUMERS);  // one arrive per consumer warp
-    }
+    mbar_init(bar.q_full, 1);
+    mbar_init(bar.q_empty, 4 * Cfg::CONSUMERS);  // one arrive per consumer warp
     for (int st = 0; st < Cfg::STAGES; ++st) {
       mbar_init(&bar.k_full[st], 1);
       mbar_init(&bar.v_full[st], 1);
@@ -597,10 +465,7 @@ __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtens
   if (group == 0) {
     regs_dealloc<Cfg::PRODUCER_REGS>();
     // O_IN_V: the epilogue writes O over the V stages where it stores O with TMA (the output's map is given).
-    if (threadIdx.x == 0)
-      produce_kv<T, Cfg, PACK>(p, smem, tk, tv, parts.n, Cfg::O_IN_V && to != nullptr && parts.n == 1);
-    else if (threadIdx.x == 32)
-      produce_q<T, Cfg, PACK>(p, smem, tq, parts.n);
+    if (threadIdx.x == 0) produce<T, Cfg, PACK>(p, smem, tq, tk, tv, parts.n, Cfg::O_IN_V && to != nullptr && parts.n == 1);
     return;
   }
   regs_alloc<Cfg::CONSUMER_REGS>();
@@ -613,41 +478,17 @@ __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtens
   if (consumer == Cfg::CONSUMERS - 1) turn.pass();
   const int tiles = persistent_tiles<Cfg::CLUSTER, PACK>(p, Cfg::BM) * parts.n;
   const int row_shift = PACK ? gqa_row_shift(p) : 0;
-  NextTileStart<Cfg> carry;
-  carry.started = false;
-  int ring = 0, loaded = 0, k = 0;
-  if constexpr (Opt::MERGE_TILES) {
-    BlockWork w;
-    bool more = next_block_tile<Cfg, PACK>(p, tiles, parts.n, k, w);
-    while (more) {
-      const int n_blocks = w.n_end - w.n_begin;
-      if (n_blocks <= 0) {
-        store_empty<T, Cfg, PACK>(p, w, consumer, row_shift, parts);
-        more = next_block_tile<Cfg, PACK>(p, tiles, parts.n, k, w);
-        continue;
-      }
-      BlockWork next;
-      consume_tile<T, Cfg, Opt, MODS, PACK>(p, w, smem, consumer, ring, loaded, turn, row_shift, parts, to, carry,
-                                            tiles, k, next, more);
-      w = next;
-      ring += n_blocks;
-      ++loaded;
+  int ring = 0, loaded = 0;
+  for (int k = 0, t; (t = persistent_tile_index<Cfg::CLUSTER>(k)) < tiles; ++k) {
+    const BlockWork w = persistent_split_tile<Cfg::BM, Cfg::BN, Cfg::CLUSTER, PACK>(p, t, parts.n);
+    const int n_blocks = w.n_end - w.n_begin;
+    if (n_blocks <= 0) {
+      store_empty<T, Cfg, PACK>(p, w, consumer, row_shift, parts);
+      continue;
     }
-  } else {
-    BlockWork unused_next;
-    bool unused_more;
-    for (int t; (t = persistent_tile_index<Cfg::CLUSTER>(k)) < tiles; ++k) {
-      const BlockWork w = persistent_split_tile<Cfg::BM, Cfg::BN, Cfg::CLUSTER, PACK>(p, t, parts.n);
-      const int n_blocks = w.n_end - w.n_begin;
-      if (n_blocks <= 0) {
-        store_empty<T, Cfg, PACK>(p, w, consumer, row_shift, parts);
-        continue;
-      }
-      consume_tile<T, Cfg, Opt, MODS, PACK>(p, w, smem, consumer, ring, loaded, turn, row_shift, parts, to, carry,
-                                            tiles, k, unused_next, unused_more);
-      ring += n_blocks;
-      ++loaded;
-    }
+    consume_tile<T, Cfg, Opt, MODS, PACK>(p, w, smem, consumer, ring, loaded, turn, row_shift, parts, to);
+    ring += n_blocks;
+    ++loaded;
   }
   if (consumer == 0) turn.wait();
   if (Cfg::STAGE_O && to != nullptr) finish_output_tma();

@@ -111,10 +111,6 @@ pub enum Variant {
     SplitPvWait,
     /// P converted into a second register buffer among the exponentials and copied over after the PV wait.
     StagedP,
-    /// A tile's last PV and the next tile's first QK^T issued in separate turns, each waited for alone.
-    NoMerge,
-    /// One Q tile where two would fit (the next tile's Q loads only once this tile's last QK^T is done).
-    SingleQ,
 }
 
 impl Variant {
@@ -126,8 +122,6 @@ impl Variant {
             Variant::EmulatedExp2 => "_emu4",
             Variant::SplitPvWait => "_spw",
             Variant::StagedP => "_sp",
-            Variant::NoMerge => "_nomerge",
-            Variant::SingleQ => "_q1",
         }
     }
 }
@@ -235,7 +229,7 @@ impl KernelSpec {
     }
     /// Sm90Config::O_OWN: an O tile beside the ring.
     fn o_own(&self) -> bool {
-        self.writes_outputs_directly() && self.sm90_smem_bytes(true, false, 1) <= SM90_MAX_DYNAMIC_SMEM
+        self.writes_outputs_directly() && self.sm90_smem_bytes(true, false) <= SM90_MAX_DYNAMIC_SMEM
     }
     /// Sm90Config::O_IN_V: O over the V stages (one more mbarrier).
     fn o_in_v(&self) -> bool {
@@ -248,21 +242,11 @@ impl KernelSpec {
     fn o_tile_bytes(&self) -> u32 {
         (self.bm * self.d * 2) as u32
     }
-    /// Sm90Config::Q_STAGES: a second Q tile where it fits beside everything else.
-    fn q_stages(&self) -> u32 {
-        let fits = self.sm90_smem_bytes(self.o_own(), self.o_in_v(), 2) <= SM90_MAX_DYNAMIC_SMEM;
-        if fits && self.variant != Variant::SingleQ {
-            2
-        } else {
-            1
-        }
-    }
-    /// kernels/config_sm90.cuh Sm90Config::SMEM_BYTES: the tiles with `q_stages` Q tiles, an O tile (`o_tile`),
-    /// the mbarriers (q_full and q_empty per Q tile, four per stage, and `o_read`) and 1 KiB of alignment slack.
-    fn sm90_smem_bytes(&self, o_tile: bool, o_read: bool, q_stages: u32) -> u32 {
-        let barriers = 2 * q_stages + 4 * self.stages as u32 + o_read as u32;
-        let extra_q = (q_stages - 1) * (self.bm * self.d * 2) as u32;
-        self.tiles_bytes() + extra_q + if o_tile { self.o_tile_bytes() } else { 0 } + barriers * 8 + 1024
+    /// kernels/config_sm90.cuh Sm90Config::SMEM_BYTES: the tiles, an O tile (`o_tile`), the mbarriers (q_full,
+    /// q_empty, four per stage, and `o_read`) and 1 KiB of alignment slack.
+    fn sm90_smem_bytes(&self, o_tile: bool, o_read: bool) -> u32 {
+        let barriers = 2 + 4 * self.stages as u32 + o_read as u32;
+        self.tiles_bytes() + if o_tile { self.o_tile_bytes() } else { 0 } + barriers * 8 + 1024
     }
     /// Dynamic shared memory: Q tile + `stages` K and V tiles, 2-byte elements (kernels/config.cuh
     /// FwdConfig::SMEM_BYTES; kernels/config_sm90.cuh Sm90Config::SMEM_BYTES adds the O tile where it stages
@@ -271,7 +255,7 @@ impl KernelSpec {
         let tiles = self.tiles_bytes();
         match self.family {
             Family::Sm80 => tiles,
-            Family::Sm90 => self.sm90_smem_bytes(self.o_own(), self.o_in_v(), self.q_stages()),
+            Family::Sm90 => self.sm90_smem_bytes(self.o_own(), self.o_in_v()),
             // kernels/config_sm100.cuh: + mbarriers, the Tensor Memory address slot, alignment slack.
             Family::Sm100 => tiles + (1 + 4 * self.stages as u32 + 7) * 8 + 16 + 1024,
         }
@@ -388,8 +372,6 @@ pub const KERNELS: &[KernelSpec] = &[
     KernelSpec { variant: Variant::EmulatedExp2, ..sm90_m192(DType::BF16, 64, 128, Scope::PlainLongOrUnbounded) },
     sm90_variant(128, 128, Variant::SplitPvWait),
     sm90_variant(128, 128, Variant::StagedP),
-    sm90_variant(128, 128, Variant::NoMerge),
-    sm90_variant(128, 128, Variant::SingleQ),
     sm100(DType::F16, 64, 3),
     sm100(DType::BF16, 64, 3),
     sm100(DType::F16, 128, 2),
@@ -596,9 +578,7 @@ mod tests {
         // O leaves through shared memory and a TMA store where a two-consumer tile has room for it
         let d128 = pick(&aligned(DType::BF16, 128, 128), 90, h100, None).unwrap();
         assert!(d128.stages_o() && pick(&masked96, 90, h100, None).unwrap().stages_o());
-        // ... and a second Q tile fits beside it (Sm90Config::Q_STAGES), with its two more mbarriers
-        assert_eq!(d128.smem_bytes(), (2 * 32 + 4 * 32 + 32) * 1024 + 12 * 8 + 1024);
-        assert_eq!(KernelSpec { variant: Variant::SingleQ, ..d128 }.smem_bytes(), (32 + 4 * 32 + 32) * 1024 + 10 * 8 + 1024);
+        assert_eq!(d128.smem_bytes(), (32 + 4 * 32 + 32) * 1024 + 10 * 8 + 1024);
         assert!(!pick(&long, 90, h100, None).unwrap().stages_o()); // 192 rows
         // no room for an O tile: O over the V stages, single blocks only
         let d256 = pick(&aligned(DType::BF16, 256, 256), 90, h100, None).unwrap();
