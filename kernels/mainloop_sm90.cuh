@@ -19,6 +19,7 @@
 #include "cluster.cuh"
 #include "common.cuh"
 #include "config_sm90.cuh"
+#include "dependent_launch.cuh"
 #include "epilogue.cuh"
 #include "epilogue_sm90.cuh"
 #include "key_padding.cuh"
@@ -115,6 +116,9 @@ __device__ __forceinline__ void produce(const AttnParams &p, unsigned char *smem
                                       rank);
     }
   }
+  // Every load of the block is issued: a kernel launched after this one as a programmatic dependent may take
+  // the SMs that blocks leave from here on (it waits in dependent_wait for this whole grid to finish).
+  allow_dependents();
   if constexpr (CLUSTER > 1) {
     // The peer blocks' consumers still arrive on this block's "empty" barriers after its own consumers are
     // done: the block (its shared memory) must outlive those arrivals, so wait for the last use of each slot
@@ -438,6 +442,9 @@ __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtens
                                                const CUtensorMap *to = nullptr) {
   using namespace sm90;
   static_assert(!PACK || (!MODS && Cfg::CLUSTER == 1), "GQA packing: plain problems, single blocks");
+  // Launched as a programmatic dependent (src/gpu/launch.rs): the kernel before it on the stream may still be
+  // running; everything below reads or writes memory it may touch (the key-padding gate reads the scan's result).
+  dependent_wait();
   if (!gate_open(p)) return;  // the key-padding fast path's other launch serves this problem
   require_dynamic_smem(Cfg::SMEM_BYTES);
   unsigned char *smem = dynamic_smem_1024<!(Cfg::D == 256 && MODS)>();

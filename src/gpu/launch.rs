@@ -280,7 +280,9 @@ pub fn launch_function(f: sys::CUfunction, spec: &KernelSpec, p: &AttnParams, st
     let mut arg = *p;
     let launch = |args: &mut [*mut c_void]| {
         let l = driver::Launch { grid: (gx, gy, gz), threads: spec.threads(), smem: spec.smem_bytes(), args, cluster_x: spec.cluster.max(1) as u32 };
-        driver::launch_kernel(f, l, stream, false, &|| format!("launching {}", spec.name()))
+        // The Hopper kernel waits for the kernel before it in-kernel (dependent_wait), so it may be launched while
+        // that one finishes: its launch latency and start-up then overlap the other's tail.
+        driver::launch_kernel(f, l, stream, spec.family == Family::Sm90, &|| format!("launching {}", spec.name()))
     };
     match spec.family {
         Family::Sm80 => launch(&mut [(&mut arg as *mut AttnParams).cast()]),
