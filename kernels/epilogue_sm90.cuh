@@ -71,8 +71,8 @@ __device__ __forceinline__ void store_output_tma(const AttnParams &p, const floa
   }
 }
 
-// At the end of a consumer's run: its last store has read the buffer (the block's shared memory is released at
-// exit).
+// At the end of a consumer's run with an O tile of its own: its last store has read the buffer (the block's shared
+// memory is released at exit).
 __device__ __forceinline__ void finish_output_tma() {
   if ((threadIdx.x & 127) == 0) bulk_wait_read_all();
 }

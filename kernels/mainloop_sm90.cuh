@@ -192,7 +192,7 @@ __device__ __forceinline__ PartialRows partial_rows(const AttnParams &p, const B
 }
 
 // A warp's finished rows of tile w: to the outputs, or with split keys (parts.n > 1) to the split's partials.
-// Where the instance stages O in shared memory and the output has a tensor map `to` (else null), the consumer
+// Where O leaves through shared memory (`to`, the output's tensor map, given: flash_fwd_sm90 decides), the consumer
 // warpgroup's rows go through it with one TMA store (epilogue_sm90.cuh).
 template <typename T, class Cfg, int NTD, bool PACK>
 __device__ __forceinline__ void store_rows(const AttnParams &p, const BlockWork &w, const float (&o)[1][NTD][4],
@@ -200,7 +200,7 @@ __device__ __forceinline__ void store_rows(const AttnParams &p, const BlockWork 
                                            int row_shift, const SplitParts &parts, const CUtensorMap *to,
                                            uint32_t sbase, int consumer) {
   if constexpr (Cfg::STAGE_O && !PACK) {
-    if (parts.n == 1 && to != nullptr) {
+    if (to != nullptr) {
       // O over the V stages: every consumer's last PV has read them first.
       if constexpr (Cfg::O_IN_V) named_barrier_sync(kBarConsumers, 128 * Cfg::CONSUMERS);
       const uint32_t o_read = Cfg::O_IN_V ? sbase + Cfg::BAR_OFFSET + 8 * Barriers<Cfg>::O_READ : 0;
@@ -435,7 +435,7 @@ __device__ __forceinline__ void store_empty(const AttnParams &p, const BlockWork
 // PACK: GQA packing (gqa_pack.cuh), plain single-block instances only. Split-KV `parts` (n > 1: each tile's keys
 // cut into n ranges, partial results to the workspace for the decode combine kernel to merge) are taken by the
 // packed instances and the `_split` ones; every other instance leaves them at n = 1, a constant. `to`: the
-// output's tensor map, where the instance stages O (Cfg::STAGE_O) and TMA can address the output; else null.
+// output's tensor map where TMA can address the output, else null.
 template <typename T, class Cfg, class Opt, bool MODS, bool PACK = false>
 __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtensorMap *tq, const CUtensorMap *tk,
                                                const CUtensorMap *tv, const SplitParts parts = SplitParts{nullptr, nullptr, 1},
@@ -469,10 +469,13 @@ __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtens
   } else {
     __syncthreads();
   }
+  // Where O leaves through shared memory and a TMA store: the instance stages O, TMA can address the output and
+  // the tiles write outputs, not split partials. The producer (with O over the V stages) and the consumers'
+  // epilogue must agree on it, so it is decided once, here.
+  const CUtensorMap *o_map = Cfg::STAGE_O && !PACK && parts.n == 1 ? to : nullptr;
   if (group == 0) {
     regs_dealloc<Cfg::PRODUCER_REGS>();
-    // O_IN_V: the epilogue writes O over the V stages where it stores O with TMA (the output's map is given).
-    if (threadIdx.x == 0) produce<T, Cfg, PACK>(p, smem, tq, tk, tv, parts.n, Cfg::O_IN_V && to != nullptr && parts.n == 1);
+    if (threadIdx.x == 0) produce<T, Cfg, PACK>(p, smem, tq, tk, tv, parts.n, Cfg::O_IN_V && o_map != nullptr);
     return;
   }
   regs_alloc<Cfg::CONSUMER_REGS>();
@@ -493,12 +496,13 @@ __device__ __forceinline__ void flash_fwd_sm90(const AttnParams &p, const CUtens
       store_empty<T, Cfg, PACK>(p, w, consumer, row_shift, parts);
       continue;
     }
-    consume_tile<T, Cfg, Opt, MODS, PACK>(p, w, smem, consumer, ring, loaded, turn, row_shift, parts, to);
+    consume_tile<T, Cfg, Opt, MODS, PACK>(p, w, smem, consumer, ring, loaded, turn, row_shift, parts, o_map);
     ring += n_blocks;
     ++loaded;
   }
   if (consumer == 0) turn.wait();
-  if (Cfg::STAGE_O && to != nullptr) finish_output_tma();
+  // (O over the V stages: each store was waited for already, before the producer could load V again.)
+  if (Cfg::O_OWN && o_map != nullptr) finish_output_tma();
 }
 
 }  // namespace flashattn
