@@ -206,48 +206,46 @@ def run_row(lib, B, S, H, D, causal, Hkv=None, Sq=None, rows_out=None):
     out = torch.empty(B, Sq, H, D, device="cuda", dtype=torch.bfloat16)
     P = fa_lib.make_params(lib, q, k, v, out, causal=causal)
     flops = 4 * B * H * Sq * S * D * (0.5 if causal and Sq == S else 1.0)
-    res = {}
-    # Variants are timed in rounds alternating with the default (median of each over ROUNDS rounds): the
-    # H200's clock drifts by up to ~9% between back-to-back timings of one kernel, so a variant timed once
-    # right after the default is compared with a different clock.
-    # grid variants (how the Hopper kernel's blocks take tiles) on every row, kernel variants on their head dim
-    # (a family name, e.g. sm80, on every row)
+    # Ours, its variants and the anchors are timed in rounds, alternated (the median of each over ROUNDS rounds):
+    # the H200 runs these loads at its power cap (700 W, clock 1.5-1.98 GHz as the load and temperature go), so
+    # two timings of one kernel a second apart differ by up to ~9%; anchors timed once after ours would compare
+    # different clocks. Grid variants (how the Hopper kernel's blocks take tiles) run on every row, kernel
+    # variants on their head dim (a family name, e.g. sm80, on every row).
     variants = [v for v in VARIANTS if v.startswith(SETTINGS) or f"_d{D}_" in v or "_" not in v] + (["lib"] if OTHER else [])
-    times = {name: [] for name in ["default"] + variants}
     P_other = fa_lib.make_params(OTHER, q, k, v, out, causal=causal) if OTHER else None
-    for _ in range(ROUNDS if variants else 1):
-        for name in times:
-            if name == "lib":  # the same problem through the other build
-                times[name].append(prefill_time(lambda: fa_lib.launch(OTHER, P_other)))
-                continue
-            apply_variant(lib, name)
-            times[name].append(prefill_time(lambda: fa_lib.launch(lib, P)))
-            apply_variant(lib, "default")
-    res["ours"] = statistics.median(times["default"])
-    for name in variants:
-        t = statistics.median(times[name])
-        print(f"    variant {name}: {flops / (t * 1e-3) / 1e12:.0f} TFLOP/s (ratio to the default in the same rounds: "
-              f"{res['ours'] / t:.3f})", flush=True)
     gqa = Hkv != H
-    for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
-        try:
-            if gqa:
-                kk, vv = k.repeat_interleave(H // Hkv, 2), v.repeat_interleave(H // Hkv, 2)
-            else:
-                kk, vv = k, v
-            # decode with causal=False: SDPA's is_causal is top-left aligned, ours bottom-right
-            res[name] = prefill_time(sdpa_fn(be, q, kk, vv, causal and Sq == S))
-        except Exception as e:  # noqa: BLE001
-            res[name] = None
-            print(f"  {name} failed at B{B} S{S} H{H} D{D}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+    kk, vv = (k.repeat_interleave(H // Hkv, 2), v.repeat_interleave(H // Hkv, 2)) if gqa else (k, v)
+    fns = {name: (lambda: fa_lib.launch(lib, P)) for name in ["default"] + variants}
+    if OTHER:
+        fns["lib"] = lambda: fa_lib.launch(OTHER, P_other)
+    # decode with causal=False: SDPA's is_causal is top-left aligned, ours bottom-right
+    fns["cudnn"] = sdpa_fn(SDPBackend.CUDNN_ATTENTION, q, kk, vv, causal and Sq == S)
+    fns["fa2"] = sdpa_fn(SDPBackend.FLASH_ATTENTION, q, kk, vv, causal and Sq == S)
     if fa4_func is not None:
-        try:
-            res["fa4"] = prefill_time(lambda: fa4_func(q, k, v, causal=causal))
-        except Exception as e:  # noqa: BLE001
-            res["fa4"] = None
-            print(f"  fa4 failed at B{B} S{S} H{H} D{D}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
-    else:
-        res["fa4"] = None
+        fns["fa4"] = lambda: fa4_func(q, k, v, causal=causal)
+    times = {name: [] for name in fns}
+    for _ in range(ROUNDS):
+        for name, fn in fns.items():
+            if times[name] is None:
+                continue  # failed in an earlier round
+            apply_variant(lib, name if name in variants and name != "lib" else "default")
+            try:
+                times[name].append(prefill_time(fn))
+            except Exception as e:  # noqa: BLE001
+                times[name] = None
+                print(f"  {name} failed at B{B} S{S} H{H} D{D}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+            apply_variant(lib, "default")
+    res = {name: (statistics.median(t) if t else None) for name, t in times.items()}
+    res.setdefault("fa4", None)
+    for name in variants:
+        t = res[name]
+        if t is None or res["default"] is None:
+            continue
+        print(f"    variant {name}: {flops / (t * 1e-3) / 1e12:.0f} TFLOP/s (ratio to the default in the same rounds: "
+              f"{res['default'] / t:.3f})", flush=True)
+    res["ours"] = res.pop("default")
+    for name in variants:
+        res.pop(name)
     kname = fa_lib.kernel_name(lib, P)
     tf = {k: (flops / (t * 1e-3) / 1e12 if t else None) for k, t in res.items()}
     anchors = [tf[k] for k in ("cudnn", "fa2", "fa4") if tf[k]]
@@ -321,7 +319,8 @@ def main():
     ap.add_argument("--gqa", action="store_true", help="GQA prefill rows, packed and unpacked (nothing else)")
     ap.add_argument("--gqa-rows", default=None, help="--gqa's rows instead of the built-in ones: B:Sq:Skv:H:Hkv:D:causal;...")
     ap.add_argument("--variants", default="", help="comma-separated kernel names to time too")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of default + variants (when variants are given)")
+    ap.add_argument("--rounds", type=int, default=3, help="prefill rows: rounds of ours, its variants and the anchors, "
+                    "alternated (each the median of its rounds)")
     ap.add_argument("--other-lib", default=None, help="another build of the library, timed as variant 'lib' in the same rounds")
     ap.add_argument("--cluster", type=int, default=-1, help="decode splits merged in a cluster: -1 auto, 0 never, 1 whenever they fit")
     ap.add_argument("--other-cluster", type=int, default=-1, help="the same for --other-lib (a copy of the same build at "

@@ -3,7 +3,7 @@
 # built here and carried in .gpu/ (scripts/gpu/pack.sh), with staged wheel parts.
 #
 #   bash scripts/gpu/run.sh stage [DIR...]     # copy this call's wheel parts (.gpu/stage/*, or DIRs) to /tmp/fa-stage
-#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-prefill bench-gqa bench-keypad bench-decode decode-probe cluster-sweep split-sweep e2e e2e-profile e2e-memcheck gen-bench kv-sanitize profile profile-vs profile-source profile-decode selfcheck
+#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-prefill bench-gqa bench-keypad bench-decode decode-probe cluster-sweep split-sweep e2e e2e-profile e2e-memcheck gen-bench kv-sanitize profile profile-vs queue-trace host-cost sustain profile-source profile-decode selfcheck
 #                                              # (default: numerics sanitize ort rust-ort bench)
 #
 # Logs and the benchmark table go to $OUT (or /tmp/fa-out). Exit status: nonzero if any step failed.
@@ -127,6 +127,19 @@ for s in "${steps[@]}"; do
     gen-bench)
       python3 gen_bench.py "$lib" "$root/.gpu/flashattn-ort" --out "$out/gen-bench.md" ${FA_GEN_ARGS:-} 2>&1 |
         grep -v "^\[torch.onnx\]\|Warning\|return cls\|^ *warnings.warn" | tee "$out/gen-bench.log" ;;
+    queue-trace)
+      # queued prefill calls under the PyTorch profiler (CUPTI): kernel time against the gaps between calls, ours
+      # (with and without dependent launches), SDPA cuDNN and FA4 (FA_PROFILE: "D SEQ CAUSAL" triples)
+      python3 queue_trace.py "$lib" ${FA_PROFILE:-128 512 0 128 1024 0 64 512 0 64 8192 0} --who "${FA_WHO:-ours,ours-nodep,cudnn,fa4}" 2>&1 |
+        grep -v "Warning\|warn" | tee "$out/queue-trace.log" ;;
+    host-cost)
+      # the host's cost of a prefill call against its GPU time (FA_PROFILE: "D SEQ CAUSAL" triples)
+      python3 host_cost.py "$lib" ${FA_PROFILE:-128 512 0 64 512 1 128 2048 0} 2>&1 | grep -v "Warning\|warn" | tee "$out/host-cost.log" ;;
+    sustain)
+      # sustained calls with the SM clock and power sampled: a gap in cycles, or in clock under the power cap
+      # (FA_PROFILE: "D SEQ CAUSAL" triples; FA_WHO: ours,cudnn,fa4)
+      python3 sustain.py "$lib" ${FA_PROFILE:-64 8192 0 128 16384 0 128 4096 1} --who "${FA_WHO:-ours,cudnn,fa4}" 2>&1 |
+        grep -v "Warning\|warn\|exe_args" | tee "$out/sustain.log" ;;
     profile)
       # ncu on the rows below the goal: where the Hopper kernel's time goes (one launch each)
       for cfg in "64 8192 0" "128 8192 0" "128 2048 1"; do
