@@ -467,17 +467,20 @@ fn select_in(p: &AttnParams, cc: i32, max_smem: i32, verdict: &Verdict, forced: 
     }
     let plain_ok = p.softcap <= 0.0 && p.mask_kind == 0;
     let forced_family = forced.and_then(|f| [Family::Sm80, Family::Sm90, Family::Sm100].into_iter().find(|fam| fam.name() == f));
+    // (A kernel's name is built only where a name is forced: built for every candidate, the names cost the
+    // selection ~10 µs of host time per call.)
+    let is_forced = |k: &KernelSpec| forced.is_some_and(|f| k.name() == f);
     let fits = |k: &KernelSpec| {
         k.dtype == dtype
             && k.d >= need
             && k.smem_bytes() as i64 <= max_smem as i64
             && (!k.plain || plain_ok)
-            && (k.variant == Variant::Default || forced == Some(k.name().as_str()))
+            && (k.variant == Variant::Default || is_forced(k))
             && (k.cluster == 1 || (cluster_mode != 0 && p.window_left < 0 && p.window_right < 0))
-            && (!k.pack_gqa || (plain_ok && packing_possible(p, k.bm) && (forced == Some(k.name().as_str()) || packing_pays(p, k.bm))))
-            && (!k.split_kv || k.pack_gqa || (plain_ok && forced == Some(k.name().as_str())))
+            && (!k.pack_gqa || (plain_ok && packing_possible(p, k.bm) && (is_forced(k) || packing_pays(p, k.bm))))
+            && (!k.split_kv || k.pack_gqa || (plain_ok && is_forced(k)))
             // (a narrower scope's kernel exists in plain form only: a forced full name of it matches nothing)
-            && ((forced == Some(k.name().as_str()) && (k.plain || k.scope == Scope::All))
+            && ((is_forced(k) && (k.plain || k.scope == Scope::All))
                 || match k.scope {
                     Scope::All => true,
                     Scope::PlainLong => plain_ok && p.seq_kv >= LONG_MIN_KEYS,
