@@ -35,6 +35,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=FLASHATTN_NO_KERNELS");
     println!("cargo:rerun-if-env-changed=FLASHATTN_REQUIRE_KERNELS");
+    println!("cargo:rerun-if-env-changed=FLASHATTN_NVCC_FLAGS");
     if env::var_os("FLASHATTN_NO_KERNELS").is_some_and(|v| v != "0") {
         println!("cargo:warning=FLASHATTN_NO_KERNELS set: building without CUDA kernels (CPU only)");
         return;
@@ -59,6 +60,8 @@ fn main() {
         .arg("-gencode=arch=compute_90a,code=sm_90a")
         .arg("-gencode=arch=compute_100a,code=sm_100a")
         .arg("-gencode=arch=compute_80,code=compute_80")
+        // Extra flags for experiment builds (e.g. -DFLASHATTN_TMA_CACHE_HINTS=0), whitespace-separated.
+        .args(env::var("FLASHATTN_NVCC_FLAGS").unwrap_or_default().split_whitespace())
         .arg("-I")
         .arg(manifest.join(KERNEL_DIR))
         .arg("-I")

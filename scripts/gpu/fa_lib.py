@@ -152,6 +152,11 @@ def _setting(lib, symbol, value, what):
     f(value)
 
 
+def set_l2_promotion(lib, nbytes):
+    """The tensor maps' L2 promotion: -1 the library's default, 0 none, 64, 128 or 256 bytes."""
+    _setting(lib, "flashattn_ort_gpu_set_l2_promotion", nbytes, "L2 promotion setting")
+
+
 def set_decode_cluster(lib, mode):
     """How decode splits merge on Hopper and newer: -1 automatic; 0 always through the workspace and the combine
     kernel; 1 inside a thread-block cluster whenever the split count fits one (automatic counts capped)."""

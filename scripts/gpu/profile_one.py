@@ -2,7 +2,10 @@
     python3 profile_one.py LIB [D] [SEQ] [causal] [fa4|cudnn]  # prefill, batch*seq = 16k, width 2048 (fa4: FA4
                                                                 # instead, cudnn: SDPA's cuDNN backend)
     python3 profile_one.py LIB decode BATCH KV_HEADS KV_LEN [cudnn]  # one decode step, 32 query heads, d 128
-                                                                      # (cudnn: SDPA's cuDNN backend instead)"""
+                                                                      # (cudnn: SDPA's cuDNN backend instead)
+FA_GRID=0|1 in the environment: the Hopper kernel's blocks one per tile / persistent (default: the library's choice);
+FA_L2PROMO=0|64|128|256: the tensor maps' L2 promotion; FLASHATTN_KERNEL=NAME forces a kernel."""
+import os
 import sys
 
 import torch
@@ -10,6 +13,10 @@ import torch
 import fa_lib
 
 lib = fa_lib.load(sys.argv[1])
+if os.environ.get("FA_GRID"):
+    lib.flashattn_ort_gpu_set_persistent(int(os.environ["FA_GRID"]))
+if os.environ.get("FA_L2PROMO"):
+    fa_lib.set_l2_promotion(lib, int(os.environ["FA_L2PROMO"]))
 if len(sys.argv) > 2 and sys.argv[2] == "decode":
     B, Hkv, S = (int(x) for x in sys.argv[3:6])
     q = torch.randn(B, 1, 32, 128, device="cuda", dtype=torch.bfloat16)

@@ -248,6 +248,12 @@ pub extern "C" fn flashattn_ort_gpu_set_persistent(mode: i32) {
     super::launch::set_grid_mode(mode);
 }
 
+/// Benchmarking aid: the tensor maps' L2 promotion in bytes (-1 = default, 0 = none, 64, 128, 256).
+#[no_mangle]
+pub extern "C" fn flashattn_ort_gpu_set_l2_promotion(bytes: i32) {
+    super::tensor_map::set_l2_promotion(bytes);
+}
+
 /// Test/benchmarking aid: into how many row groups the split-KV decode kernel cuts an MQA step's packed rows
 /// (-1 = automatic, 0 or 1 = one group, n = n groups where possible).
 #[no_mangle]

@@ -9,10 +9,30 @@
 //! With GQA packing (kernels/gqa_pack.cuh) the query is 5D (head_dim, head in group, row, KV head, batch) and a
 //! box holds g heads x bm / g rows: packed rows in the order the kernel computes them.
 
+use std::sync::atomic::{AtomicI32, Ordering};
+
 use cudarc::driver::sys;
 
 use super::driver::{check, GpuError};
 use crate::params::AttnParams;
+
+/// The L2 promotion of every tensor map (how much L2 fetches around a missed request): -1 = the default
+/// (256 bytes), else 0 (none), 64, 128 or 256. A benchmarking aid (ffi `flashattn_ort_gpu_set_l2_promotion`).
+static L2_PROMOTION: AtomicI32 = AtomicI32::new(-1);
+
+pub fn set_l2_promotion(bytes: i32) {
+    L2_PROMOTION.store(if matches!(bytes, 0 | 64 | 128 | 256) { bytes } else { -1 }, Ordering::Relaxed);
+}
+
+fn l2_promotion() -> sys::CUtensorMapL2promotion {
+    use sys::CUtensorMapL2promotion as P;
+    match L2_PROMOTION.load(Ordering::Relaxed) {
+        0 => P::CU_TENSOR_MAP_L2_PROMOTION_NONE,
+        64 => P::CU_TENSOR_MAP_L2_PROMOTION_L2_64B,
+        128 => P::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+        _ => P::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+    }
+}
 
 /// One operand's geometry in elements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +145,7 @@ impl Operand {
                     element_strides.as_ptr(),
                     sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
                     swizzle,
-                    sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                    l2_promotion(),
                     sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
                 )
             },
