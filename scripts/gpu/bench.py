@@ -31,6 +31,10 @@ except Exception as e:  # noqa: BLE001
 VARIANTS = []
 ROUNDS = 3
 SYNCED = False  # --synced: prefill rows timed call by call (timeit), host launch cost included
+# Seconds of untimed calls before each prefill timing (--settle): the clock under the power cap follows the load of
+# the last ~tens of ms, and a short row's timing (~30 ms at 512 keys) otherwise runs at the clock the previous
+# contestant left (a null variant, the default itself, read 0.89-0.95x at short d128 rows, docs/PERF.md).
+SETTLE_S = 0.15
 OTHER = None  # another build of the library (--other-lib): variant "lib" of prefill rows, a time ratio on decode rows
 
 
@@ -74,9 +78,22 @@ def gpu_time(fn, budget_s=0.25, batches=5):
     return statistics.median(event_time(fn, n) / n for _ in range(batches))
 
 
+def settle(fn, seconds):
+    """Runs fn back to back for about `seconds` (untimed), in batches of ~10 ms waited for."""
+    one = warm_up(fn)
+    batch = max(1, int(0.01 / max(one, 1e-6)))
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(batch):
+            fn()
+        torch.cuda.synchronize()
+
+
 def prefill_time(fn):
-    """How prefill rows are timed: gpu_time, or with --synced each call waited for (the tables before
-    2026-12-01's twelfth session)."""
+    """How prefill rows are timed: after SETTLE_S of untimed calls, gpu_time, or with --synced each call waited
+    for (the tables before 2026-12-01's twelfth session)."""
+    if SETTLE_S > 0:
+        settle(fn, SETTLE_S)
     return timeit(fn) if SYNCED else gpu_time(fn)
 
 
@@ -168,19 +185,20 @@ def decode_row(lib, B, S, H, Hkv, D=128):
     return row
 
 
-SETTINGS = ("grid=", "cluster=", "splits=", "decode=")
+SETTINGS = ("grid=", "cluster=", "splits=", "decode=", "l2promo=")
 
 
 def apply_variant(lib, name):
     """Sets up variant `name` of our kernel: parts joined by '+', each a kernel name (or family) to prefer or a
     setting — grid=0|1 (the Hopper kernel's blocks: one per tile / persistent), cluster=0|1 (clusters of two
     never / wherever a cluster form fits), splits=N (prefill split-KV: 0 never, n forced), decode=0 (the decode
-    kernel off). "default" restores every setting."""
+    kernel off), l2promo=N (the tensor maps' L2 promotion: 0, 64, 128, 256 bytes). "default" restores every setting."""
     lib.flashattn_ort_gpu_set_kernel(None)
     lib.flashattn_ort_gpu_set_persistent(-1)
     lib.flashattn_ort_gpu_set_prefill_cluster(-1)
     fa_lib.set_prefill_splits(lib, -1)
     fa_lib.set_decode_splits(lib, -1)
+    fa_lib.set_l2_promotion(lib, -1)
     if name == "default":
         return
     for part in name.split("+"):
@@ -193,6 +211,8 @@ def apply_variant(lib, name):
             fa_lib.set_prefill_splits(lib, int(value))
         elif part.startswith("decode="):
             fa_lib.set_decode_splits(lib, -1 if int(value) else 0)
+        elif part.startswith("l2promo="):
+            fa_lib.set_l2_promotion(lib, int(value))
         else:
             lib.flashattn_ort_gpu_set_kernel(part.encode())
 
@@ -224,8 +244,11 @@ def run_row(lib, B, S, H, D, causal, Hkv=None, Sq=None, rows_out=None):
     if fa4_func is not None:
         fns["fa4"] = lambda: fa4_func(q, k, v, causal=causal)
     times = {name: [] for name in fns}
-    for _ in range(ROUNDS):
-        for name, fn in fns.items():
+    for rnd in range(ROUNDS):
+        # each round starts with the next contestant, so none always follows the same one
+        order = list(fns.items())
+        order = order[rnd % len(order):] + order[:rnd % len(order)]
+        for name, fn in order:
             if times[name] is None:
                 continue  # failed in an earlier round
             apply_variant(lib, name if name in variants and name != "lib" else "default")
@@ -329,12 +352,15 @@ def main():
                     "(-1 auto, 1 one group, n groups)")
     ap.add_argument("--synced", action="store_true", help="prefill rows: wait for each call (host launch cost "
                     "included, as the tables before 2026-12-01's twelfth session) instead of queueing calls")
+    ap.add_argument("--settle", type=float, default=0.15, help="prefill rows: seconds of untimed calls before "
+                    "each timing, so each runs at the clock its own load sets (0: none, as before 2026-12-02)")
     ap.add_argument("--other-kernel", default=None, help="the kernel or family (sm80, sm90) --other-lib prefers, so a "
                     "variant of ours can be compared with the same kernel of the other build")
     a = ap.parse_args()
     VARIANTS.extend(v for v in a.variants.split(",") if v)
-    global ROUNDS, SYNCED
+    global ROUNDS, SYNCED, SETTLE_S
     SYNCED = a.synced
+    SETTLE_S = max(0.0, a.settle)
     ROUNDS = max(1, a.rounds)
     lib = fa_lib.load(a.lib)
     fa_lib.set_decode_cluster(lib, a.cluster)

@@ -8,7 +8,9 @@ it, all in this one process:
   - ours:      the original export after `flashattn-ort rewrite`, run with libflashattn_ort registered,
   - ours-masked: the same session with the key-padding fast path off (its attention_mask through the masked kernel),
 at prefill lengths 1k..16k, batch 1. Inputs and outputs stay on the GPU (IOBinding); time = median of
-CUDA-synchronised runs after warm-up.
+CUDA-synchronised runs after warm-up. At each length the models are timed in --rounds alternated rounds and
+each reports the median of its rounds: the GPU runs these loads at its power cap and its clock moves ~10%
+between timings a second apart (docs/PERF.md), so timing one model after the other would compare clocks.
 
 usage: python3 e2e.py LIB CLI [--kv-heads N] [--seqs 1024,2048,...] [--layers N] [--out FILE.md]"""
 import argparse
@@ -127,6 +129,7 @@ def main():
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--kv-heads", type=int, default=4)
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3, help="alternated rounds per length (each model's median of them)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--profile", type=int, default=0, help="also profile each model's GPU kernels at this prefill length")
     ap.add_argument("--runs", default="ours,ours-masked,opset23,optimizer,original", help="which of these to time; "
@@ -173,19 +176,28 @@ def main():
         timed = list(sessions.items())
         if "ours-masked" in wanted and "ours" in sessions:
             timed.insert(1, ("ours-masked", sessions["ours"]))
-        for name, sess in timed:
+        timings = {name: [] for name, _ in timed}
+        for name, _ in timed:
             if name in ("original", "optimizer") and HEADS * seq * seq >= 2**31:
-                res[name] = None
+                timings[name] = None
                 print(f"  {name} at {seq}: skipped (decomposed scores past 2^31 elements fault in ORT's MatMul)", flush=True)
-                continue
-            try:
-                # the library ORT loaded is this one (dlopen of the same path): its settings reach the op
-                ctypes.CDLL(a.lib).flashattn_ort_gpu_set_key_padding(0 if name == "ours-masked" else -1)
-                res[name], outs[name] = time_session(sess, ids, a.reps)
-            except Exception as e:  # noqa: BLE001  (e.g. the decomposed export running out of memory)
-                res[name] = None
-                msg = " ".join(str(e).split())
-                print(f"  {name} at {seq}: {msg if len(msg) < 900 else msg[:450] + ' ... ' + msg[-450:]}", flush=True)
+        for _ in range(a.rounds):
+            for name, sess in timed:
+                if timings[name] is None:
+                    continue
+                try:
+                    # the library ORT loaded is this one (dlopen of the same path): its settings reach the op
+                    ctypes.CDLL(a.lib).flashattn_ort_gpu_set_key_padding(0 if name == "ours-masked" else -1)
+                    t, outs[name] = time_session(sess, ids, a.reps)
+                    timings[name].append(t)
+                except Exception as e:  # noqa: BLE001  (e.g. the decomposed export running out of memory)
+                    timings[name] = None
+                    msg = " ".join(str(e).split())
+                    print(f"  {name} at {seq}: {msg if len(msg) < 900 else msg[:450] + ' ... ' + msg[-450:]}", flush=True)
+        for name, ts in timings.items():
+            res[name] = statistics.median(ts) if ts else None
+            if ts and len(ts) > 1:
+                print(f"  {name} at {seq}: rounds " + " / ".join(f"{t:.2f}" for t in ts) + " ms", flush=True)
         ref = outs.get("original", outs.get("opset23", outs.get("optimizer")))
         err = float(np.abs(outs["ours"].astype(np.float32) - ref.astype(np.float32)).max()) if ref is not None and "ours" in outs else None
         rows.append((seq, res, err))
@@ -194,7 +206,7 @@ def main():
     fmt = lambda v: f"{v:.2f}" if v else "—"  # noqa: E731
     ratio = lambda x, y: f"{x / y:.2f}×" if x and y else "—"  # noqa: E731
     lines = [f"Llama-style fp16 decoder, {a.layers} layers, hidden {HIDDEN}, {HEADS}/{a.kv_heads} heads (d 128), batch 1, "
-             f"CUDA EP; ms per prefill (median of {a.reps}); ORT transformers optimizer fused: {fused}", "",
+             f"CUDA EP; ms per prefill (median of {a.rounds} alternated rounds, each the median of {a.reps}); ORT transformers optimizer fused: {fused}", "",
              "| seq | original | opset-23 Attention | optimizer | ours | ours, masked kernel | original/ours | opset23/ours "
              "| optimizer/ours | masked kernel/ours | max abs diff |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

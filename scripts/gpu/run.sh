@@ -75,7 +75,7 @@ for s in "${steps[@]}"; do
       # FA_OTHER_KERNEL: the kernel or family it prefers (FA_VARIANTS=sm80 FA_OTHER_KERNEL=sm80: portable vs portable)
       # FA_CAUSAL: 0 or 1 for only non-causal or only causal rows; FA_SYNCED=1: each call waited for (bench.py --synced)
       python3 bench.py "$lib" --no-decode ${FA_DIMS:+--dims "$FA_DIMS"} ${FA_CAUSAL:+--causal "$FA_CAUSAL"} --variants "${FA_VARIANTS:-}" \
-        ${FA_SYNCED:+--synced} \
+        ${FA_SYNCED:+--synced} ${FA_SETTLE:+--settle "$FA_SETTLE"} \
         ${FA_OTHER_LIB:+--other-lib "$FA_OTHER_LIB"} ${FA_OTHER_KERNEL:+--other-kernel "$FA_OTHER_KERNEL"} \
         --out "$out/bench-prefill.md" 2>&1 | tee "$out/bench-prefill.log" ;;
     bench-keypad)
@@ -98,9 +98,14 @@ for s in "${steps[@]}"; do
     cluster-sweep) python3 decode_probe.py "$lib" --cluster-sweep 2>&1 | tee "$out/cluster-sweep.log" ;;
     split-sweep) python3 decode_probe.py "$lib" --split-sweep 2>&1 | tee "$out/split-sweep.log" ;;
     e2e)
-      { python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 4 --out "$out/e2e-gqa.md" &&
-        python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 16 --profile 4096 --out "$out/e2e-mha.md"; } 2>&1 |
-        grep -v "^\[torch.onnx\]\|Warning\|return cls\|^ *warnings.warn" | tee "$out/e2e.log" ;;
+      # FA_E2E: which models, "gqa mha" by default (GQA 16/4; MHA 16/16, which also has the opset-23 twin)
+      for m in ${FA_E2E:-gqa mha}; do
+        case $m in
+          gqa) python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 4 --out "$out/e2e-gqa.md" ;;
+          mha) python3 e2e.py "$lib" "$root/.gpu/flashattn-ort" --kv-heads 16 --profile 4096 --out "$out/e2e-mha.md" ;;
+          *) echo "FA_E2E: unknown model $m"; false ;;
+        esac || exit 1
+      done 2>&1 | grep -v "^\[torch.onnx\]\|Warning\|return cls\|^ *warnings.warn" | tee "$out/e2e.log" ;;
     e2e-profile)
       # where the rewritten model's GPU time goes against ORT's own opset-23 Attention at the short prefills
       # where it is still behind (GPU time by kernel, torch.profiler)
@@ -157,9 +162,9 @@ for s in "${steps[@]}"; do
         echo "== profile $who: ${FA_PROFILE:-128 8192 0}"
         ncu --clock-control none -k regex:"flash_fwd|sdpa|fprop|cudnn" -c 1 --section SpeedOfLight --section WarpStateStats \
           --section InstructionStats --section SchedulerStats --section LaunchStats \
-          --metrics "${stall_metrics}${gmma:+$gmma,}sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,sm__cycles_elapsed.avg" \
+          --metrics "${stall_metrics}${gmma:+$gmma,}sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,sm__cycles_elapsed.avg,lts__t_bytes.sum,dram__bytes_read.sum" \
           python3 profile_one.py "$lib" ${FA_PROFILE:-128 8192 0} $who
-      done 2>&1 | grep -E "^== |^kernel|\)x\(|Duration|Throughput|stalled|inst_executed|cycles|Issued|Eligible|Active Warps|gmma|pipe|Grid Size|Block Size|Registers Per|Shared Memory Config|Dynamic Shared|Waves|==ERR|rror" | tee "$out/profile-vs.log" ;;
+      done 2>&1 | grep -E "^== |^kernel|\)x\(|Duration|Throughput|stalled|inst_executed|cycles|Issued|Eligible|Active Warps|gmma|pipe|Grid Size|Block Size|Registers Per|Shared Memory Config|Dynamic Shared|Waves|bytes|==ERR|rror" | tee "$out/profile-vs${FA_TAG:-}.log" ;;
     profile-source)
       # per-SASS-instruction executed counts and stall samples of our kernel, or FlashAttention-4's (FA_WHO=fa4),
       # on one prefill problem (FA_PROFILE="D SEQ CAUSAL"): where a tile's instructions and waits go, as CSV
