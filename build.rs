@@ -60,7 +60,7 @@ fn main() {
         .arg("-gencode=arch=compute_90a,code=sm_90a")
         .arg("-gencode=arch=compute_100a,code=sm_100a")
         .arg("-gencode=arch=compute_80,code=compute_80")
-        // Extra flags for experiment builds (e.g. -DFLASHATTN_TMA_CACHE_HINTS=0), whitespace-separated.
+        // Extra flags for experiment builds (a -D switch an experiment adds), whitespace-separated.
         .args(env::var("FLASHATTN_NVCC_FLAGS").unwrap_or_default().split_whitespace())
         .arg("-I")
         .arg(manifest.join(KERNEL_DIR))
