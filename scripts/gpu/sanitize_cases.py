@@ -1,7 +1,9 @@
 """Our kernels alone (prefill, split-KV decode and its combine step; no cuBLAS references, which
 compute-sanitizer's racecheck cannot follow on Hopper) over a small random case matrix, for compute-sanitizer
 memcheck/racecheck/synccheck: python3 sanitize_cases.py LIB N. Cases cycle through: prefill preferring the
-Hopper kernel, prefill on the portable kernel, decode-shaped (split count auto/forced/off)."""
+Hopper kernel, prefill on the portable kernel, decode-shaped (split count auto/forced/off).
+FA_SANITIZE_SM90=NAME: the Hopper cases prefer that kernel (a variant) where it serves, instead of the family."""
+import os
 import random
 import sys
 
@@ -12,6 +14,7 @@ from numerics import key_padding_mask, make_tensor, rand_case, rand_decode_case,
 
 lib = fa_lib.load(sys.argv[1])
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+SM90 = os.environ.get("FA_SANITIZE_SM90", "sm90").encode()
 seed = random.SystemRandom().randrange(1 << 30)
 rng = random.Random(seed)
 gen = torch.Generator(device="cuda")
@@ -19,7 +22,7 @@ gen.manual_seed(seed)
 bad = 0
 served = {}
 for i in range(n):
-    lib.flashattn_ort_gpu_set_kernel(b"sm80" if i % 3 == 1 and i not in (4, 7, 13) else b"sm90")
+    lib.flashattn_ort_gpu_set_kernel(b"sm80" if i % 3 == 1 and i not in (4, 7, 13) else SM90)
     c = rand_decode_case(rng, True) if i % 3 == 2 else rand_case(rng, True)
     if i == 4:  # a key-padding mask keeping a prefix: the scan, the plain kernel gated on it with split keys and
         # its gated combine, the masked kernel gated off
