@@ -122,11 +122,13 @@ using Sm90RescaleThreshold8 = flashattn::Sm90Options<true, 8, 0>;
 using Sm90EmulatedExp2 = flashattn::Sm90Options<true, 0, 4>;
 using Sm90SplitPvWait = flashattn::Sm90Options<true, 0, 0, true>;
 using Sm90StagedP = flashattn::Sm90Options<true, 0, 0, false, true>;
+using Sm90AlwaysRescale = flashattn::Sm90Options<true, 0, 0, false, false, true>;
 FLASH_FWD_SM90_VARIANT(128, 128, _nopp, Sm90NoPingpong)
 FLASH_FWD_SM90_VARIANT(128, 128, _rt8, Sm90RescaleThreshold8)
 FLASH_FWD_SM90_VARIANT(128, 128, _emu4, Sm90EmulatedExp2)
 FLASH_FWD_SM90_VARIANT(64, 128, _emu4, Sm90EmulatedExp2)
 FLASH_FWD_SM90_VARIANT(128, 128, _spw, Sm90SplitPvWait)
 FLASH_FWD_SM90_VARIANT(128, 128, _sp, Sm90StagedP)
+FLASH_FWD_SM90_VARIANT(128, 128, _ar, Sm90AlwaysRescale)
 // d64 with three consumers is as much special-function-unit work as tensor work per step: exp2 emulation there.
 FLASH_FWD_SM90_ENTRY_C(flash_fwd_sm90_bf16_d64_m192n128w16_plain_emu4, __nv_bfloat16, 64, 128, 2, 3, Sm90EmulatedExp2, false)

@@ -44,14 +44,17 @@ namespace flashattn {
 // and lost 0.2-8% at d128; so did two of FlashAttention-4's Hopper choices: a tile's first QK^T and last PV
 // issued without the ping-pong turn, 1-10% slower, and V waited for between the QK^T and PV issue, 0-9%
 // slower but for one row: docs/PERF.md.)
+// ALWAYS_RESCALE: O rescaled at every step (FlashAttention-4's choice), in the same block as P's conversions,
+// which can then interleave with the multiplies instead of issuing in a burst (ncu, docs/PERF.md).
 template <bool PINGPONG_, int RESCALE_THRESHOLD_, int EMULATED_EXP2_EVERY_, bool SPLIT_PV_WAIT_ = false,
-          bool STAGED_P_ = false>
+          bool STAGED_P_ = false, bool ALWAYS_RESCALE_ = false>
 struct Sm90Options {
   static constexpr bool PINGPONG = PINGPONG_;
   static constexpr int RESCALE_THRESHOLD = RESCALE_THRESHOLD_;
   static constexpr int EMULATED_EXP2_EVERY = EMULATED_EXP2_EVERY_;
   static constexpr bool SPLIT_PV_WAIT = SPLIT_PV_WAIT_;
   static constexpr bool STAGED_P = STAGED_P_;
+  static constexpr bool ALWAYS_RESCALE = ALWAYS_RESCALE_;
 };
 
 namespace sm90 {
@@ -377,7 +380,7 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
       rescale = sm.template exponentiate<Opt::RESCALE_THRESHOLD, Opt::EMULATED_EXP2_EVERY>(s, corr, scale_log2);
       if constexpr (Opt::STAGED_P) to_p(p_staged);
       wait_pv();
-      if (__any_sync(0xffffffffu, rescale)) OnlineSoftmax<1, NTN, NTD>::rescale(o, corr);
+      if (Opt::ALWAYS_RESCALE || __any_sync(0xffffffffu, rescale)) OnlineSoftmax<1, NTN, NTD>::rescale(o, corr);
       if constexpr (Opt::STAGED_P) {
 #pragma unroll
         for (int kk = 0; kk < KP; ++kk)

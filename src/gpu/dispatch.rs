@@ -111,6 +111,8 @@ pub enum Variant {
     SplitPvWait,
     /// P converted into a second register buffer among the exponentials and copied over after the PV wait.
     StagedP,
+    /// O rescaled at every step, in one block with P's conversions (FlashAttention-4's choice).
+    AlwaysRescale,
 }
 
 impl Variant {
@@ -122,6 +124,7 @@ impl Variant {
             Variant::EmulatedExp2 => "_emu4",
             Variant::SplitPvWait => "_spw",
             Variant::StagedP => "_sp",
+            Variant::AlwaysRescale => "_ar",
         }
     }
 }
@@ -372,6 +375,7 @@ pub const KERNELS: &[KernelSpec] = &[
     KernelSpec { variant: Variant::EmulatedExp2, ..sm90_m192(DType::BF16, 64, 128, Scope::PlainLongOrUnbounded) },
     sm90_variant(128, 128, Variant::SplitPvWait),
     sm90_variant(128, 128, Variant::StagedP),
+    sm90_variant(128, 128, Variant::AlwaysRescale),
     sm100(DType::F16, 64, 3),
     sm100(DType::BF16, 64, 3),
     sm100(DType::F16, 128, 2),
