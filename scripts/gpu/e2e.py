@@ -159,6 +159,8 @@ def main():
     # MatMul faults, which poisons the CUDA context for whatever runs after it in this process.
     paths["optimizer"] = opt_path
     wanted = a.runs.split(",")
+    # the library ORT loaded is this one (dlopen of the same path): its settings reach the op
+    op_lib = ctypes.CDLL(a.lib)
     sessions = {k: session(paths[k], a.lib if k == "ours" else None) for k in ("ours", "opset23", "optimizer", "original")
                 if k in wanted and paths[k]}
     if a.profile:  # first: a fault at the longest length would lose the CUDA context for what follows
@@ -186,8 +188,7 @@ def main():
                 if timings[name] is None:
                     continue
                 try:
-                    # the library ORT loaded is this one (dlopen of the same path): its settings reach the op
-                    ctypes.CDLL(a.lib).flashattn_ort_gpu_set_key_padding(0 if name == "ours-masked" else -1)
+                    op_lib.flashattn_ort_gpu_set_key_padding(0 if name == "ours-masked" else -1)
                     t, outs[name] = time_session(sess, ids, a.reps)
                     timings[name].append(t)
                 except Exception as e:  # noqa: BLE001  (e.g. the decomposed export running out of memory)
