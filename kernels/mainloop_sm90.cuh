@@ -369,18 +369,22 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
       fence_regs(o_flat);
       release_kv(v_empty + 8 * pst);
     };
+    // O follows a moved row max (any row of the warp), or every step with ALWAYS_RESCALE.
+    auto rescale_o = [&](bool moved) {
+      if (Opt::ALWAYS_RESCALE || __any_sync(0xffffffffu, moved)) OnlineSoftmax<1, NTN, NTD>::rescale(o, corr);
+    };
     bool rescale;
     if constexpr (Opt::SPLIT_PV_WAIT) {
       rescale = sm.template exponentiate_row<Opt::RESCALE_THRESHOLD, Opt::EMULATED_EXP2_EVERY>(s, corr, scale_log2, 0, 0);
       wait_pv();
       rescale |= sm.template exponentiate_row<Opt::RESCALE_THRESHOLD, Opt::EMULATED_EXP2_EVERY>(s, corr, scale_log2, 0, 1);
       to_pa();
-      if (__any_sync(0xffffffffu, rescale)) OnlineSoftmax<1, NTN, NTD>::rescale(o, corr);
+      rescale_o(rescale);
     } else {
       rescale = sm.template exponentiate<Opt::RESCALE_THRESHOLD, Opt::EMULATED_EXP2_EVERY>(s, corr, scale_log2);
       if constexpr (Opt::STAGED_P) to_p(p_staged);
       wait_pv();
-      if (Opt::ALWAYS_RESCALE || __any_sync(0xffffffffu, rescale)) OnlineSoftmax<1, NTN, NTD>::rescale(o, corr);
+      rescale_o(rescale);
       if constexpr (Opt::STAGED_P) {
 #pragma unroll
         for (int kk = 0; kk < KP; ++kk)
