@@ -28,9 +28,17 @@
   FLASH_FWD_SM90_ENTRY_CL(NAME, T, D, BN, STAGES, C, 1, OPT, MODS)
 #define FLASH_FWD_SM90_ENTRY(NAME, T, D, BN, STAGES, OPT, MODS) FLASH_FWD_SM90_ENTRY_C(NAME, T, D, BN, STAGES, 2, OPT, MODS)
 
-// Default options: ping-pong on, exact rescaling skipped only when no max moved, MUFU exp2 only, the previous PV
-// waited for after both of a thread's rows are exponentiated.
-using Sm90Default = flashattn::Sm90Options<true, 0, 0>;
+// Default options: ping-pong on, O rescaled at every step (in one block with P's conversions), MUFU exp2 only,
+// the previous PV waited for after both of a thread's rows are exponentiated. FLASHATTN_SM90_ALWAYS_RESCALE=0
+// (FLASHATTN_NVCC_FLAGS) builds the previous default, O rescaled only when a row max moved, for A/B runs.
+#ifndef FLASHATTN_SM90_ALWAYS_RESCALE
+#define FLASHATTN_SM90_ALWAYS_RESCALE 1
+#endif
+constexpr bool kAlwaysRescale = FLASHATTN_SM90_ALWAYS_RESCALE != 0;
+using Sm90Default = flashattn::Sm90Options<true, 0, 0, false, false, kAlwaysRescale>;
+// The previous default, kept where it measured faster (docs/PERF.md, 2026-12-02): d64 with three consumer
+// warpgroups (3-4% at 4k-16k keys) and d192's 112-key tiles (long bounds-free problems).
+using Sm90ConditionalRescale = flashattn::Sm90Options<true, 0, 0>;
 
 #define FLASH_FWD_SM90(TNAME, T, D, BN, STAGES)                                                          \
   FLASH_FWD_SM90_ENTRY(flash_fwd_sm90_##TNAME##_d##D##_m128n##BN##w12, T, D, BN, STAGES, Sm90Default, true) \
@@ -42,19 +50,19 @@ using Sm90Default = flashattn::Sm90Options<true, 0, 0>;
 
 // Shapes compiled in their plain form only, for plain problems (their full form would spill registers); BM, C
 // (consumer warpgroups) and WARPS spell one choice: 128, 2, 12 or 192, 3, 16.
-#define FLASH_FWD_SM90_PLAIN_ONLY(TNAME, T, D, BM, BN, C, WARPS) \
-  FLASH_FWD_SM90_ENTRY_C(flash_fwd_sm90_##TNAME##_d##D##_m##BM##n##BN##w##WARPS##_plain, T, D, BN, 2, C, Sm90Default, false)
-#define FLASH_FWD_SM90_PLAIN_ONLY_BOTH(D, BM, BN, C, WARPS)           \
-  FLASH_FWD_SM90_PLAIN_ONLY(f16, __half, D, BM, BN, C, WARPS)         \
-  FLASH_FWD_SM90_PLAIN_ONLY(bf16, __nv_bfloat16, D, BM, BN, C, WARPS)
+#define FLASH_FWD_SM90_PLAIN_ONLY(TNAME, T, D, BM, BN, C, WARPS, OPT) \
+  FLASH_FWD_SM90_ENTRY_C(flash_fwd_sm90_##TNAME##_d##D##_m##BM##n##BN##w##WARPS##_plain, T, D, BN, 2, C, OPT, false)
+#define FLASH_FWD_SM90_PLAIN_ONLY_BOTH(D, BM, BN, C, WARPS, OPT)           \
+  FLASH_FWD_SM90_PLAIN_ONLY(f16, __half, D, BM, BN, C, WARPS, OPT)         \
+  FLASH_FWD_SM90_PLAIN_ONLY(bf16, __nv_bfloat16, D, BM, BN, C, WARPS, OPT)
 
 FLASH_FWD_SM90_BOTH(64, 128, 2)
 FLASH_FWD_SM90_BOTH(96, 128, 2)
 // Three consumer warpgroups (192 query rows) for the small head dims, whose softmax weighs most per MMA: more
 // warps hide it, and each K/V tile serves more rows. They replaced 128x192 tiles (d64, d96), which lost to
 // them at every length they were chosen for (docs/PERF.md).
-FLASH_FWD_SM90_PLAIN_ONLY_BOTH(64, 192, 128, 3, 16)
-FLASH_FWD_SM90_PLAIN_ONLY_BOTH(96, 192, 112, 3, 16)
+FLASH_FWD_SM90_PLAIN_ONLY_BOTH(64, 192, 128, 3, 16, Sm90ConditionalRescale)
+FLASH_FWD_SM90_PLAIN_ONLY_BOTH(96, 192, 112, 3, 16, Sm90Default)
 FLASH_FWD_SM90_BOTH(128, 128, 2)
 FLASH_FWD_SM90_BOTH(128, 176, 2)
 FLASH_FWD_SM90_BOTH(192, 96, 2)
@@ -74,9 +82,9 @@ FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_bf16_d128_m128n176w12c2_plain, __nv_bfloa
 FLASH_FWD_SM90_CLUSTER2_BOTH(192, 96)
 // Longer key tiles in clusters, the default for long bounds-free problems (dispatch.rs Scope::ClusterLong): d128
 // with 176 keys (above), d192 with 112 (FlashAttention-4's d192 shape; its single-block form is a measured variant).
-FLASH_FWD_SM90_ENTRY_C(flash_fwd_sm90_bf16_d192_m128n112w12_plain, __nv_bfloat16, 192, 112, 2, 2, Sm90Default, false)
-FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_f16_d192_m128n112w12c2_plain, __half, 192, 112, 2, 2, 2, Sm90Default, false)
-FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_bf16_d192_m128n112w12c2_plain, __nv_bfloat16, 192, 112, 2, 2, 2, Sm90Default, false)
+FLASH_FWD_SM90_ENTRY_C(flash_fwd_sm90_bf16_d192_m128n112w12_plain, __nv_bfloat16, 192, 112, 2, 2, Sm90ConditionalRescale, false)
+FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_f16_d192_m128n112w12c2_plain, __half, 192, 112, 2, 2, 2, Sm90ConditionalRescale, false)
+FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_bf16_d192_m128n112w12c2_plain, __nv_bfloat16, 192, 112, 2, 2, 2, Sm90ConditionalRescale, false)
 FLASH_FWD_SM90_CLUSTER2_BOTH(256, 80)
 FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_f16_d96_m192n112w16c2_plain, __half, 96, 112, 2, 3, 2, Sm90Default, false)
 FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_bf16_d96_m192n112w16c2_plain, __nv_bfloat16, 96, 112, 2, 3, 2, Sm90Default, false)
@@ -112,23 +120,23 @@ FLASH_FWD_SM90_PACKED_BOTH(128, 128)
 FLASH_FWD_SM90_PACKED_BOTH(192, 96)
 FLASH_FWD_SM90_PACKED_BOTH(256, 80)
 
-// Variants that measure one option each against the default (src/gpu/dispatch.rs Variant; docs/PERF.md).
+// Variants that measure one option each against the default (src/gpu/dispatch.rs Variant; docs/PERF.md); rt8
+// is a form of the conditional rescale, so it keeps that.
 #define FLASH_FWD_SM90_VARIANT(D, BN, SUFFIX, OPT)                                                             \
   FLASH_FWD_SM90_ENTRY(flash_fwd_sm90_bf16_d##D##_m128n##BN##w12##SUFFIX, __nv_bfloat16, D, BN, 2, OPT, true) \
   FLASH_FWD_SM90_ENTRY(flash_fwd_sm90_bf16_d##D##_m128n##BN##w12_plain##SUFFIX, __nv_bfloat16, D, BN, 2, OPT, false)
 
-using Sm90NoPingpong = flashattn::Sm90Options<false, 0, 0>;
+using Sm90NoPingpong = flashattn::Sm90Options<false, 0, 0, false, false, kAlwaysRescale>;
 using Sm90RescaleThreshold8 = flashattn::Sm90Options<true, 8, 0>;
-using Sm90EmulatedExp2 = flashattn::Sm90Options<true, 0, 4>;
-using Sm90SplitPvWait = flashattn::Sm90Options<true, 0, 0, true>;
-using Sm90StagedP = flashattn::Sm90Options<true, 0, 0, false, true>;
-using Sm90AlwaysRescale = flashattn::Sm90Options<true, 0, 0, false, false, true>;
+using Sm90EmulatedExp2 = flashattn::Sm90Options<true, 0, 4, false, false, kAlwaysRescale>;
+using Sm90SplitPvWait = flashattn::Sm90Options<true, 0, 0, true, false, kAlwaysRescale>;
+using Sm90StagedP = flashattn::Sm90Options<true, 0, 0, false, true, kAlwaysRescale>;
 FLASH_FWD_SM90_VARIANT(128, 128, _nopp, Sm90NoPingpong)
 FLASH_FWD_SM90_VARIANT(128, 128, _rt8, Sm90RescaleThreshold8)
 FLASH_FWD_SM90_VARIANT(128, 128, _emu4, Sm90EmulatedExp2)
 FLASH_FWD_SM90_VARIANT(64, 128, _emu4, Sm90EmulatedExp2)
 FLASH_FWD_SM90_VARIANT(128, 128, _spw, Sm90SplitPvWait)
 FLASH_FWD_SM90_VARIANT(128, 128, _sp, Sm90StagedP)
-FLASH_FWD_SM90_VARIANT(128, 128, _ar, Sm90AlwaysRescale)
+FLASH_FWD_SM90_VARIANT(128, 128, _cr, Sm90ConditionalRescale)
 // d64 with three consumers is as much special-function-unit work as tensor work per step: exp2 emulation there.
 FLASH_FWD_SM90_ENTRY_C(flash_fwd_sm90_bf16_d64_m192n128w16_plain_emu4, __nv_bfloat16, 64, 128, 2, 3, Sm90EmulatedExp2, false)

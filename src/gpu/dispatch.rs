@@ -98,7 +98,9 @@ pub fn packing_pays(p: &AttnParams, bm: i32) -> bool {
 /// Options of a Hopper instance (kernels/flash_fwd_sm90.cu, Sm90Options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
-    /// Ping-pong between the consumer warpgroups, O rescaled whenever a row max moved, exp2 on the MUFU.
+    /// Ping-pong between the consumer warpgroups, O rescaled at every step (in one block with P's conversions,
+    /// FlashAttention-4's choice; d64's 192-row and d192's 112-key instances keep the conditional rescale, which
+    /// measured faster there), exp2 on the MUFU.
     Default,
     /// No ping-pong barriers: both consumers issue their GEMMs whenever ready.
     NoPingpong,
@@ -111,8 +113,8 @@ pub enum Variant {
     SplitPvWait,
     /// P converted into a second register buffer among the exponentials and copied over after the PV wait.
     StagedP,
-    /// O rescaled at every step, in one block with P's conversions (FlashAttention-4's choice).
-    AlwaysRescale,
+    /// O rescaled only at steps where a row max of the warp moved (the default until 2026-12-02).
+    ConditionalRescale,
 }
 
 impl Variant {
@@ -124,7 +126,7 @@ impl Variant {
             Variant::EmulatedExp2 => "_emu4",
             Variant::SplitPvWait => "_spw",
             Variant::StagedP => "_sp",
-            Variant::AlwaysRescale => "_ar",
+            Variant::ConditionalRescale => "_cr",
         }
     }
 }
@@ -375,7 +377,7 @@ pub const KERNELS: &[KernelSpec] = &[
     KernelSpec { variant: Variant::EmulatedExp2, ..sm90_m192(DType::BF16, 64, 128, Scope::PlainLongOrUnbounded) },
     sm90_variant(128, 128, Variant::SplitPvWait),
     sm90_variant(128, 128, Variant::StagedP),
-    sm90_variant(128, 128, Variant::AlwaysRescale),
+    sm90_variant(128, 128, Variant::ConditionalRescale),
     sm100(DType::F16, 64, 3),
     sm100(DType::BF16, 64, 3),
     sm100(DType::F16, 128, 2),
