@@ -98,7 +98,7 @@ fn dry_run_changes_nothing() {
     let p = &models()[0];
     let orig = io::load(p).unwrap();
     let mut m = orig.clone();
-    let rep = rewrite::rewrite_model(&mut m, p.parent(), &Options { dry_run: true }).unwrap();
+    let rep = rewrite::rewrite_model(&mut m, p.parent(), &Options { dry_run: true, ..Options::default() }).unwrap();
     assert!(!rep.fused.is_empty());
     assert_eq!(orig.write_to_bytes().unwrap(), m.write_to_bytes().unwrap());
 }
@@ -173,35 +173,68 @@ fn max_error(s: &mut ort::session::Session, inputs: Vec<(String, DynValue)>, wan
     Ok(got.iter().zip(want.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max))
 }
 
+/// Runs the rewritten `m` of bundled model `p` in ONNX Runtime with our library and checks its output against
+/// the reference: fp32 end to end, the reference went through the same float32 math in another order; fp16
+/// models differ from PyTorch's fp16 CPU run by fp16 rounding (ONNX Runtime on the original model does too).
+fn check_against_reference(p: &Path, m: &ModelProto) -> Result<(), String> {
+    let lib = flashattn_ort::runtime::default_library_path().expect("custom-op library");
+    let (inputs, want, shape) = load_io(p);
+    let mut s = flashattn_ort::runtime::session_builder(&lib)
+        .unwrap()
+        .commit_from_memory(&m.write_to_bytes().unwrap())
+        .map_err(|e| format!("{}: ORT cannot load the rewritten model: {e}", p.display()))?;
+    let err = max_error(&mut s, inputs, &want, &shape).map_err(|e| format!("{}: run failed: {e}", p.display()))?;
+    let fp16 = m.graph.output[0].type_.tensor_type().elem_type == 10;
+    if err > if fp16 { 2e-2 } else { 1e-4 } {
+        return Err(format!("{}: max abs error {err:.3e}", p.display()));
+    }
+    Ok(())
+}
+
 #[test]
 fn rewritten_models_match_reference_outputs() {
     flashattn_ort::runtime::init().expect("ONNX Runtime");
-    let lib = flashattn_ort::runtime::default_library_path().expect("custom-op library");
+    let failures: Vec<String> = models().iter().filter_map(|p| check_against_reference(p, &rewritten(p).1).err()).collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Written-out RMSNorms: ReduceMean over a square (Pow(x, 2) or Mul(x, x)).
+fn written_out_rmsnorms(m: &ModelProto) -> usize {
+    let producer = |t: &str| m.graph.node.iter().find(|n| n.output.iter().any(|o| o == t));
+    m.graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "ReduceMean")
+        .filter(|n| producer(&n.input[0]).is_some_and(|p| p.op_type == "Pow" || (p.op_type == "Mul" && p.input[0] == p.input[1])))
+        .count()
+}
+
+/// `--fuse-rmsnorm`: every RMSNorm of the decoder exports (Llama, Mistral, T5's encoder; fp32 and fp16) becomes
+/// one normalization node, nothing else changes count, and every bundled model still reproduces its reference.
+#[test]
+fn rmsnorm_fusion_keeps_reference_outputs() {
+    flashattn_ort::runtime::init().expect("ONNX Runtime");
+    let opts = Options { fuse_rmsnorm: true, ..Options::default() };
     let mut failures = vec![];
+    let mut fused_total = 0;
     for p in models() {
-        let (_, m, _) = rewritten(&p);
-        let (inputs, want, shape) = load_io(&p);
-        let mut s = match flashattn_ort::runtime::session_builder(&lib).unwrap().commit_from_memory(&m.write_to_bytes().unwrap()) {
-            Ok(s) => s,
-            Err(e) => {
-                failures.push(format!("{}: ORT cannot load the rewritten model: {e}", p.display()));
-                continue;
-            }
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let orig = io::load(&p).unwrap();
+        let mut m = orig.clone();
+        let rep = rewrite::rewrite_model(&mut m, p.parent(), &opts).unwrap();
+        let norm_nodes = |m: &ModelProto| {
+            m.graph.node.iter().filter(|n| matches!(n.op_type.as_str(), "SimplifiedLayerNormalization" | "RMSNormalization")).count()
         };
-        let err = match max_error(&mut s, inputs, &want, &shape) {
-            Ok(e) => e,
-            Err(e) => {
-                failures.push(format!("{}: run failed: {e}", p.display()));
-                continue;
-            }
-        };
-        // fp32 end to end, the reference went through the same float32 math in another order; fp16 models
-        // differ from PyTorch's fp16 CPU run by fp16 rounding (ONNX Runtime on the original model does too).
-        let fp16 = m.graph.output[0].type_.tensor_type().elem_type == 10;
-        if err > if fp16 { 2e-2 } else { 1e-4 } {
-            failures.push(format!("{}: max abs error {err:.3e}", p.display()));
+        assert_eq!(norm_nodes(&m) - norm_nodes(&orig), rep.rmsnorms_fused, "{name}");
+        assert_eq!(written_out_rmsnorms(&orig) - written_out_rmsnorms(&m), rep.rmsnorms_fused, "{name}");
+        if ["llama", "mistral", "t5enc"].iter().any(|k| name.starts_with(k)) {
+            assert!(rep.rmsnorms_fused > 0 && written_out_rmsnorms(&m) == 0, "{name}: {} RMSNorm(s) left", written_out_rmsnorms(&m));
         }
+        assert_eq!(rep.fused.len(), rewritten(&p).2.fused.len(), "{name}: attention fusions changed");
+        fused_total += rep.rmsnorms_fused;
+        failures.extend(check_against_reference(&p, &m).err());
     }
+    assert!(fused_total >= 10, "only {fused_total} RMSNorms fused over the bundled models");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

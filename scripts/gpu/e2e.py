@@ -7,6 +7,8 @@ it, all in this one process:
   - optimizer: ORT's transformers optimizer applied to the original export (reports what it fused),
   - ours:      the original export after `flashattn-ort rewrite`, run with libflashattn_ort registered,
   - ours-masked: the same session with the key-padding fast path off (its attention_mask through the masked kernel),
+  - ours-norm: the original export after `flashattn-ort rewrite --fuse-rmsnorm` (its written-out fp32 RMSNorms as
+               one normalization node each, as the opset-23 export has them),
 at prefill lengths 1k..16k, batch 1. Inputs and outputs stay on the GPU (IOBinding); time = median of
 CUDA-synchronised runs after warm-up. At each length the models are timed in --rounds alternated rounds and
 each reports the median of its rounds: the GPU runs these loads at its power cap and its clock moves ~10%
@@ -132,7 +134,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="alternated rounds per length (each model's median of them)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--profile", type=int, default=0, help="also profile each model's GPU kernels at this prefill length")
-    ap.add_argument("--runs", default="ours,ours-masked,opset23,optimizer,original", help="which of these to time; "
+    ap.add_argument("--runs", default="ours,ours-norm,ours-masked,opset23,optimizer,original", help="which of these to time; "
                     "ours-masked: ours with the key-padding fast path off (the masked kernel serves the attention_mask)")
     ap.add_argument("--export-only", default=None, help="write the original export (at --heads heads) here and stop")
     ap.add_argument("--heads", type=int, default=HEADS)
@@ -141,7 +143,7 @@ def main():
         export(build_model(a.layers, a.kv_heads, a.heads), a.export_only, None)
         return
     tmp = tempfile.mkdtemp(prefix="e2e-")
-    paths = {k: os.path.join(tmp, f"{k}.onnx") for k in ("original", "opset23", "optimizer", "ours")}
+    paths = {k: os.path.join(tmp, f"{k}.onnx") for k in ("original", "opset23", "optimizer", "ours", "ours-norm")}
     wrap = build_model(a.layers, a.kv_heads)
     export(wrap, paths["original"], None)
     try:
@@ -149,10 +151,11 @@ def main():
     except Exception as e:  # noqa: BLE001
         print(f"opset-23 export failed: {str(e).splitlines()[0][:200]}", flush=True)
         paths["opset23"] = None
-    rep = subprocess.run([a.cli, "rewrite", paths["original"], "-o", paths["ours"]], capture_output=True, text=True)
-    print(rep.stdout.strip() or rep.stderr, flush=True)  # the whole report: which layers fused, why any did not
-    if rep.returncode != 0:
-        sys.exit(f"rewrite failed: {rep.stderr}")
+    for name, extra in (("ours", []), ("ours-norm", ["--fuse-rmsnorm"])):
+        rep = subprocess.run([a.cli, "rewrite", paths["original"], "-o", paths[name], *extra], capture_output=True, text=True)
+        print(rep.stdout.strip() or rep.stderr, flush=True)  # the whole report: which layers fused, why any did not
+        if rep.returncode != 0:
+            sys.exit(f"rewrite failed: {rep.stderr}")
     opt_path, fused = optimize(paths["original"], paths["optimizer"])
     print(f"ORT transformers optimizer fused: {fused}", flush=True)
     # ours first, the decomposed ones last: past 2^31 score elements (16 heads x 16k x 16k) ORT's decomposed
@@ -161,7 +164,7 @@ def main():
     wanted = a.runs.split(",")
     # the library ORT loaded is this one (dlopen of the same path): its settings reach the op
     op_lib = ctypes.CDLL(a.lib)
-    sessions = {k: session(paths[k], a.lib if k == "ours" else None) for k in ("ours", "opset23", "optimizer", "original")
+    sessions = {k: session(paths[k], a.lib if k.startswith("ours") else None) for k in ("ours", "ours-norm", "opset23", "optimizer", "original")
                 if k in wanted and paths[k]}
     if a.profile:  # first: a fault at the longest length would lose the CUDA context for what follows
         ids = np.random.default_rng(a.profile).integers(0, VOCAB, (1, a.profile)).astype(np.int64)
@@ -201,6 +204,8 @@ def main():
                 print(f"  {name} at {seq}: rounds " + " / ".join(f"{t:.2f}" for t in ts) + " ms", flush=True)
         ref = outs.get("original", outs.get("opset23", outs.get("optimizer")))
         err = float(np.abs(outs["ours"].astype(np.float32) - ref.astype(np.float32)).max()) if ref is not None and "ours" in outs else None
+        if ref is not None and "ours-norm" in outs:
+            print(f"  max|ours-norm - reference| {float(np.abs(outs['ours-norm'].astype(np.float32) - ref.astype(np.float32)).max()):.2e}", flush=True)
         rows.append((seq, res, err))
         print(f"seq {seq}: " + ", ".join(f"{k} {v:.2f} ms" if v else f"{k} —" for k, v in res.items())
               + (f"; max|ours - reference| {err:.2e}" if err is not None else ""), flush=True)
@@ -208,14 +213,15 @@ def main():
     ratio = lambda x, y: f"{x / y:.2f}×" if x and y else "—"  # noqa: E731
     lines = [f"Llama-style fp16 decoder, {a.layers} layers, hidden {HIDDEN}, {HEADS}/{a.kv_heads} heads (d 128), batch 1, "
              f"CUDA EP; ms per prefill (median of {a.rounds} alternated rounds, each the median of {a.reps}); ORT transformers optimizer fused: {fused}", "",
-             "| seq | original | opset-23 Attention | optimizer | ours | ours, masked kernel | original/ours | opset23/ours "
-             "| optimizer/ours | masked kernel/ours | max abs diff |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| seq | original | opset-23 Attention | optimizer | ours | ours, masked kernel | ours, RMSNorm fused | original/ours "
+             "| opset23/ours | optimizer/ours | masked kernel/ours | opset23/ours with RMSNorm fused | max abs diff |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for seq, r, err in rows:
         o = r.get("ours")
         lines.append(f"| {seq} | {fmt(r.get('original'))} | {fmt(r.get('opset23'))} | {fmt(r.get('optimizer'))} | {fmt(o)} | "
-                     f"{fmt(r.get('ours-masked'))} | {ratio(r.get('original'), o)} | {ratio(r.get('opset23'), o)} | "
-                     f"{ratio(r.get('optimizer'), o)} | {ratio(r.get('ours-masked'), o)} | {'—' if err is None else f'{err:.1e}'} |")
+                     f"{fmt(r.get('ours-masked'))} | {fmt(r.get('ours-norm'))} | {ratio(r.get('original'), o)} | "
+                     f"{ratio(r.get('opset23'), o)} | {ratio(r.get('optimizer'), o)} | {ratio(r.get('ours-masked'), o)} | "
+                     f"{ratio(r.get('opset23'), r.get('ours-norm'))} | {'—' if err is None else f'{err:.1e}'} |")
     text = "\n".join(lines)
     print(text)
     if a.out:

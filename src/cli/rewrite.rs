@@ -1,4 +1,4 @@
-//! `flashattn-ort rewrite INPUT.onnx -o OUTPUT.onnx [--verify] [--dry-run] [--json]`
+//! `flashattn-ort rewrite INPUT.onnx -o OUTPUT.onnx [--verify] [--dry-run] [--json] [--fuse-rmsnorm]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +25,10 @@ pub struct RewriteArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Also replace written-out RMSNorms (x·1/√(mean(x²)+ε)·w, float32 inside) by one normalization node:
+    /// ONNX RMSNormalization at opset ≥ 23, else ONNX Runtime's SimplifiedLayerNormalization.
+    #[arg(long)]
+    pub fuse_rmsnorm: bool,
     #[command(flatten)]
     pub tol: super::verify::Tolerance,
 }
@@ -69,7 +73,7 @@ pub fn run(args: RewriteArgs) -> Result<ExitCode> {
     let t_load = t0.elapsed().as_secs_f64();
     step("matching attention");
     let in_dir = args.input.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")).to_path_buf();
-    let report = rewrite::rewrite_model(&mut model, Some(&in_dir), &Options { dry_run: args.dry_run })?;
+    let report = rewrite::rewrite_model(&mut model, Some(&in_dir), &Options { dry_run: args.dry_run, fuse_rmsnorm: args.fuse_rmsnorm })?;
     let t1 = Instant::now();
     step("writing");
     if let (Some(o), false) = (&output, args.dry_run) {

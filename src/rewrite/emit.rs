@@ -26,14 +26,14 @@ impl Namer {
     }
 }
 
-fn a_int(name: &str, v: i64) -> AttributeProto {
+pub(super) fn a_int(name: &str, v: i64) -> AttributeProto {
     let mut a = AttributeProto::new();
     a.name = name.into();
     a.type_ = AttributeType::INT.into();
     a.i = v;
     a
 }
-fn a_float(name: &str, v: f32) -> AttributeProto {
+pub(super) fn a_float(name: &str, v: f32) -> AttributeProto {
     let mut a = AttributeProto::new();
     a.name = name.into();
     a.type_ = AttributeType::FLOAT.into();
@@ -55,7 +55,7 @@ fn a_ints(name: &str, v: &[i64]) -> AttributeProto {
     a
 }
 
-fn node(op: &str, domain: &str, name: String, inputs: Vec<String>, outputs: Vec<String>, attrs: Vec<AttributeProto>) -> NodeProto {
+pub(super) fn node(op: &str, domain: &str, name: String, inputs: Vec<String>, outputs: Vec<String>, attrs: Vec<AttributeProto>) -> NodeProto {
     let mut n = NodeProto::new();
     n.op_type = op.into();
     n.domain = domain.into();

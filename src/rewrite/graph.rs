@@ -121,7 +121,12 @@ impl<'a> GraphIndex<'a> {
                     Some(t) => return Some(t),
                     None => n.input.get(2)?,
                 },
-                "Constant" | "ConstantOfShape" | "RandomNormal" | "RandomUniform" | "EyeLike" | "QuantizeLinear"
+                "Constant" => return constant_elem_type(n),
+                // Operands of one type: the first whose type is known.
+                "Add" | "Sub" | "Mul" | "Div" | "Max" | "Min" | "Sum" | "Mean" | "Concat" => {
+                    return n.input.iter().filter(|s| !s.is_empty()).find_map(|s| self.elem_type_guess_n(s, budget / 2));
+                }
+                "ConstantOfShape" | "RandomNormal" | "RandomUniform" | "EyeLike" | "QuantizeLinear"
                 | "DequantizeLinear" | "DynamicQuantizeLinear" | "TopK" | "Multinomial" => return None,
                 // Every other op's first output has its first input's type.
                 _ => n.input.first().filter(|s| !s.is_empty())?,
@@ -141,6 +146,18 @@ impl<'a> GraphIndex<'a> {
     /// Whether `t` is an initializer that is not overridable by a graph input.
     pub fn is_const_init(&self, t: &str) -> bool {
         self.inits.contains_key(t) && !self.inputs.contains_key(t)
+    }
+}
+
+/// Element type of a Constant node's value.
+fn constant_elem_type(n: &NodeProto) -> Option<i32> {
+    use super::tensor::dt;
+    let a = n.attribute.iter().find(|a| a.name.starts_with("value"))?;
+    match a.name.as_str() {
+        "value" => a.t.as_ref().map(|t| t.data_type),
+        "value_float" | "value_floats" => Some(dt::FLOAT),
+        "value_int" | "value_ints" => Some(dt::INT64),
+        _ => None,
     }
 }
 

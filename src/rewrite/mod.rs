@@ -8,7 +8,8 @@
 //!   [`pattern_onnx`]: the standard ONNX `Attention` op; [`pattern_contrib`]: `com.microsoft` ops;
 //! - [`operand`]: tracing Q/K/V through layout Transposes, scalar scales and GQA repeat_kv chains;
 //! - [`mask`]: proving masks causal / sliding-window / key-padding, or passing them through;
-//! - [`emit`]: building the fused nodes; [`cleanup`]: removing dead nodes; [`report`]: what happened.
+//! - [`emit`]: building the fused nodes; [`cleanup`]: removing dead nodes; [`report`]: what happened;
+//! - [`pattern_rmsnorm`]: written-out RMSNorm as one normalization node (opt-in, outside attention).
 
 pub mod cleanup;
 pub mod emit;
@@ -20,6 +21,7 @@ pub mod mask;
 pub mod operand;
 pub mod pattern_contrib;
 pub mod pattern_onnx;
+pub mod pattern_rmsnorm;
 pub mod pattern_sdpa;
 pub mod probe;
 pub mod report;
@@ -125,6 +127,8 @@ pub struct Fusion {
 pub struct Options {
     /// Only analyse; the model is left unchanged.
     pub dry_run: bool,
+    /// Also replace written-out RMSNorms by one normalization node ([`pattern_rmsnorm`]).
+    pub fuse_rmsnorm: bool,
 }
 
 /// The default-domain opset the model imports (`None` if it imports none).
@@ -163,7 +167,7 @@ pub fn rewrite_model(model: &mut ModelProto, model_dir: Option<&std::path::Path>
     let opset = onnx_opset(model).unwrap_or(0);
     let reader = io::external_reader(model_dir);
     let mut report = Report::default();
-    let fusions = {
+    let (fusions, norms) = {
         let g = model.graph.as_ref().unwrap();
         let gi = graph::GraphIndex::new(g, opset);
         let ctx = probe::Ctx::new(&gi, &reader);
@@ -187,15 +191,18 @@ pub fn rewrite_model(model: &mut ModelProto, model_dir: Option<&std::path::Path>
             claimed.insert(f.replaces);
             kept.push(f);
         }
-        kept
+        let norms = if opts.fuse_rmsnorm { pattern_rmsnorm::find(&ctx, &claimed) } else { Vec::new() };
+        (kept, norms)
     };
+    report.rmsnorms_fused = norms.len();
     for f in &fusions {
         report.fused(f);
     }
     report.nodes_before = model.graph.node.len();
-    if !opts.dry_run && !fusions.is_empty() {
+    if !opts.dry_run && !(fusions.is_empty() && norms.is_empty()) {
         let g = model.graph.as_mut().unwrap();
         let dead_before = cleanup::dead_names(g);
+        pattern_rmsnorm::apply(g, &norms, opset);
         emit::apply(g, &fusions, opset)?;
         report.removed_dead = cleanup::remove_dead(g, &dead_before);
         if !model.opset_import.iter().any(|o| o.domain == crate::DOMAIN) {

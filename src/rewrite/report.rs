@@ -36,6 +36,8 @@ pub struct Report {
     /// The graph's shapes were only consistent at batch 1 (probe.rs BATCH1_PROBES): the export fixes batch 1
     /// in places, so it and the rewritten model run at batch 1 only.
     pub batch1_only: bool,
+    /// Written-out RMSNorms replaced by one normalization node (`--fuse-rmsnorm`).
+    pub rmsnorms_fused: usize,
 }
 
 impl Report {
@@ -91,6 +93,9 @@ impl Report {
         }
         for k in &self.skipped {
             s += &format!("  skipped [{}] at {}: {}\n", k.pattern, k.at, k.reason);
+        }
+        if self.rmsnorms_fused > 0 {
+            s += &format!("  fused   {} RMSNorm(s) into one normalization node each\n", self.rmsnorms_fused);
         }
         if self.batch1_only {
             s += "  note: probed at batch 1 — the export fixes batch 1 in places although its inputs declare a dynamic \
