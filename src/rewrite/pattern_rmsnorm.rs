@@ -23,7 +23,7 @@ use super::tensor::dt;
 pub struct NormFusion {
     /// The normalized tensor as the model has it (before any upcast).
     pub x: String,
-    /// The weight: a rank-1 tensor over x's last axis, of x's element type.
+    /// The weight: a rank-1 tensor over x's last axis, of the output's element type.
     pub scale: String,
     pub epsilon: f32,
     /// The node producing the norm's output (the weight's Mul); the fused node takes over its output.
