@@ -95,6 +95,32 @@ fn verify_fails_on_a_wrong_model() {
     assert!(text(&o).contains("BEYOND TOLERANCE"), "{}", text(&o));
 }
 
+/// `--fuse-rmsnorm --verify` on a float16 export: its five norms fused, and the fused model within the float16
+/// tolerance of the original (a few units in the last place), while a broken float16 rewrite still fails it.
+#[test]
+fn fused_rmsnorm_verifies_and_fp16_verify_still_catches_errors() {
+    let d = tmpdir("rmsnorm");
+    let out = d.join("out.onnx");
+    let input = model("llamafp16_sdpa_ts.onnx");
+    let o = run(&["rewrite", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--fuse-rmsnorm", "--verify", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON on stdout");
+    assert_eq!(j["report"]["rmsnorms_fused"], 5, "{j}");
+    assert_eq!(j["verify"]["passed"], true, "{j}");
+    let mut m = onnx_protobuf::ModelProto::parse_from_bytes(&std::fs::read(&out).unwrap()).unwrap();
+    let norms = m.graph.node.iter().filter(|n| n.op_type == "SimplifiedLayerNormalization").count();
+    assert_eq!(norms, 5);
+    for n in m.graph.as_mut().unwrap().node.iter_mut().filter(|n| n.op_type == "FlashAttention") {
+        for a in n.attribute.iter_mut().filter(|a| a.name == "scale") {
+            a.f *= 1.25;
+        }
+    }
+    let bad = d.join("bad.onnx");
+    std::fs::write(&bad, m.write_to_bytes().unwrap()).unwrap();
+    let o = run(&["verify", input.to_str().unwrap(), bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
 #[test]
 fn bad_inputs_fail_cleanly() {
     let d = tmpdir("bad");
