@@ -22,16 +22,18 @@ class RewriteError(RuntimeError):
         self.report = report
 
 
-def rewrite(input: Union[str, os.PathLike, "onnx.ModelProto"], output: Union[str, os.PathLike], verify: bool = False) -> Dict[str, Any]:
+def rewrite(input: Union[str, os.PathLike, "onnx.ModelProto"], output: Union[str, os.PathLike], verify: bool = False,
+            fuse_rmsnorm: bool = False) -> Dict[str, Any]:
     """Fuses the attention of `input` (a path, or an `onnx.ModelProto`) into ai.flashattn::FlashAttention
-    and writes `output`; `verify` also runs both models in ONNX Runtime and compares them. Returns what
+    and writes `output`; `verify` also runs both models in ONNX Runtime and compares them; `fuse_rmsnorm` also
+    replaces written-out RMSNorms by one normalization node each (`--fuse-rmsnorm`). Returns what
     `flashattn-ort rewrite --json` prints. Runs the CLI: the rewriter is the Rust one, not a copy."""
     if isinstance(input, (str, os.PathLike)):
-        return _run_cli(Path(input), Path(output), verify)
+        return _run_cli(Path(input), Path(output), verify, fuse_rmsnorm)
     with tempfile.TemporaryDirectory(prefix="flashattn-ort-") as tmp:
         path = Path(tmp) / "input.onnx"
         _save(input, path)
-        return _run_cli(path, Path(output), verify)
+        return _run_cli(path, Path(output), verify, fuse_rmsnorm)
 
 
 def _save(model, path: Path) -> None:
@@ -41,8 +43,10 @@ def _save(model, path: Path) -> None:
     onnx.save_model(model, str(path), save_as_external_data=large, location=path.name + ".data" if large else None)
 
 
-def _run_cli(input: Path, output: Path, verify: bool) -> Dict[str, Any]:
+def _run_cli(input: Path, output: Path, verify: bool, fuse_rmsnorm: bool) -> Dict[str, Any]:
     args = [cli_path(), "rewrite", str(input), "-o", str(output), "--json", "--library", get_library_path()]
+    if fuse_rmsnorm:
+        args.append("--fuse-rmsnorm")
     env = dict(os.environ)
     if verify:
         args.append("--verify")

@@ -55,6 +55,14 @@ def test_rewrite_with_verify(tmp_path):
     assert report["verify"]["fused_nodes"] > 0
 
 
+def test_rewrite_with_fused_rmsnorm(tmp_path):
+    out = tmp_path / "llama.norms.onnx"
+    report = flashattn_ort.rewrite(MODEL, out, fuse_rmsnorm=True)
+    assert report["report"]["rmsnorms_fused"] == 5
+    assert sum(n.op_type == "SimplifiedLayerNormalization" for n in onnx.load(str(out)).graph.node) == 5
+    np.testing.assert_allclose(run(out), run(MODEL), atol=ATOL, rtol=RTOL)
+
+
 def test_bad_input_raises_with_the_clis_message(tmp_path):
     with pytest.raises(flashattn_ort.RewriteError) as e:
         flashattn_ort.rewrite(tmp_path / "missing.onnx", tmp_path / "out.onnx")
