@@ -82,17 +82,22 @@ fn verify_fails_on_a_wrong_model() {
     let o = run(&["rewrite", input.to_str().unwrap(), "-o", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     // Break the rewrite: double every fused node's scale.
-    let mut m = onnx_protobuf::ModelProto::parse_from_bytes(&std::fs::read(&out).unwrap()).unwrap();
-    for n in m.graph.as_mut().unwrap().node.iter_mut().filter(|n| n.op_type == "FlashAttention") {
-        for a in n.attribute.iter_mut().filter(|a| a.name == "scale") {
-            a.f *= 2.0;
-        }
-    }
-    let bad = d.join("bad.onnx");
-    std::fs::write(&bad, m.write_to_bytes().unwrap()).unwrap();
+    let bad = with_scaled_attention(&out, 2.0, &d.join("bad.onnx"));
     let o = run(&["verify", input.to_str().unwrap(), bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("BEYOND TOLERANCE"), "{}", text(&o));
+}
+
+/// A copy of the rewritten model `path` at `bad` with every FlashAttention node's scale multiplied by `factor`.
+fn with_scaled_attention(path: &Path, factor: f32, bad: &Path) -> PathBuf {
+    let mut m = onnx_protobuf::ModelProto::parse_from_bytes(&std::fs::read(path).unwrap()).unwrap();
+    for n in m.graph.as_mut().unwrap().node.iter_mut().filter(|n| n.op_type == "FlashAttention") {
+        for a in n.attribute.iter_mut().filter(|a| a.name == "scale") {
+            a.f *= factor;
+        }
+    }
+    std::fs::write(bad, m.write_to_bytes().unwrap()).unwrap();
+    bad.to_path_buf()
 }
 
 /// `--fuse-rmsnorm --verify` on a float16 export: its five norms fused, and the fused model within the float16
@@ -107,16 +112,10 @@ fn fused_rmsnorm_verifies_and_fp16_verify_still_catches_errors() {
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON on stdout");
     assert_eq!(j["report"]["rmsnorms_fused"], 5, "{j}");
     assert_eq!(j["verify"]["passed"], true, "{j}");
-    let mut m = onnx_protobuf::ModelProto::parse_from_bytes(&std::fs::read(&out).unwrap()).unwrap();
+    let m = onnx_protobuf::ModelProto::parse_from_bytes(&std::fs::read(&out).unwrap()).unwrap();
     let norms = m.graph.node.iter().filter(|n| n.op_type == "SimplifiedLayerNormalization").count();
     assert_eq!(norms, 5);
-    for n in m.graph.as_mut().unwrap().node.iter_mut().filter(|n| n.op_type == "FlashAttention") {
-        for a in n.attribute.iter_mut().filter(|a| a.name == "scale") {
-            a.f *= 1.25;
-        }
-    }
-    let bad = d.join("bad.onnx");
-    std::fs::write(&bad, m.write_to_bytes().unwrap()).unwrap();
+    let bad = with_scaled_attention(&out, 1.25, &d.join("bad.onnx"));
     let o = run(&["verify", input.to_str().unwrap(), bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
 }
