@@ -203,9 +203,10 @@ def main():
             if ts and len(ts) > 1:
                 print(f"  {name} at {seq}: rounds " + " / ".join(f"{t:.2f}" for t in ts) + " ms", flush=True)
         ref = outs.get("original", outs.get("opset23", outs.get("optimizer")))
-        err = float(np.abs(outs["ours"].astype(np.float32) - ref.astype(np.float32)).max()) if ref is not None and "ours" in outs else None
+        max_diff = lambda name: float(np.abs(outs[name].astype(np.float32) - ref.astype(np.float32)).max())  # noqa: E731
+        err = max_diff("ours") if ref is not None and "ours" in outs else None
         if ref is not None and "ours-norm" in outs:
-            print(f"  max|ours-norm - reference| {float(np.abs(outs['ours-norm'].astype(np.float32) - ref.astype(np.float32)).max()):.2e}", flush=True)
+            print(f"  max|ours-norm - reference| {max_diff('ours-norm'):.2e}", flush=True)
         rows.append((seq, res, err))
         print(f"seq {seq}: " + ", ".join(f"{k} {v:.2f} ms" if v else f"{k} —" for k, v in res.items())
               + (f"; max|ours - reference| {err:.2e}" if err is not None else ""), flush=True)

@@ -35,7 +35,7 @@ pub struct NormFusion {
     pub recast: Option<(usize, String, i32)>,
 }
 
-/// Every RMSNorm in the graph whose nodes no attention fusion claimed.
+/// Every RMSNorm in the graph whose weight Mul no attention fusion claimed.
 pub fn find(ctx: &Ctx, claimed: &HashSet<usize>) -> Vec<NormFusion> {
     let gi = ctx.gi;
     (0..gi.g.node.len())
@@ -88,13 +88,15 @@ fn match_from_mean(ctx: &Ctx, mean_i: usize) -> Option<NormFusion> {
         return None;
     }
     let (_, sqrt) = sole_user(ctx, &add.output[0], "Sqrt")?;
+    // x before an upcast to float32, if xf is one.
+    let upcast_from = gi.prod_op(xf, "Cast").filter(|(_, up)| attr_i(up, "to") == Some(dt::FLOAT as i64)).and_then(|(_, up)| up.input.first());
     // T5 multiplies x itself (not its upcast) by the inverse root.
-    let x_or_upcast: Vec<&str> = std::iter::once(xf.as_str()).chain(gi.prod_op(xf, "Cast").and_then(|(_, c)| c.input.first()).map(String::as_str)).collect();
+    let x_or_upcast: Vec<&str> = std::iter::once(xf).chain(upcast_from).map(String::as_str).collect();
     let normalized = normalized_output(ctx, &sqrt.output[0], &x_or_upcast)?;
-    // An upcast x (Cast to float32) is cast down (to x's type, or another) before the weight.
-    let (x, before_weight, recast) = match gi.prod_op(xf, "Cast") {
-        Some((_, up)) if attr_i(up, "to") == Some(dt::FLOAT as i64) => {
-            let x = up.input.first()?.clone();
+    // An upcast x is cast down (to x's type, or another) before the weight.
+    let (x, before_weight, recast) = match upcast_from {
+        Some(x) => {
+            let x = x.clone();
             match sole_user(ctx, &normalized, "Cast") {
                 Some((down_i, down)) => {
                     let to = attr_i(down, "to")? as i32;
@@ -105,7 +107,7 @@ fn match_from_mean(ctx: &Ctx, mean_i: usize) -> Option<NormFusion> {
                 None => (x, normalized, None),
             }
         }
-        _ => (xf.to_string(), normalized, None),
+        None => (xf.to_string(), normalized, None),
     };
     let x_type = match &recast {
         Some((_, _, to)) => *to,
