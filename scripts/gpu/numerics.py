@@ -300,6 +300,12 @@ def fixed_cases():
     cases.append(dict(base, d=64, dv=64, sq=3000, skv=3000, window_left=200, window_right=0))
     cases.append(dict(base, dtype=torch.float16, d=256, dv=256, sq=1025, skv=2049, mask="additive", mask_shape="col"))
     cases.append(dict(base, d=128, dv=128, sq=300, skv=5000, seqlens=True, causal=True, strided=True))
+    # last key blocks that a consumer's rows see only in part: the causal diagonal (d64 128-row tiles, d192 96-key
+    # blocks), a last block of 40 keys (d128, non-causal), ragged key lengths (d256, 80-key blocks)
+    cases.append(dict(base, sq=512, skv=512, causal=True, hq=8, hkv=8))
+    cases.append(dict(base, d=192, dv=192, sq=700, skv=700, causal=True, hq=4, hkv=4))
+    cases.append(dict(base, d=128, dv=128, sq=300, skv=128 * 5 + 40))
+    cases.append(dict(base, d=256, dv=256, sq=400, skv=900, seqlens=True, b=4))
     # more tiles than SMs, so persistent blocks walk several: causal (tiles of every length), ragged key lengths
     # with an empty batch entry (tiles without keys), under each schedule
     many = dict(base, b=2, hq=32, hkv=8, sq=1100, skv=1100, d=128, dv=128, causal=True)
