@@ -110,9 +110,9 @@ template <typename T, int NTN>
 __device__ __forceinline__ void apply_packed_score_mods(float (&s)[1][NTN][4], const AttnParams &p,
                                                         const PackedRow (&rows)[2], int col_base, bool mask,
                                                         bool softcap_on, int lane) {
-  const float scale = p.scale, inv_scale = 1.f / p.scale;
+  const float scale = p.scale, inv_scale = fast_rcp(p.scale);
   const float softcap = p.softcap;
-  const float inv_softcap = softcap_on ? 1.f / softcap : 0.f;
+  const float inv_softcap = softcap_on ? fast_rcp(softcap) : 0.f;
   const bool additive = mask && p.mask_kind == kMaskAdditive;
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {

@@ -41,10 +41,10 @@ template <typename T, int MT, int NTN, bool BOUNDS, bool MASK, bool SOFTCAP = tr
 __device__ __forceinline__ void apply_score_mods(float (&s)[MT][NTN][4], const AttnParams &p, int b, int h,
                                                  int row_base, int col_base, int kv_len, int lane, int row_shift = 0) {
   static_assert(BOUNDS || !MASK, "mask reads need the bounds check");
-  const float scale = p.scale, inv_scale = 1.f / p.scale;
+  const float scale = p.scale, inv_scale = fast_rcp(p.scale);
   const float softcap = p.softcap;
   const bool has_softcap = SOFTCAP && softcap > 0.f;
-  const float inv_softcap = has_softcap ? 1.f / softcap : 0.f;
+  const float inv_softcap = has_softcap ? fast_rcp(softcap) : 0.f;
   const bool additive = MASK && p.mask_kind == kMaskAdditive;
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
@@ -97,9 +97,9 @@ namespace flashattn {
 template <typename T, int MT, int NTN, bool SOFTCAP = true>
 __device__ __forceinline__ bool apply_row_mask_mods(float (&s)[MT][NTN][4], const AttnParams &p, int b, int h,
                                                     int row_base, int col_base, int kv_len, int lane) {
-  const float scale = p.scale, inv_scale = 1.f / p.scale;
+  const float scale = p.scale, inv_scale = fast_rcp(p.scale);
   const bool has_softcap = SOFTCAP && p.softcap > 0.f;
-  const float softcap = p.softcap, inv_softcap = has_softcap ? 1.f / p.softcap : 0.f;
+  const float softcap = p.softcap, inv_softcap = has_softcap ? fast_rcp(p.softcap) : 0.f;
   const bool additive = p.mask_kind == kMaskAdditive;
   const int64_t row_off = (int64_t)b * p.mask_batch_stride + (int64_t)h * p.mask_head_stride;
   const uint8_t *bool_row = reinterpret_cast<const uint8_t *>(p.mask_ptr) + row_off;
