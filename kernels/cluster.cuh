@@ -16,6 +16,17 @@ __device__ __forceinline__ void cluster_sync() {
 #endif
 }
 
+// Every thread of every block of the cluster has arrived, with no memory ordering: for a block's exit while peers
+// may still read its shared memory (their loads have completed when they arrive: the values were used). The
+// release form puts a GPU-wide memory barrier on the way out, behind the block's last global stores.
+__device__ __forceinline__ void cluster_sync_relaxed() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
+#else
+  __trap();
+#endif
+}
+
 // The address of this block's shared-memory address `addr` in block `rank` of the cluster, and loads from it.
 __device__ __forceinline__ uint32_t cluster_peer(uint32_t addr, uint32_t rank) {
   uint32_t peer = 0;

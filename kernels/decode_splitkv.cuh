@@ -336,7 +336,7 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, const 
   if constexpr (CLUSTER) {
     cluster_sync();  // every split's rows are in its shared memory
     cluster_merge_rows<T, Cfg>(p, smem_u32(cluster_rows), rows, split, n_splits, batch, kv_head, group, tid);
-    cluster_sync();  // no block leaves while another still reads its rows
+    cluster_sync_relaxed();  // no block leaves while another still reads its rows
   }
 }
 
