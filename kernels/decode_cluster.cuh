@@ -24,12 +24,12 @@ template <class Cfg> struct ClusterRows {
 
 // Block `split` of `n_splits` merges packed rows split, split + n_splits, ... < rows of every block's
 // ClusterRows at shared-memory address `rows_addr`, and stores O (and lse) of those rows. Each thread takes
-// four columns of one row; all of a batch of eight splits' loads are issued before any is merged.
+// four columns of one row; every split's loads (a cluster holds at most 16) are issued before any is merged.
 template <typename T, class Cfg>
 __device__ __forceinline__ void cluster_merge_rows(const AttnParams &p, uint32_t rows_addr, int rows, int split,
                                                    int n_splits, int batch, int kv_head, int group, int tid) {
   using X = ClusterRows<Cfg>;
-  constexpr int UNITS = Cfg::D / 4, ROWS_PER_PASS = Cfg::NT / UNITS, BATCH = 8;
+  constexpr int UNITS = Cfg::D / 4, ROWS_PER_PASS = Cfg::NT / UNITS, BATCH = 16;
   const int mine = split < rows ? (rows - split + n_splits - 1) / n_splits : 0;
   const int dv = p.head_dim_v, c = tid % UNITS;
   for (int k = tid / UNITS; k < mine; k += ROWS_PER_PASS) {
@@ -45,8 +45,7 @@ __device__ __forceinline__ void cluster_merge_rows(const AttnParams &p, uint32_t
         ls[j] = ok ? ld_cluster(cluster_peer(lse_addr, s0 + j)) : -INFINITY;
         x[j] = ok ? ld_cluster4(cluster_peer(o_addr, s0 + j)) : make_float4(0.f, 0.f, 0.f, 0.f);
       }
-#pragma unroll
-      for (int j = 0; j < BATCH; ++j) mg.add(ls[j], x[j]);
+      mg.add_batch(ls, x);
     }
     const float inv = mg.inverse();
     const int token = r / group, head = kv_head * group + r % group;

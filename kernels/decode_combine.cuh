@@ -1,5 +1,5 @@
 // Merges the splits of the decode kernel (decode_splitkv.cuh) from the workspace, a few packed rows per block
-// (split_merge.cuh says how). Each thread takes one column unit of a share of the splits and merges them by a running max
+// (split_merge.cuh says how). Each thread takes one column unit of a share of the splits and merges them in batches
 // as it loads them, so all loads are in flight at once whatever the split count; the shares are merged
 // through shared memory.
 #pragma once
@@ -68,8 +68,7 @@ __device__ __forceinline__ void combine_rows(const AttnParams &p, const float *o
             x[k].x = os[c];
         }
       }
-#pragma unroll
-      for (int k = 0; k < kCombineBatch; ++k) mg.add(ls[k], x[k]);
+      mg.add_batch(ls, x);
     }
   }
   part[threadIdx.x] = mg.acc;

@@ -1,6 +1,6 @@
 // Merging key splits of one query row (FlashDecoding): split s holds its normalised O_s and lse_s (natural
-// log), so lse = log sum_s exp(lse_s) and O = sum_s w_s O_s with w_s = exp(lse_s - lse). Folded in one split at
-// a time by a running max; rows whose splits all saw no key (lse_s = -inf everywhere) end with O = 0 and
+// log), so lse = log sum_s exp(lse_s) and O = sum_s w_s O_s with w_s = exp(lse_s - lse). Folded in by batches
+// of splits against a running max; rows whose splits all saw no key (lse_s = -inf everywhere) end with O = 0 and
 // lse = -inf. Used by the combine kernel (decode_combine.cuh) and by the in-cluster merge (decode_cluster.cuh).
 #pragma once
 #include "common.cuh"
@@ -20,16 +20,26 @@ struct SplitMerge {
   float m = -INFINITY, l = 0.f;
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 
-  __device__ __forceinline__ void add(float lse_s, float4 o_s) {
-    const float mn = nan_max(m, lse_s);
-    const bool none = mn == -INFINITY;  // no key in any split so far (O_s of such splits is 0)
-    const float a = none ? 0.f : __expf(m - mn), b = none ? 0.f : __expf(lse_s - mn);
-    l = l * a + b;
-    acc = make_float4(acc.x * a + b * o_s.x, acc.y * a + b * o_s.y, acc.z * a + b * o_s.z, acc.w * a + b * o_s.w);
+  // Folds in N splits (those past the end: lse_s = -inf, O_s = 0): their largest lse first, then every weight
+  // independently, so a batch costs one exponential's latency, not a chain of N.
+  template <int N> __device__ __forceinline__ void add_batch(const float (&lse_s)[N], const float4 (&o_s)[N]) {
+    float mn = m;
+#pragma unroll
+    for (int k = 0; k < N; ++k) mn = nan_max(mn, lse_s[k]);
+    if (mn == -INFINITY) return;  // no key in any split so far
+    const float a = __expf(m - mn);
+    l *= a;
+    acc = make_float4(acc.x * a, acc.y * a, acc.z * a, acc.w * a);
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      const float b = __expf(lse_s[k] - mn);
+      l += b;
+      acc = fma4(b, o_s[k], acc);
+    }
     m = mn;
   }
   // 1 / the weights' sum (0 when no split saw a key: the sum is >= 1 otherwise, or NaN) and the merged lse.
-  __device__ __forceinline__ float inverse() const { return l == 0.f ? 0.f : 1.f / l; }
+  __device__ __forceinline__ float inverse() const { return l == 0.f ? 0.f : fast_rcp(l); }
   __device__ __forceinline__ float lse() const { return l == 0.f ? -INFINITY : m + logf(l); }
 };
 
