@@ -22,7 +22,7 @@ __device__ __forceinline__ PackedRow packed_row(const AttnParams &p, int r, int 
   PackedRow pr;
   pr.valid = r < p.seq_q * group;
   pr.token = pr.valid ? r / group : 0;
-  pr.head = kv_head * group + (pr.valid ? r % group : 0);
+  pr.head = kv_head * group + (pr.valid ? r - pr.token * group : 0);  // one division per row
   visible_cols(p, pr.token, kv_len, pr.lo, pr.hi);
   if (!pr.valid) pr.hi = pr.lo;
   pr.mask_off = (int64_t)batch * p.mask_batch_stride + (int64_t)pr.head * p.mask_head_stride +
@@ -86,14 +86,17 @@ __device__ __forceinline__ void load_packed_q(T *s, const AttnParams &p, int bat
   auto row_ptr = [&](int r) {
     return q + (int64_t)(kv_head * group + r % group) * p.q_head_stride + (int64_t)(r / group) * p.q_row_stride;
   };
+  // Rolled: a few rows each, and unrolled copies of the divisions by `group` only grow the cold prologue.
   if (vec) {
     constexpr int CH = D / 8;
+#pragma unroll 1
     for (int idx = tid; idx < ROWS * CH; idx += NT) {
       const int r = idx / CH, c = idx % CH;
       const bool ok = r < rows && c * 8 < p.head_dim;
       cp_async_16(smem_u32(s + swz<D>(r, c)), ok ? row_ptr(r) + c * 8 : q, ok);
     }
   } else {
+#pragma unroll 1
     for (int idx = tid; idx < ROWS * D; idx += NT) {
       const int r = idx / D, col = idx % D;
       T v = Elem<T>::from_f32(0.f);

@@ -68,10 +68,7 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, const 
     __syncthreads();  // the rows are read back by this block's own tile loads below
   }
 
-  PackedRow prow[2];
-#pragma unroll
-  for (int hf = 0; hf < 2; ++hf)
-    prow[hf] = packed_row(p, warp_m * 16 + (lane >> 2) + 8 * hf, batch, kv_head, group, kr.kv_len);
+  PackedRow prow[2];  // this thread's two rows, set once the first loads are in flight
   // Warps whose 16 rows are all padding only help load.
   const bool active = warp_m * 16 < rows;
 
@@ -84,7 +81,7 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, const 
   sm.init();
   const float scale_log2 = p.scale * kLog2e;
 
-  if (n_tiles > 0) {
+  {  // (a split without tiles loads only Q)
     const T *k_head = reinterpret_cast<const T *>(p.k_ptr) + (int64_t)batch * p.k_batch_stride +
                       (int64_t)kv_head * p.k_head_stride;
     const T *v_head = reinterpret_cast<const T *>(p.v_ptr) + (int64_t)batch * p.v_batch_stride +
@@ -127,6 +124,10 @@ __device__ __forceinline__ void flash_decode_splitkv(const AttnParams &p, const 
       if (st < n_tiles) load_kv(t0 + st, st);
       cp_async_commit();
     }
+    // The rows' geometry (integer divisions, the visible range) under the loads' latency rather than before them.
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf)
+      prow[hf] = packed_row(p, warp_m * 16 + (lane >> 2) + 8 * hf, batch, kv_head, group, kr.kv_len);
 
     const int q_row = warp_m * 16 + (lane & 15), q_ch = lane >> 4;               // A from Q
     const int k_row = (lane & 7) + ((lane >> 4) << 3), k_ch = (lane >> 3) & 1;  // B from K
