@@ -3,7 +3,7 @@
 # built here and carried in .gpu/ (scripts/gpu/pack.sh), with staged wheel parts.
 #
 #   bash scripts/gpu/run.sh stage [DIR...]     # copy this call's wheel parts (.gpu/stage/*, or DIRs) to /tmp/fa-stage
-#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-prefill bench-gqa bench-keypad bench-decode decode-probe cluster-sweep split-sweep e2e e2e-profile e2e-memcheck gen-bench kv-sanitize profile profile-vs queue-trace host-cost sustain profile-source profile-decode selfcheck
+#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-prefill bench-gqa bench-keypad bench-decode decode-probe cluster-sweep split-sweep e2e e2e-profile e2e-memcheck gen-bench kv-sanitize profile profile-vs queue-trace host-cost sustain profile-source profile-decode profile-decode-source selfcheck
 #                                              # (default: numerics sanitize ort rust-ort bench)
 #
 # Logs and the benchmark table go to $OUT (or /tmp/fa-out). Exit status: nonzero if any step failed.
@@ -174,6 +174,17 @@ for s in "${steps[@]}"; do
         -o "$out/source" python3 profile_one.py "$lib" ${FA_PROFILE:-128 512 0} $who 2>&1 | tail -3
       ncu --import "$out/source.ncu-rep" --page source --csv --print-source sass > "$out/source-$who.csv" 2> "$out/source.err"
       rc_src=$?; rm -f "$out/source.ncu-rep"; wc -l "$out/source-$who.csv" "$out/source.err"; ( exit $rc_src ) ;;
+    profile-decode-source)
+      # per-SASS-instruction counts and stall samples of one decode step (FA_PROFILE="BATCH KV_HEADS KV_LEN",
+      # default the batch-1 MQA step at 2k keys; FA_WHO=cudnn: SDPA cuDNN's kernels instead), as CSV, with each
+      # kernel's duration, launch shape and warp states (source-decode-$who.csv, details-decode-$who.txt)
+      who=${FA_WHO:-ours}; filter=regex:flash_decode; [ "$who" = cudnn ] && filter=regex:.
+      ncu --clock-control none -k "$filter" -c 4 --section SourceCounters --section WarpStateStats --section LaunchStats \
+        --section SpeedOfLight --metrics smsp__inst_executed.sum,sm__cycles_elapsed.avg -f -o "$out/dsrc" \
+        python3 profile_one.py "$lib" decode ${FA_PROFILE:-1 1 2048} $([ "$who" = cudnn ] && echo cudnn) 2>&1 | tail -3
+      ncu --import "$out/dsrc.ncu-rep" --page details > "$out/details-decode-$who.txt" 2>&1
+      ncu --import "$out/dsrc.ncu-rep" --page source --csv --print-source sass > "$out/source-decode-$who.csv" 2> "$out/dsrc.err"
+      rc_src=$?; rm -f "$out/dsrc.ncu-rep"; wc -l "$out/source-decode-$who.csv"; ( exit $rc_src ) ;;
     profile-decode)
       # ncu on batch-1 decode steps (GQA 32/8 at 2k and 8k keys, MQA at 32k): the decode kernel and its combine
       for cfg in "1 8 2048" "1 8 8192" "1 1 32768"; do
