@@ -4,8 +4,11 @@ heuristic and to see decode vs combine time; `run.sh decode-probe`. With --clust
 the splits merged in a thread-block cluster of each size against the automatic plan through the combine kernel,
 alternated in rounds (to choose when the cluster merge serves). With --split-sweep: graph time per step of the
 combine path at forced split counts against the automatic plan, alternated in rounds (to choose the split rule).
+With --memset-cost: what a stream-ordered memset of a few counters ahead of each step would cost (a fused
+combine's arrival counters, zeroed per launch), against the combine kernel's share of the step's timeline.
 
-usage: python3 decode_probe.py LIB [SPLITS,...] | python3 decode_probe.py LIB --cluster-sweep | --split-sweep"""
+usage: python3 decode_probe.py LIB [SPLITS,...] | python3 decode_probe.py LIB --cluster-sweep | --split-sweep | --memset-cost"""
+import ctypes
 import statistics
 import sys
 
@@ -110,8 +113,55 @@ def split_sweep(lib):
     sweep(lib, "splits", SPLIT_SHAPES, lambda S: [("auto", -1, 0)] + [(str(n), n, 0) for n in SPLIT_SWEEP])
 
 
+MEMSET_SHAPES = ((1, 8, 2048), (1, 8, 8192), (1, 8, 32768), (1, 1, 8192), (1, 1, 32768), (8, 1, 8192))
+
+
+def memset_cost(lib, rounds=3):
+    """Graph time per step of ours alone, of a 64-word cuMemsetD32Async (a memset node, as the library would
+    queue) before each step, and of that memset alone, alternated in rounds; and the step's kernel timeline."""
+    cuda = ctypes.CDLL("libcuda.so.1")
+    cuda.cuMemsetD32Async.argtypes = [ctypes.c_uint64, ctypes.c_uint, ctypes.c_size_t, ctypes.c_void_p]
+    counters = torch.empty(64, device="cuda", dtype=torch.int32)
+
+    def memset():
+        rc = cuda.cuMemsetD32Async(counters.data_ptr(), 0, 64, ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
+        assert rc == 0, f"cuMemsetD32Async: {rc}"
+
+    H, D = 32, 128
+    for B, Hkv, S in MEMSET_SHAPES:
+        q = torch.randn(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
+        out = torch.empty(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
+        P = fa_lib.make_params(lib, q, k, v, out)
+        ws = fa_lib.workspace(lib, P)
+
+        def step():
+            fa_lib.launch(lib, P, ws=ws)
+
+        def memset_step():
+            memset()
+            step()
+
+        runs = {"step": step, "memset+step": memset_step, "memset": memset}
+        times = {name: [] for name in runs}
+        for _ in range(rounds):
+            for name, fn in runs.items():
+                times[name].append(time_step(fn)[0] * 1e3)
+        med = {name: statistics.median(t) for name, t in times.items()}
+        print(f"memset B{B} Hkv{Hkv} kv{S} ({fa_lib.kernel_name(lib, P)}): step {med['step']:.2f} us, memset+step "
+              f"{med['memset+step']:.2f} us (+{med['memset+step'] - med['step']:.2f}), memset alone {med['memset']:.2f} us",
+              flush=True)
+        print(f"  timeline: {timeline(step)}", flush=True)
+        del q, k, v, out
+        torch.cuda.empty_cache()
+
+
 def main():
     lib = fa_lib.load(sys.argv[1])
+    if sys.argv[2:3] == ["--memset-cost"]:
+        memset_cost(lib)
+        return
     if sys.argv[2:3] == ["--cluster-sweep"]:
         cluster_sweep(lib)
         return

@@ -3,7 +3,7 @@
 # built here and carried in .gpu/ (scripts/gpu/pack.sh), with staged wheel parts.
 #
 #   bash scripts/gpu/run.sh stage [DIR...]     # copy this call's wheel parts (.gpu/stage/*, or DIRs) to /tmp/fa-stage
-#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-prefill bench-gqa bench-keypad bench-decode decode-probe cluster-sweep split-sweep e2e e2e-profile e2e-memcheck gen-bench kv-sanitize profile profile-vs queue-trace host-cost sustain profile-source profile-decode profile-decode-source selfcheck
+#   bash scripts/gpu/run.sh [STEPS...]         # steps: numerics sanitize ort rust-ort bench bench-quick bench-prefill bench-gqa bench-keypad bench-decode decode-probe cluster-sweep split-sweep memset-cost e2e e2e-profile e2e-memcheck gen-bench kv-sanitize profile profile-vs queue-trace host-cost sustain profile-source profile-decode profile-decode-source selfcheck
 #                                              # (default: numerics sanitize ort rust-ort bench)
 #
 # Logs and the benchmark table go to $OUT (or /tmp/fa-out). Exit status: nonzero if any step failed.
@@ -97,6 +97,7 @@ for s in "${steps[@]}"; do
     decode-probe) python3 decode_probe.py "$lib" ${FA_SPLITS:-} 2>&1 | tee "$out/decode-probe.log" ;;
     cluster-sweep) python3 decode_probe.py "$lib" --cluster-sweep 2>&1 | tee "$out/cluster-sweep.log" ;;
     split-sweep) python3 decode_probe.py "$lib" --split-sweep 2>&1 | tee "$out/split-sweep.log" ;;
+    memset-cost) python3 decode_probe.py "$lib" --memset-cost 2>&1 | tee "$out/memset-cost.log" ;;
     e2e)
       # FA_E2E: which models, "gqa mha" by default (GQA 16/4; MHA 16/16, which also has the opset-23 twin)
       for m in ${FA_E2E:-gqa mha}; do
