@@ -135,13 +135,18 @@ def time_step(fn):
     return (g, "graph") if g is not None else (eager, "eager")
 
 
-def decode_row(lib, B, S, H, Hkv, D=128):
-    """One decode step (1 query token), bf16: ours vs SDPA FA2/cuDNN (GQA through enable_gqa, else K/V
-    repeated outside the timing) and FA4. KV GB/s = bytes of K and V read / time."""
+def decode_step_tensors(B, S, H, Hkv, D=128):
+    """q, k, v (random) and out of one bf16 decode step: 1 query token over S keys, BSNH."""
     q = torch.randn(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
-    out = torch.empty(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
+    return q, k, v, torch.empty(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
+
+
+def decode_row(lib, B, S, H, Hkv, D=128):
+    """One decode step (1 query token), bf16: ours vs SDPA FA2/cuDNN (GQA through enable_gqa, else K/V
+    repeated outside the timing) and FA4. KV GB/s = bytes of K and V read / time."""
+    q, k, v, out = decode_step_tensors(B, S, H, Hkv, D)
     P = fa_lib.make_params(lib, q, k, v, out)
     ws = fa_lib.workspace(lib, P)
     kv_bytes = 2 * B * S * Hkv * D * 2

@@ -19,7 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
 import fa_lib
-from bench import time_step
+from bench import decode_step_tensors, time_step
 from gpu_time import heaviest, kernel_totals
 
 
@@ -74,10 +74,7 @@ def sweep(lib, tag, shapes, setups_for, rounds=3):
     alternated in rounds; speeds relative to the first setup."""
     H, D = 32, 128
     for B, Hkv, S in shapes:
-        q = torch.randn(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
-        out = torch.empty(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
+        q, k, v, out = decode_step_tensors(B, S, H, Hkv, D)
         P = fa_lib.make_params(lib, q, k, v, out)
         setups = setups_for(S)
         times = {name: [] for name, _, _ in setups}
@@ -129,10 +126,7 @@ def memset_cost(lib, rounds=3):
 
     H, D = 32, 128
     for B, Hkv, S in MEMSET_SHAPES:
-        q = torch.randn(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
-        out = torch.empty(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
+        q, k, v, out = decode_step_tensors(B, S, H, Hkv, D)
         P = fa_lib.make_params(lib, q, k, v, out)
         ws = fa_lib.workspace(lib, P)
 
@@ -173,10 +167,7 @@ def main():
         SPLITS = [int(x) for x in sys.argv[2].split(",")]
     H, D = 32, 128
     for B, Hkv, S in ((1, 8, 2048), (1, 8, 8192), (1, 8, 32768), (1, 1, 8192), (1, 1, 32768), (8, 8, 8192), (8, 1, 8192)):
-        q = torch.randn(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn(B, S, Hkv, D, device="cuda", dtype=torch.bfloat16)
-        out = torch.empty(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
+        q, k, v, out = decode_step_tensors(B, S, H, Hkv, D)
         P = fa_lib.make_params(lib, q, k, v, out)
         qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
 
