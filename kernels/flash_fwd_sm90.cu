@@ -131,6 +131,8 @@ using Sm90RescaleThreshold8 = flashattn::Sm90Options<true, 8, 0>;
 using Sm90EmulatedExp2 = flashattn::Sm90Options<true, 0, 4, false, false, kAlwaysRescale>;
 using Sm90SplitPvWait = flashattn::Sm90Options<true, 0, 0, true, false, kAlwaysRescale>;
 using Sm90StagedP = flashattn::Sm90Options<true, 0, 0, false, true, kAlwaysRescale>;
+using Sm90SoftmaxFirst = flashattn::Sm90Options<true, 0, 0, false, false, kAlwaysRescale, true>;
+using Sm90ConditionalRescaleSoftmaxFirst = flashattn::Sm90Options<true, 0, 0, false, false, false, true>;
 FLASH_FWD_SM90_VARIANT(128, 128, _nopp, Sm90NoPingpong)
 FLASH_FWD_SM90_VARIANT(128, 128, _rt8, Sm90RescaleThreshold8)
 FLASH_FWD_SM90_VARIANT(128, 128, _emu4, Sm90EmulatedExp2)
@@ -138,5 +140,12 @@ FLASH_FWD_SM90_VARIANT(64, 128, _emu4, Sm90EmulatedExp2)
 FLASH_FWD_SM90_VARIANT(128, 128, _spw, Sm90SplitPvWait)
 FLASH_FWD_SM90_VARIANT(128, 128, _sp, Sm90StagedP)
 FLASH_FWD_SM90_VARIANT(128, 128, _cr, Sm90ConditionalRescale)
+// Every exponential before the previous PV's wait, on each head dim's long-sequence shape.
+FLASH_FWD_SM90_VARIANT(128, 128, _fs, Sm90SoftmaxFirst)
+FLASH_FWD_SM90_VARIANT(192, 96, _fs, Sm90SoftmaxFirst)
+FLASH_FWD_SM90_VARIANT(256, 80, _fs, Sm90SoftmaxFirst)
+FLASH_FWD_SM90_ENTRY_C(flash_fwd_sm90_bf16_d64_m192n128w16_plain_fs, __nv_bfloat16, 64, 128, 2, 3, Sm90ConditionalRescaleSoftmaxFirst, false)
+FLASH_FWD_SM90_ENTRY_C(flash_fwd_sm90_bf16_d96_m192n112w16_plain_fs, __nv_bfloat16, 96, 112, 2, 3, Sm90SoftmaxFirst, false)
+FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_bf16_d128_m128n176w12c2_plain_fs, __nv_bfloat16, 128, 176, 2, 2, 2, Sm90SoftmaxFirst, false)
 // d64 with three consumers is as much special-function-unit work as tensor work per step: exp2 emulation there.
 FLASH_FWD_SM90_ENTRY_C(flash_fwd_sm90_bf16_d64_m192n128w16_plain_emu4, __nv_bfloat16, 64, 128, 2, 3, Sm90EmulatedExp2, false)

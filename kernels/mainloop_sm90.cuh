@@ -46,8 +46,11 @@ namespace flashattn {
 // slower but for one row: docs/PERF.md.)
 // ALWAYS_RESCALE: O rescaled at every step (FlashAttention-4's choice), in the same block as P's conversions,
 // which can then interleave with the multiplies instead of issuing in a burst (ncu, docs/PERF.md).
+// SOFTMAX_FIRST: every exponential of the step computed before the previous PV is waited for. Without it ptxas
+// sinks the second of a thread's two rows below the wait (the never-taken branch that keeps P live does not read
+// them), so the O rescale and P's conversion interleave with that row's exponentials.
 template <bool PINGPONG_, int RESCALE_THRESHOLD_, int EMULATED_EXP2_EVERY_, bool SPLIT_PV_WAIT_ = false,
-          bool STAGED_P_ = false, bool ALWAYS_RESCALE_ = false>
+          bool STAGED_P_ = false, bool ALWAYS_RESCALE_ = false, bool SOFTMAX_FIRST_ = false>
 struct Sm90Options {
   static constexpr bool PINGPONG = PINGPONG_;
   static constexpr int RESCALE_THRESHOLD = RESCALE_THRESHOLD_;
@@ -55,6 +58,7 @@ struct Sm90Options {
   static constexpr bool SPLIT_PV_WAIT = SPLIT_PV_WAIT_;
   static constexpr bool STAGED_P = STAGED_P_;
   static constexpr bool ALWAYS_RESCALE = ALWAYS_RESCALE_;
+  static constexpr bool SOFTMAX_FIRST = SOFTMAX_FIRST_;
 };
 
 namespace sm90 {
@@ -359,12 +363,16 @@ __device__ __forceinline__ void consume_tile(const AttnParams &p, const BlockWor
       score_mods(i);
     }
     float corr[1][2];
-    // The softmax (all of it, or the first row with SPLIT_PV_WAIT) must run while PV_{i-1} does. P stays live
-    // until the wait (else ptxas reuses its registers for the softmax and waits for PV first), and the branch
-    // in keep_live ends the basic block, so ptxas cannot schedule the wait above the softmax.
+    // The softmax runs while PV_{i-1} does: P stays live until the wait (else ptxas reuses its registers for
+    // the softmax and waits for PV first), and the branch in keep_live ends the basic block, so ptxas cannot
+    // hoist the wait above the softmax. It does sink the second row's exponentials below it unless S is kept
+    // live too (SOFTMAX_FIRST); with SPLIT_PV_WAIT the wait comes after the first row by design.
     auto wait_pv = [&] {
       fence_regs(s_flat);
-      keep_live(pa_flat, sbase, p.seq_q < 0);
+      if constexpr (Opt::SOFTMAX_FIRST && !Opt::SPLIT_PV_WAIT)
+        keep_live(pa_flat, s_flat, sbase, p.seq_q < 0);
+      else
+        keep_live(pa_flat, sbase, p.seq_q < 0);
       wgmma_wait<0>();
       fence_regs(o_flat);
       release_kv(v_empty + 8 * pst);

@@ -112,17 +112,39 @@ template <int N> __device__ __forceinline__ void fence_regs(uint32_t (&r)[N]) {
 // register A operand as dead once the wgmma is issued: it then reuses those registers and waits for the
 // wgmma before the first reuse. A store that never runs (`never` is false at run time, which ptxas cannot
 // see) keeps the registers live up to this point; the trap after it keeps ptxas from predicating the store
-// instead of branching around it, so the branch also ends a basic block, which ptxas does not schedule
-// instructions across (code before the call stays before a wgmma wait placed after it).
+// instead of branching around it, so the branch also ends a basic block: ptxas does not hoist a wgmma wait
+// placed after the call above it (but it may sink code the branch does not read below it: the overload below).
 // The sink is a shared-memory address (a generic pointer would stay live in registers through the main loop).
-template <int N> __device__ __forceinline__ void keep_live(const uint32_t (&r)[N], uint32_t sink, bool never) {
+template <int N> __device__ __forceinline__ void store_never(const uint32_t (&r)[N], uint32_t sink) {
   static_assert(N % 4 == 0, "whole 16-byte stores");
-  if (never) {
 #pragma unroll
-    for (int i = 0; i < N; i += 4)
-      asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(sink + 4 * i), "r"(r[i]), "r"(r[i + 1]), "r"(r[i + 2]),
-                   "r"(r[i + 3])
-                   : "memory");
+  for (int i = 0; i < N; i += 4)
+    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(sink + 4 * i), "r"(r[i]), "r"(r[i + 1]), "r"(r[i + 2]),
+                 "r"(r[i + 3])
+                 : "memory");
+}
+template <int N> __device__ __forceinline__ void store_never(const float (&r)[N], uint32_t sink) {
+  static_assert(N % 4 == 0, "whole 16-byte stores");
+#pragma unroll
+  for (int i = 0; i < N; i += 4)
+    asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(sink + 4 * i), "f"(r[i]), "f"(r[i + 1]), "f"(r[i + 2]),
+                 "f"(r[i + 3])
+                 : "memory");
+}
+template <int N> __device__ __forceinline__ void keep_live(const uint32_t (&r)[N], uint32_t sink, bool never) {
+  if (never) {
+    store_never(r, sink);
+    __trap();
+  }
+}
+// keep_live for two register arrays: ptxas sinks code whose results the never-taken branch does not read below
+// it (into the one successor that continues), so values that must be computed before a wait placed after the
+// call are passed here too.
+template <int N, int M>
+__device__ __forceinline__ void keep_live(const uint32_t (&r)[N], const float (&also)[M], uint32_t sink, bool never) {
+  if (never) {
+    store_never(r, sink);
+    store_never(also, sink + 4 * N);
     __trap();
   }
 }

@@ -115,6 +115,9 @@ pub enum Variant {
     StagedP,
     /// O rescaled only at steps where a row max of the warp moved (the default until 2026-12-02).
     ConditionalRescale,
+    /// Every exponential of a step computed before the previous PV is waited for (by default ptxas sinks the
+    /// second of a thread's two rows below that wait).
+    SoftmaxFirst,
 }
 
 impl Variant {
@@ -127,6 +130,7 @@ impl Variant {
             Variant::SplitPvWait => "_spw",
             Variant::StagedP => "_sp",
             Variant::ConditionalRescale => "_cr",
+            Variant::SoftmaxFirst => "_fs",
         }
     }
 }
@@ -378,6 +382,12 @@ pub const KERNELS: &[KernelSpec] = &[
     sm90_variant(128, 128, Variant::SplitPvWait),
     sm90_variant(128, 128, Variant::StagedP),
     sm90_variant(128, 128, Variant::ConditionalRescale),
+    sm90_variant(128, 128, Variant::SoftmaxFirst),
+    sm90_variant(192, 96, Variant::SoftmaxFirst),
+    sm90_variant(256, 80, Variant::SoftmaxFirst),
+    KernelSpec { variant: Variant::SoftmaxFirst, ..sm90_m192(DType::BF16, 64, 128, Scope::PlainLongOrUnbounded) },
+    KernelSpec { variant: Variant::SoftmaxFirst, ..sm90_m192(DType::BF16, 96, 112, Scope::PlainLong) },
+    cluster2(KernelSpec { scope: Scope::ClusterLong, variant: Variant::SoftmaxFirst, ..sm90(DType::BF16, 128, 176, 2) }),
     sm100(DType::F16, 64, 3),
     sm100(DType::BF16, 64, 3),
     sm100(DType::F16, 128, 2),
