@@ -29,7 +29,8 @@
 #define FLASH_FWD_SM90_ENTRY(NAME, T, D, BN, STAGES, OPT, MODS) FLASH_FWD_SM90_ENTRY_C(NAME, T, D, BN, STAGES, 2, OPT, MODS)
 
 // Default options: ping-pong on, O rescaled at every step (in one block with P's conversions), MUFU exp2 only,
-// the previous PV waited for after both of a thread's rows are exponentiated. FLASHATTN_SM90_ALWAYS_RESCALE=0
+// the previous PV waited for after the softmax's first row (ptxas sinks the second below the wait; the
+// SOFTMAX_FIRST option keeps it above). FLASHATTN_SM90_ALWAYS_RESCALE=0
 // (FLASHATTN_NVCC_FLAGS) builds the previous default, O rescaled only when a row max moved, for A/B runs.
 #ifndef FLASHATTN_SM90_ALWAYS_RESCALE
 #define FLASHATTN_SM90_ALWAYS_RESCALE 1
@@ -39,6 +40,10 @@ using Sm90Default = flashattn::Sm90Options<true, 0, 0, false, false, kAlwaysResc
 // The previous default, kept where it measured faster (docs/PERF.md, 2026-12-02): d64 with three consumer
 // warpgroups (3-4% at 4k-16k keys) and d192's 112-key tiles (long bounds-free problems).
 using Sm90ConditionalRescale = flashattn::Sm90Options<true, 0, 0>;
+// d64 with three consumer warpgroups, where the special-function unit has as much work as the tensor cores: also
+// every exponential of a step before the previous PV's wait (SOFTMAX_FIRST; 1-3% at 2k-16k keys, H200,
+// 2026-12-03; slower at d96-d192 and with two consumers: docs/PERF.md).
+using Sm90D64Rows192 = flashattn::Sm90Options<true, 0, 0, false, false, false, true>;
 
 #define FLASH_FWD_SM90(TNAME, T, D, BN, STAGES)                                                          \
   FLASH_FWD_SM90_ENTRY(flash_fwd_sm90_##TNAME##_d##D##_m128n##BN##w12, T, D, BN, STAGES, Sm90Default, true) \
@@ -61,7 +66,7 @@ FLASH_FWD_SM90_BOTH(96, 128, 2)
 // Three consumer warpgroups (192 query rows) for the small head dims, whose softmax weighs most per MMA: more
 // warps hide it, and each K/V tile serves more rows. They replaced 128x192 tiles (d64, d96), which lost to
 // them at every length they were chosen for (docs/PERF.md).
-FLASH_FWD_SM90_PLAIN_ONLY_BOTH(64, 192, 128, 3, 16, Sm90ConditionalRescale)
+FLASH_FWD_SM90_PLAIN_ONLY_BOTH(64, 192, 128, 3, 16, Sm90D64Rows192)
 FLASH_FWD_SM90_PLAIN_ONLY_BOTH(96, 192, 112, 3, 16, Sm90Default)
 FLASH_FWD_SM90_BOTH(128, 128, 2)
 FLASH_FWD_SM90_BOTH(128, 176, 2)
@@ -132,7 +137,6 @@ using Sm90EmulatedExp2 = flashattn::Sm90Options<true, 0, 4, false, false, kAlway
 using Sm90SplitPvWait = flashattn::Sm90Options<true, 0, 0, true, false, kAlwaysRescale>;
 using Sm90StagedP = flashattn::Sm90Options<true, 0, 0, false, true, kAlwaysRescale>;
 using Sm90SoftmaxFirst = flashattn::Sm90Options<true, 0, 0, false, false, kAlwaysRescale, true>;
-using Sm90ConditionalRescaleSoftmaxFirst = flashattn::Sm90Options<true, 0, 0, false, false, false, true>;
 FLASH_FWD_SM90_VARIANT(128, 128, _nopp, Sm90NoPingpong)
 FLASH_FWD_SM90_VARIANT(128, 128, _rt8, Sm90RescaleThreshold8)
 FLASH_FWD_SM90_VARIANT(128, 128, _emu4, Sm90EmulatedExp2)
@@ -140,12 +144,8 @@ FLASH_FWD_SM90_VARIANT(64, 128, _emu4, Sm90EmulatedExp2)
 FLASH_FWD_SM90_VARIANT(128, 128, _spw, Sm90SplitPvWait)
 FLASH_FWD_SM90_VARIANT(128, 128, _sp, Sm90StagedP)
 FLASH_FWD_SM90_VARIANT(128, 128, _cr, Sm90ConditionalRescale)
-// Every exponential before the previous PV's wait, on each head dim's long-sequence shape.
+// Every exponential of a step before the previous PV's wait: the d64 192-row default since 2026-12-03; slower
+// here (2-6% at 2k-16k keys) and at d96/d192, mixed at d256 (docs/PERF.md).
 FLASH_FWD_SM90_VARIANT(128, 128, _fs, Sm90SoftmaxFirst)
-FLASH_FWD_SM90_VARIANT(192, 96, _fs, Sm90SoftmaxFirst)
-FLASH_FWD_SM90_VARIANT(256, 80, _fs, Sm90SoftmaxFirst)
-FLASH_FWD_SM90_ENTRY_C(flash_fwd_sm90_bf16_d64_m192n128w16_plain_fs, __nv_bfloat16, 64, 128, 2, 3, Sm90ConditionalRescaleSoftmaxFirst, false)
-FLASH_FWD_SM90_ENTRY_C(flash_fwd_sm90_bf16_d96_m192n112w16_plain_fs, __nv_bfloat16, 96, 112, 2, 3, Sm90SoftmaxFirst, false)
-FLASH_FWD_SM90_ENTRY_CL(flash_fwd_sm90_bf16_d128_m128n176w12c2_plain_fs, __nv_bfloat16, 128, 176, 2, 2, 2, Sm90SoftmaxFirst, false)
 // d64 with three consumers is as much special-function-unit work as tensor work per step: exp2 emulation there.
 FLASH_FWD_SM90_ENTRY_C(flash_fwd_sm90_bf16_d64_m192n128w16_plain_emu4, __nv_bfloat16, 64, 128, 2, 3, Sm90EmulatedExp2, false)

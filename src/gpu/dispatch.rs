@@ -100,7 +100,7 @@ pub fn packing_pays(p: &AttnParams, bm: i32) -> bool {
 pub enum Variant {
     /// Ping-pong between the consumer warpgroups, O rescaled at every step (in one block with P's conversions,
     /// FlashAttention-4's choice; d64's 192-row and d192's 112-key instances keep the conditional rescale, which
-    /// measured faster there), exp2 on the MUFU.
+    /// measured faster there, and d64's 192-row one runs every exponential before the PV wait), exp2 on the MUFU.
     Default,
     /// No ping-pong barriers: both consumers issue their GEMMs whenever ready.
     NoPingpong,
@@ -115,8 +115,8 @@ pub enum Variant {
     StagedP,
     /// O rescaled only at steps where a row max of the warp moved (the default until 2026-12-02).
     ConditionalRescale,
-    /// Every exponential of a step computed before the previous PV is waited for (by default ptxas sinks the
-    /// second of a thread's two rows below that wait).
+    /// Every exponential of a step computed before the previous PV is waited for (elsewhere ptxas sinks the
+    /// second of a thread's two rows below that wait); the d64 192-row default's order.
     SoftmaxFirst,
 }
 
@@ -383,11 +383,6 @@ pub const KERNELS: &[KernelSpec] = &[
     sm90_variant(128, 128, Variant::StagedP),
     sm90_variant(128, 128, Variant::ConditionalRescale),
     sm90_variant(128, 128, Variant::SoftmaxFirst),
-    sm90_variant(192, 96, Variant::SoftmaxFirst),
-    sm90_variant(256, 80, Variant::SoftmaxFirst),
-    KernelSpec { variant: Variant::SoftmaxFirst, ..sm90_m192(DType::BF16, 64, 128, Scope::PlainLongOrUnbounded) },
-    KernelSpec { variant: Variant::SoftmaxFirst, ..sm90_m192(DType::BF16, 96, 112, Scope::PlainLong) },
-    cluster2(KernelSpec { scope: Scope::ClusterLong, variant: Variant::SoftmaxFirst, ..sm90(DType::BF16, 128, 176, 2) }),
     sm100(DType::F16, 64, 3),
     sm100(DType::BF16, 64, 3),
     sm100(DType::F16, 128, 2),
