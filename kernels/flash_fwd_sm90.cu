@@ -41,7 +41,7 @@ using Sm90Default = flashattn::Sm90Options<true, 0, 0, false, false, kAlwaysResc
 // warpgroups (3-4% at 4k-16k keys) and d192's 112-key tiles (long bounds-free problems).
 using Sm90ConditionalRescale = flashattn::Sm90Options<true, 0, 0>;
 // d64 with three consumer warpgroups, where the special-function unit has as much work as the tensor cores: also
-// every exponential of a step before the previous PV's wait (SOFTMAX_FIRST; 1-3% at 2k-16k keys, H200,
+// every exponential of a step before the previous PV's wait (SOFTMAX_FIRST; 0-4% at 2k-16k keys, H200,
 // 2026-12-03; slower at d96-d192 and with two consumers: docs/PERF.md).
 using Sm90D64Rows192 = flashattn::Sm90Options<true, 0, 0, false, false, false, true>;
 

@@ -124,12 +124,10 @@ template <int N> __device__ __forceinline__ void store_never(const uint32_t (&r)
                  : "memory");
 }
 template <int N> __device__ __forceinline__ void store_never(const float (&r)[N], uint32_t sink) {
-  static_assert(N % 4 == 0, "whole 16-byte stores");
+  uint32_t bits[N];
 #pragma unroll
-  for (int i = 0; i < N; i += 4)
-    asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(sink + 4 * i), "f"(r[i]), "f"(r[i + 1]), "f"(r[i + 2]),
-                 "f"(r[i + 3])
-                 : "memory");
+  for (int i = 0; i < N; ++i) bits[i] = __float_as_uint(r[i]);
+  store_never(bits, sink);
 }
 template <int N> __device__ __forceinline__ void keep_live(const uint32_t (&r)[N], uint32_t sink, bool never) {
   if (never) {
