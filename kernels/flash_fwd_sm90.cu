@@ -37,12 +37,12 @@
 #endif
 constexpr bool kAlwaysRescale = FLASHATTN_SM90_ALWAYS_RESCALE != 0;
 using Sm90Default = flashattn::Sm90Options<true, 0, 0, false, false, kAlwaysRescale>;
-// The previous default, kept where it measured faster (docs/PERF.md, 2026-12-02): d64 with three consumer
-// warpgroups (3-4% at 4k-16k keys) and d192's 112-key tiles (long bounds-free problems).
+// The previous default, kept where it measured faster (docs/PERF.md, 2026-12-02): d192's 112-key tiles (long
+// bounds-free problems), and d64 with three consumer warpgroups (3-4% at 4k-16k keys; Sm90D64Rows192 below).
 using Sm90ConditionalRescale = flashattn::Sm90Options<true, 0, 0>;
-// d64 with three consumer warpgroups, where the special-function unit has as much work as the tensor cores: also
-// every exponential of a step before the previous PV's wait (SOFTMAX_FIRST; 0-4% at 2k-16k keys, H200,
-// 2026-12-03; slower at d96-d192 and with two consumers: docs/PERF.md).
+// d64 with three consumer warpgroups, where the special-function unit has as much work as the tensor cores: the
+// conditional rescale, and every exponential of a step before the previous PV's wait (SOFTMAX_FIRST; 0-4% at
+// 2k-16k keys, H200, 2026-12-03; slower at d96-d192 and with two consumers: docs/PERF.md).
 using Sm90D64Rows192 = flashattn::Sm90Options<true, 0, 0, false, false, false, true>;
 
 #define FLASH_FWD_SM90(TNAME, T, D, BN, STAGES)                                                          \
