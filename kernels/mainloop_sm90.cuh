@@ -41,11 +41,11 @@ namespace flashattn {
 // reads the first, and copied over after that PV's wait (alternating two buffers instead made ptxas wait for
 // the PV before the softmax). Measured 1-7% slower at d128 (the copies cost more than the overlap gains).
 // (FlashAttention-3's order, O rescaled after the next QK^T is issued and before the next PV, was measured too
-// and lost 0.2-8% at d128; at d192/d256, FlashAttention-4's choice there, it was noise with the ping-pong turn
-// and 2-11% slower without it. So did two of FlashAttention-4's Hopper choices: a tile's first QK^T and last PV
-// issued without the ping-pong turn, 1-10% slower, and V waited for between the QK^T and PV issue, 0-9%
-// slower but for one row; and its d64 order, a thread's first row exponentiated before the PV wait and the
-// second after it (SPLIT_PV_WAIT with the first row held above the wait), 1-6% slower at d64, 13-30% at d128:
+// and lost 0.2-8% at d128; at d192/d256, where FlashAttention-4 uses it, it gained nothing with the ping-pong
+// turn (0.96-1.03x) and lost up to 11% without it. Also slower: two of FlashAttention-4's Hopper choices, a
+// tile's first QK^T and last PV issued without the ping-pong turn (1-10%) and V waited for between the QK^T and
+// PV issue (0-9% but for one row), and its d64 order, a thread's first row exponentiated before the PV wait and
+// the second after it (a removed variant that held the first row above the wait; 1-6% at d64, 13-30% at d128):
 // docs/PERF.md.)
 // ALWAYS_RESCALE: O rescaled at every step (FlashAttention-4's choice), in the same block as P's conversions,
 // which can then interleave with the multiplies instead of issuing in a burst (ncu, docs/PERF.md).
